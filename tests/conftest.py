@@ -8,6 +8,7 @@ import os
 import shutil
 
 import pytest
+import pytest_asyncio
 
 CRIU = os.environ.get("JHUB_SUSPEND_CRIU", "/opt/jhub-suspend/bin/criu")
 
@@ -28,3 +29,37 @@ def require_command(path_or_name: str, hint: str) -> str:
 def criu_path() -> str:
     require_root()
     return require_command(CRIU, "run scripts/install.sh, which installs CRIU >= 4.2")
+
+
+# One event loop for the whole run, so the local cluster (an in-process API server, scheduler
+# and kubelets) is started once and shared by every test that needs it.
+@pytest_asyncio.fixture(scope="session")
+async def cluster(tmp_path_factory):
+    """The local cluster, with a small CPU node and a tainted GPU node."""
+    require_root()
+    require_command(CRIU, "run scripts/install.sh, which installs CRIU >= 4.2")
+    from jhub_suspend.localcluster.cluster import LocalCluster
+
+    state = tmp_path_factory.mktemp("cluster")
+    lc = LocalCluster(
+        state_dir=str(state),
+        bridge="jhst0",
+        pod_cidr="10.98.1.0/24",
+        criu_path=CRIU,
+        nodes=[
+            {"name": "node-1", "cpu": "1", "memory": "4Gi"},
+            {
+                "name": "gpu-node-1",
+                "cpu": "2",
+                "memory": "8Gi",
+                "gpus": 1,
+                "taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}],
+            },
+        ],
+    )
+    lc.initialize([])
+    await lc.up()
+    try:
+        yield lc
+    finally:
+        await lc.down()

@@ -1,0 +1,1 @@
+"""The demo: JupyterHub with jhub-suspend on the local cluster."""

@@ -1,0 +1,306 @@
+"""LocalCluster: the single-machine Kubernetes that the demo and the tests run on.
+
+It starts, in one process, the emulated API server, the scheduler and one kubelet per node,
+and beside them the real servers: Debian's docker-registry for checkpoint images and Prometheus
+scraping the kubelets' cAdvisor and DCGM endpoints and the kube-state-metrics endpoint. It
+writes a kubeconfig for clients and a ``cluster.json`` describing where everything listens, and
+stops all of it again, even after a failure.
+
+Run it with ``jhub-suspend-localcluster`` (or ``python -m jhub_suspend.localcluster``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from typing import Any
+
+from tornado import web
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+from traitlets import Bool, Dict, Float, Integer, List, Unicode, default, validate
+from traitlets.config import Application
+
+from . import apiserver, metrics, services
+from .kubelet import Kubelet, NodeConfig
+from .network import PodNetwork
+from .runtime import Runtime
+from .scheduler import Scheduler
+from .store import Store
+
+DEFAULT_NODES = [
+    {"name": "node-1", "cpu": "2", "memory": "4Gi"},
+    {"name": "gpu-node-1", "cpu": "2", "memory": "4Gi", "gpus": 1},
+]
+
+
+class KubeStateMetricsHandler(web.RequestHandler):
+    def initialize(self, store: Store) -> None:
+        self.store = store
+
+    def get(self) -> None:
+        pods, _ = self.store.list("pods")
+        nodes, _ = self.store.list("nodes")
+        self.set_header("Content-Type", "text/plain; version=0.0.4")
+        self.finish(metrics.kube_state_metrics(pods, nodes))
+
+
+class LocalCluster(Application):
+    """A local Kubernetes for jhub-suspend: emulated API server and kubelets, real everything else."""
+
+    name = "jhub-suspend-localcluster"
+    description = __doc__
+
+    state_dir = Unicode(
+        help="Directory for the cluster's state: pod logs, volumes, checkpoints, the registry's "
+        "storage, Prometheus's data, the kubeconfig and cluster.json."
+    ).tag(config=True)
+
+    @default("state_dir")
+    def _default_state_dir(self) -> str:
+        return os.environ.get("JHUB_SUSPEND_STATE", "/var/lib/jhub-suspend/localcluster")
+
+    @validate("state_dir")
+    def _validate_state_dir(self, proposal: dict) -> str:
+        return os.path.abspath(proposal["value"])
+
+    host = Unicode("127.0.0.1", help="Loopback address the API server and kubelets bind.").tag(
+        config=True
+    )
+    api_port = Integer(0, help="Port of the Kubernetes API server; 0 picks a free one.").tag(
+        config=True
+    )
+    nodes = List(
+        Dict(),
+        help="""The simulated nodes. Each is a dict with `name` and optionally `cpu`, `memory`,
+        `gpus` (a count of simulated `nvidia.com/gpu`), `gpu_product`, `labels` and `taints`.
+        """,
+    ).tag(config=True)
+
+    @default("nodes")
+    def _default_nodes(self) -> list[dict]:
+        return [dict(n) for n in DEFAULT_NODES]
+
+    @validate("nodes")
+    def _validate_nodes(self, proposal: dict) -> list[dict]:
+        fields = set(NodeConfig.__dataclass_fields__)
+        names = set()
+        for node in proposal["value"]:
+            unknown = set(node) - fields
+            if unknown:
+                raise ValueError(f"unknown node setting(s) {sorted(unknown)}; known: {sorted(fields)}")
+            if not node.get("name"):
+                raise ValueError(f"every node needs a name: {node!r}")
+            if node["name"] in names:
+                raise ValueError(f"node name {node['name']!r} is used twice")
+            names.add(node["name"])
+        if not names:
+            raise ValueError("the cluster needs at least one node")
+        return proposal["value"]
+
+    pod_cidr = Unicode(
+        "10.98.0.0/24",
+        help="Private range for pod addresses. It exists only on this machine, on the bridge.",
+    ).tag(config=True)
+    bridge = Unicode("jhs0", help="Name of the bridge the pods' veth pairs join.").tag(config=True)
+    criu_path = Unicode(
+        "/opt/jhub-suspend/bin/criu", help="CRIU >= 4.2 (scripts/install.sh provides it)."
+    ).tag(config=True)
+    start_registry = Bool(True, help="Start Debian's docker-registry for checkpoint images.").tag(
+        config=True
+    )
+    registry_port = Integer(0, help="Port of the registry; 0 picks a free one.").tag(config=True)
+    start_prometheus = Bool(True, help="Start Prometheus scraping the cluster's metrics.").tag(
+        config=True
+    )
+    prometheus_port = Integer(0, help="Port of Prometheus; 0 picks a free one.").tag(config=True)
+    scrape_interval = Unicode("2s", help="How often Prometheus scrapes the cluster.").tag(
+        config=True
+    )
+    tokens = Dict(
+        help="""Bearer tokens the API server and kubelets accept, as
+        `{token: {"user": name, "permissions": ["nodes/checkpoint", ...] or ["*"]}}`.
+        Empty means no authentication, as for a local development cluster.
+        """
+    ).tag(config=True)
+    ready_timeout = Float(60, help="Seconds to wait for each real server to become ready.").tag(
+        config=True
+    )
+
+    def initialize(self, argv: Any = None) -> None:
+        super().initialize(argv)
+        self.store = Store()
+        self.kubelets: list[Kubelet] = []
+        self.network = PodNetwork(bridge=self.bridge, cidr=self.pod_cidr)
+        self.processes = services.ProcessGroup()
+        self._servers: list[HTTPServer] = []
+        self._tasks: list[asyncio.Task] = []
+        self.api_url = ""
+        self.ksm_url = ""
+        self.registry_host = ""
+        self.prometheus_url = ""
+
+    # ---- start and stop --------------------------------------------------------------------
+
+    async def up(self) -> None:
+        """Start the cluster; on any failure stop whatever had started, then re-raise."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.down()
+            raise
+
+    async def _start(self) -> None:
+        os.makedirs(self.state_dir, exist_ok=True)
+        await self.network.setup()
+        runtime = Runtime(criu_path=self.criu_path, state_dir=self.state_dir)
+
+        _, port = await apiserver.serve(
+            self.store,
+            host=self.host,
+            port=self.api_port,
+            tokens={t: v["user"] for t, v in self.tokens.items()} or None,
+            kubelet_address=self._kubelet_address,
+        )
+        self.api_url = f"http://{self.host}:{port}"
+        self.ksm_url = self._serve(
+            web.Application([(r"/metrics", KubeStateMetricsHandler, {"store": self.store})])
+        )
+
+        if self.start_registry:
+            registry = await services.start_registry(
+                os.path.join(self.state_dir, "registry"),
+                port=self.registry_port,
+                group=self.processes,
+                timeout=self.ready_timeout,
+            )
+            self.registry_host = registry.host
+
+        for spec in self.nodes:
+            kubelet = Kubelet(
+                self.store,
+                NodeConfig(**spec),
+                runtime,
+                self.network,
+                state_dir=self.state_dir,
+                checkpoint_registries=(self.registry_host,) if self.registry_host else (),
+                authorize=self._authorize if self.tokens else None,
+            )
+            await kubelet.start(self.host)
+            self.kubelets.append(kubelet)
+        self._tasks.append(asyncio.create_task(Scheduler(self.store).run(), name="scheduler"))
+
+        if self.start_prometheus:
+            prom = await services.start_prometheus(
+                os.path.join(self.state_dir, "prometheus"),
+                port=self.prometheus_port,
+                targets=self.scrape_targets(),
+                scrape_interval=self.scrape_interval,
+                group=self.processes,
+                timeout=self.ready_timeout,
+            )
+            self.prometheus_url = prom.url
+
+        apiserver.write_kubeconfig(self.kubeconfig_path, self.api_url, token=self.admin_token)
+        with open(os.path.join(self.state_dir, "cluster.json"), "w") as f:
+            json.dump(self.describe(), f, indent=2)
+        self.log.info("local cluster ready: API %s, registry %s, Prometheus %s",
+                      self.api_url, self.registry_host or "-", self.prometheus_url or "-")
+
+    def _serve(self, app: web.Application) -> str:
+        sockets = bind_sockets(0, self.host)
+        server = HTTPServer(app)
+        server.add_sockets(sockets)
+        self._servers.append(server)
+        return f"http://{self.host}:{sockets[0].getsockname()[1]}"
+
+    async def down(self) -> None:
+        """Stop everything this cluster started: pods, kubelets, servers, network."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for kubelet in self.kubelets:
+            try:
+                await kubelet.stop()
+            except Exception:
+                self.log.exception("stopping kubelet %s", kubelet.node.name)
+        await self.processes.stop_all()
+        for server in self._servers:
+            server.stop()
+        await self.network.teardown()
+        self.log.info("local cluster stopped")
+
+    # ---- facts for clients -----------------------------------------------------------------
+
+    @property
+    def kubeconfig_path(self) -> str:
+        return os.path.join(self.state_dir, "kubeconfig")
+
+    @property
+    def admin_token(self) -> str | None:
+        return next((t for t, v in self.tokens.items() if "*" in v.get("permissions", [])), None)
+
+    def _kubelet_address(self, node: str) -> str | None:
+        k = next((k for k in self.kubelets if k.node.name == node), None)
+        return f"{k.address}:{k.port}" if k else None
+
+    def _authorize(self, token: str | None, verb: str, resource: str, sub: str) -> str | None:
+        """RBAC reduced to what the local cluster needs: a token's `resource/subresource` list."""
+        entry = self.tokens.get(token or "")
+        if not entry:
+            return None
+        allowed = entry.get("permissions", [])
+        return entry["user"] if "*" in allowed or f"{resource}/{sub}" in allowed else None
+
+    def kubelet(self, node: str) -> Kubelet:
+        return next(k for k in self.kubelets if k.node.name == node)
+
+    def scrape_targets(self) -> list[dict]:
+        kubelets = [f"{k.address}:{k.port}" for k in self.kubelets]
+        return [
+            {"job": "kubelet-cadvisor", "targets": kubelets, "metrics_path": "/metrics/cadvisor"},
+            {"job": "dcgm-exporter", "targets": kubelets, "metrics_path": "/metrics/dcgm"},
+            {
+                "job": "kube-state-metrics",
+                "targets": [self.ksm_url.split("://", 1)[1]],
+                "metrics_path": "/metrics",
+            },
+        ]
+
+    def describe(self) -> dict:
+        return {
+            "api": self.api_url,
+            "kubeconfig": self.kubeconfig_path,
+            "registry": self.registry_host,
+            "prometheus": self.prometheus_url,
+            "kube_state_metrics": self.ksm_url,
+            "bridge": self.bridge,
+            "gateway": self.network.gateway,
+            "nodes": {k.node.name: f"http://{k.address}:{k.port}" for k in self.kubelets},
+        }
+
+    # ---- command line ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        asyncio.run(self._run_until_signalled())
+
+    async def _run_until_signalled(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await self.up()
+        print(json.dumps(self.describe(), indent=2), flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await self.down()
+
+
+main = LocalCluster.launch_instance

@@ -1,0 +1,1 @@
+"""Helpers for jhub-suspend's tests, the demo's self-check and the benchmarks."""
