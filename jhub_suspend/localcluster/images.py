@@ -1,0 +1,299 @@
+"""Checkpoint images: OCI images whose single layer is a checkpoint archive.
+
+Built and pushed with ``buildah`` (as ``checkpointctl build`` and the Kubernetes docs do),
+inspected, pulled and deleted with ``skopeo``; the registry protocol is never spoken here.
+The image carries ``io.kubernetes.cri-o.annotations.checkpoint.name=<container>`` in its
+manifest annotations, which is how CRI-O recognises a checkpoint image.
+
+buildah keeps its own storage (``vfs`` driver) under :attr:`ImageConfig.root`, chosen with
+command-line flags, so nothing under ``/etc`` needs to change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import archive as ckpt
+from .criu import CommandError, run_command
+
+log = logging.getLogger(__name__)
+
+
+class ImageError(RuntimeError):
+    """An image operation failed."""
+
+
+class ImageNotFound(ImageError):
+    """The registry has no such image (manifest or repository unknown)."""
+
+
+@dataclass
+class ImageConfig:
+    """Where buildah keeps its working containers and images, and command time limits."""
+
+    root: str = "/var/lib/jhub-suspend/containers/storage"
+    runroot: str = "/run/jhub-suspend/containers"
+    driver: str = "vfs"
+    buildah: str = "buildah"
+    skopeo: str = "skopeo"
+    timeout: float = 300.0
+
+    def buildah_argv(self, *args: str) -> list[str]:
+        return [
+            self.buildah,
+            "--root",
+            self.root,
+            "--runroot",
+            self.runroot,
+            "--storage-driver",
+            self.driver,
+            *args,
+        ]
+
+
+#: the configuration used when a call does not pass one (the cluster may replace it)
+default_config = ImageConfig()
+
+_NOT_FOUND_MARKERS = ("manifest unknown", "name unknown", "not found")
+
+
+def _is_not_found(message: str) -> bool:
+    low = message.lower()
+    return any(m in low for m in _NOT_FOUND_MARKERS)
+
+
+def _docker(ref: str) -> str:
+    return ref if ref.startswith("docker://") else f"docker://{ref}"
+
+
+def _tls(flag: str, tls_verify: bool) -> str:
+    return f"{flag}={'true' if tls_verify else 'false'}"
+
+
+def _error(action: str, ref: str, e: CommandError) -> ImageError:
+    detail = (e.stderr or e.stdout).strip().splitlines()
+    reason = detail[-1] if detail else str(e)
+    # skopeo's messages look like: time="..." level=fatal msg="...: manifest unknown"
+    if 'msg="' in reason:
+        reason = reason.split('msg="', 1)[1].rstrip('"')
+    if e.returncode is None:
+        return ImageError(f"{action} {ref} timed out: {reason}")
+    if _is_not_found(reason):
+        return ImageNotFound(f"{action} {ref}: image not found ({reason})")
+    return ImageError(f"{action} {ref} failed: {reason}")
+
+
+def _read_text(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def checkpoint_name_from_archive(archive_path: str) -> str:
+    """The container name in an archive's ``config.dump`` (empty if there is none)."""
+    try:
+        with tarfile.open(archive_path, "r:*") as tar:
+            for member in tar:
+                if member.name.lstrip("./") == ckpt.CONFIG_DUMP_FILE:
+                    f = tar.extractfile(member)
+                    if f is not None:
+                        return str(json.load(f).get("name", ""))
+    except (OSError, tarfile.TarError, ValueError):
+        pass
+    return ""
+
+
+async def build_and_push(
+    archive_path: str,
+    ref: str,
+    annotations: Mapping[str, str],
+    *,
+    tls_verify: bool = False,
+    config: ImageConfig | None = None,
+) -> str:
+    """Build a checkpoint image from ``archive_path``, push it to ``ref``; return its digest.
+
+    ``annotations`` become manifest annotations. When they do not name the checkpointed
+    container (``io.kubernetes.cri-o.annotations.checkpoint.name``), the name is taken from
+    the archive's ``config.dump``. The working container and local image are removed after.
+    """
+    cfg = config or default_config
+    if not await asyncio.to_thread(os.path.isfile, archive_path):
+        raise ImageError(f"checkpoint archive {archive_path} does not exist")
+    ann = dict(annotations)
+    if not ann.get(ckpt.CHECKPOINT_NAME_ANNOTATION):
+        name = checkpoint_name_from_archive(archive_path)
+        if not name:
+            raise ImageError(
+                f"{archive_path} has no config.dump name; pass the "
+                f"{ckpt.CHECKPOINT_NAME_ANNOTATION} annotation"
+            )
+        ann[ckpt.CHECKPOINT_NAME_ANNOTATION] = name
+    local = f"localhost/jhub-suspend-checkpoint-{uuid.uuid4().hex[:12]}:latest"
+    workdir = tempfile.mkdtemp(prefix="jhs-image-")
+    digestfile = os.path.join(workdir, "digest")
+    container = ""
+    try:
+        try:
+            result = await run_command(cfg.buildah_argv("from", "scratch"), timeout=cfg.timeout)
+            container = result.stdout.strip().splitlines()[-1]
+            await run_command(
+                cfg.buildah_argv("add", container, archive_path, "/"), timeout=cfg.timeout
+            )
+            config_args = ["config"]
+            for key, value in sorted(ann.items()):
+                config_args += ["--annotation", f"{key}={value}"]
+            await run_command(cfg.buildah_argv(*config_args, container), timeout=cfg.timeout)
+            await run_command(
+                cfg.buildah_argv("commit", "-q", "--format", "oci", container, local),
+                timeout=cfg.timeout,
+            )
+        except CommandError as e:
+            raise _error("building checkpoint image", ref, e) from e
+        try:
+            await run_command(
+                cfg.buildah_argv(
+                    "push",
+                    _tls("--tls-verify", tls_verify),
+                    "--digestfile",
+                    digestfile,
+                    local,
+                    _docker(ref),
+                ),
+                timeout=cfg.timeout,
+            )
+        except CommandError as e:
+            raise _error("pushing", ref, e) from e
+        digest = (await asyncio.to_thread(_read_text, digestfile)).strip()
+        log.info("pushed checkpoint image %s (%s)", ref, digest)
+        return digest
+    finally:
+        if container:
+            await run_command(cfg.buildah_argv("rm", container), timeout=60, check=False)
+        await run_command(cfg.buildah_argv("rmi", "-f", local), timeout=60, check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def inspect(
+    ref: str, *, tls_verify: bool = False, config: ImageConfig | None = None
+) -> dict[str, Any]:
+    """``{"digest", "annotations", "size", "media_type", "layers"}`` of the image at ``ref``.
+
+    ``digest`` is the manifest's digest, ``annotations`` its manifest annotations, ``size``
+    the sum of its layers' (compressed) sizes. Raises :class:`ImageNotFound` if absent.
+    """
+    cfg = config or default_config
+    try:
+        result = await run_command(
+            [cfg.skopeo, "inspect", "--raw", _tls("--tls-verify", tls_verify), _docker(ref)],
+            timeout=cfg.timeout,
+        )
+    except CommandError as e:
+        raise _error("inspecting", ref, e) from e
+    raw = result.stdout
+    try:
+        manifest = json.loads(raw)
+    except ValueError as e:
+        raise ImageError(f"inspecting {ref}: the registry returned no JSON manifest") from e
+    if "manifests" in manifest:
+        raise ImageError(f"{ref} is an image index, not a checkpoint image")
+    layers = manifest.get("layers") or []
+    return {
+        "digest": "sha256:" + hashlib.sha256(raw.encode()).hexdigest(),
+        "annotations": dict(manifest.get("annotations") or {}),
+        "size": sum(int(layer.get("size", 0)) for layer in layers),
+        "media_type": manifest.get("mediaType", ""),
+        "layers": [layer.get("digest", "") for layer in layers],
+    }
+
+
+def _oci_layers(layout_dir: str) -> list[str]:
+    """Paths of the layer blobs of the single image in an OCI layout directory."""
+
+    def blob(digest: str) -> str:
+        algo, _, hexdigest = digest.partition(":")
+        return os.path.join(layout_dir, "blobs", algo, hexdigest)
+
+    with open(os.path.join(layout_dir, "index.json")) as f:
+        index = json.load(f)
+    manifests = index.get("manifests") or []
+    if not manifests:
+        raise ImageError(f"{layout_dir}: empty OCI index")
+    with open(blob(manifests[0]["digest"])) as f:
+        manifest = json.load(f)
+    return [blob(layer["digest"]) for layer in manifest.get("layers") or []]
+
+
+def _layout_dir(dest_dir: str) -> str:
+    parent = os.path.dirname(os.path.abspath(dest_dir))
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=".oci-", dir=parent)
+
+
+def _unpack_layers(ref: str, layout: str, dest_dir: str) -> None:
+    os.makedirs(dest_dir, exist_ok=True)
+    layers = _oci_layers(layout)
+    if not layers:
+        raise ImageError(f"{ref} has no layers")
+    for layer in layers:
+        try:
+            ckpt.extract_archive(layer, dest_dir)
+        except ckpt.ArchiveError as e:
+            raise ImageError(f"unpacking {ref}: {e}") from e
+    if not os.path.isdir(os.path.join(dest_dir, ckpt.CHECKPOINT_DIRECTORY)):
+        raise ImageError(f"{ref} is not a checkpoint image (no checkpoint/ in its layer)")
+
+
+async def pull_archive(
+    ref: str, dest_dir: str, *, tls_verify: bool = False, config: ImageConfig | None = None
+) -> str:
+    """Pull the checkpoint image ``ref`` and unpack its layer into ``dest_dir``; return it.
+
+    ``dest_dir`` then holds the checkpoint archive's contents (``checkpoint/``,
+    ``config.dump``, ``spec.dump``, ...), ready for :meth:`Runtime.restore`.
+    """
+    cfg = config or default_config
+    layout = await asyncio.to_thread(_layout_dir, dest_dir)
+    try:
+        try:
+            await run_command(
+                [
+                    cfg.skopeo,
+                    "copy",
+                    "--quiet",
+                    _tls("--src-tls-verify", tls_verify),
+                    _docker(ref),
+                    f"oci:{layout}:checkpoint",
+                ],
+                timeout=cfg.timeout,
+            )
+        except CommandError as e:
+            raise _error("pulling", ref, e) from e
+        await asyncio.to_thread(_unpack_layers, ref, layout, dest_dir)
+        log.info("pulled checkpoint image %s into %s", ref, dest_dir)
+        return dest_dir
+    finally:
+        await asyncio.to_thread(shutil.rmtree, layout, True)
+
+
+async def delete(ref: str, *, tls_verify: bool = False, config: ImageConfig | None = None) -> None:
+    """Delete the image ``ref`` from its registry (the registry must allow deletes)."""
+    cfg = config or default_config
+    try:
+        await run_command(
+            [cfg.skopeo, "delete", _tls("--tls-verify", tls_verify), _docker(ref)],
+            timeout=cfg.timeout,
+        )
+    except CommandError as e:
+        raise _error("deleting", ref, e) from e
+    log.info("deleted checkpoint image %s", ref)
