@@ -88,14 +88,21 @@ ln -sf "$chp" "$prefix/bin/configurable-http-proxy"
 
 # The Python environment: the project itself, editable, with its test and lint tools.
 stamp=$venv/.jhub-suspend-installed
-if [ ! -x "$venv/bin/python" ]; then
-  log "python: creating $venv"
-  python3 -m venv "$venv"
+# Debian's own python3 (3.11 on bookworm): pods run as an unprivileged user (runAsUser), and
+# must be able to execute the environment's interpreter, which a pyenv under /root would forbid.
+base_python=/usr/bin/python3
+"$base_python" -c 'import sys; assert sys.version_info >= (3, 11), sys.version' \
+  || { echo "python: $base_python must be Python 3.11 or newer" >&2; exit 1; }
+if [ "$(readlink -f "$venv/bin/python" 2>/dev/null)" != "$(readlink -f "$base_python")" ]; then
+  log "python: creating $venv with $base_python"
+  rm -rf "$venv"
+  "$base_python" -m venv "$venv"
 fi
 if [ ! -f "$stamp" ] || [ "$repo/setup.cfg" -nt "$stamp" ]; then
   log "python: installing jhub-suspend and its test dependencies"
   # pip warns once per configured local index that lacks a package; those lines are noise.
-  "$venv/bin/pip" install -q -e "$repo[test,lint]" 2>&1 | grep -v "is neither a file nor a directory" || true
+  "$venv/bin/pip" install -q -e "$repo[test,lint]" 2>&1 \
+    | grep -vE "is neither a file nor a directory|BuildBackendWarning|^ *(!!|\*+|Please be careful|name as your package|with strategy|return)" || true
   "$venv/bin/python" -c "import jhub_suspend, kubespawner, kubernetes_asyncio, pytest_asyncio" \
     || { echo "python: the install into $venv is incomplete" >&2; exit 1; }
   touch "$stamp"

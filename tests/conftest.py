@@ -40,7 +40,7 @@ async def cluster(tmp_path_factory):
     require_command(CRIU, "run scripts/install.sh, which installs CRIU >= 4.2")
     from jhub_suspend.localcluster.cluster import LocalCluster
 
-    state = tmp_path_factory.mktemp("cluster")
+    state = str(tmp_path_factory.mktemp("cluster"))
     lc = LocalCluster(
         state_dir=str(state),
         bridge="jhst0",

@@ -206,3 +206,14 @@ def test_extract_accepts_gzip_layers(tmp_path):
             tar.add(os.path.join(src, name), arcname=name)
     info = ckpt.read_checkpoint(ckpt.extract_archive(str(layer), str(tmp_path / "out")))
     assert info.name == "notebook"
+
+
+def test_pinned_reference_drops_the_tag_when_a_digest_is_given():
+    from jhub_suspend.localcluster.images import pinned_reference
+
+    digest = "sha256:" + "a" * 64
+    assert pinned_reference(f"127.0.0.1:5000/ckpt/alice:v1@{digest}") == (
+        f"127.0.0.1:5000/ckpt/alice@{digest}"
+    )
+    assert pinned_reference("127.0.0.1:5000/ckpt/alice:v1") == "127.0.0.1:5000/ckpt/alice:v1"
+    assert pinned_reference(f"registry/alice@{digest}") == f"registry/alice@{digest}"

@@ -233,7 +233,7 @@ async def get(ip: str, path: str = "/", conn=None):
     return await asyncio.to_thread(http_get, ip, path, conn)
 
 
-async def wait_serving(ip: str, timeout: float = 15.0) -> None:  # noqa: ASYNC109
+async def wait_serving(ip: str, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from typing import ClassVar
 
 from traitlets import Integer, Unicode, default
 from traitlets.config import Application
@@ -19,8 +20,8 @@ class Demo(Application):
 
     name = "jhub-suspend-demo"
     description = __doc__
-    classes = [LocalCluster]
-    aliases = {"port": "Demo.port", "state-dir": "Demo.state_dir"}
+    classes: ClassVar[list] = [LocalCluster]
+    aliases: ClassVar[dict] = {"port": "Demo.port", "state-dir": "Demo.state_dir"}
 
     port = Integer(8000, help="Port on 127.0.0.1 where the hub answers.").tag(config=True)
     state_dir = Unicode(help="Where the demo keeps the cluster's and the hub's state.").tag(
@@ -34,9 +35,10 @@ class Demo(Application):
     user_password = Unicode(
         "jhub-suspend", help="Password of the demo users (any name but admin logs in with it)."
     ).tag(config=True)
-    admin_password = Unicode("jhub-suspend-admin", help="Password of the `admin` user.").tag(
-        config=True
-    )
+    admin_password = Unicode(
+        "jhub-suspend-admin-demo-password",
+        help="Password of the `admin` user (JupyterHub asks for 32 characters or more).",
+    ).tag(config=True)
 
     def start(self) -> None:
         asyncio.run(self._run())

@@ -39,7 +39,7 @@ async def start_hub(
     user_password: str | None = None,
     admin_password: str | None = None,
     group: services.ProcessGroup | None = services.PROCESSES,
-    timeout: float = 60,  # noqa: ASYNC109 - how long to wait for the hub to answer
+    timeout: float = 60,
 ) -> Hub:
     """Start JupyterHub with the demo configuration plus ``extra_config`` (Python config text)."""
     os.makedirs(state_dir, exist_ok=True)
@@ -47,12 +47,16 @@ async def start_hub(
     config.write_text(f"load_subconfig({str(BASE_CONFIG)!r})\n{extra_config}\n")
     token = secrets.token_hex(32)
     user_password = user_password or secrets.token_urlsafe(12)
-    admin_password = admin_password or secrets.token_urlsafe(12)
+    admin_password = admin_password or secrets.token_urlsafe(32)
     public_port = port or services.free_port()
     env = {
         **os.environ,
-        "JHUB_SUSPEND_CLUSTER": os.path.join(os.path.dirname(cluster["kubeconfig"]), "cluster.json"),
+        "JHUB_SUSPEND_CLUSTER": os.path.join(
+            os.path.dirname(cluster["kubeconfig"]), "cluster.json"
+        ),
         "JHUB_SUSPEND_HUB_STATE": state_dir,
+        # kubernetes_asyncio reads KUBECONFIG once, when it is first imported.
+        "KUBECONFIG": cluster["kubeconfig"],
         "JHUB_SUSPEND_HUB_URL": f"http://127.0.0.1:{public_port}",
         "JHUB_SUSPEND_HUB_PORT": str(services.free_port()),
         "JHUB_SUSPEND_PROXY_API_URL": f"http://127.0.0.1:{services.free_port()}",

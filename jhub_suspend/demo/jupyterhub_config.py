@@ -12,7 +12,8 @@ import sys
 
 c = get_config()  # type: ignore[name-defined]  # noqa: F821
 
-cluster = json.load(open(os.environ["JHUB_SUSPEND_CLUSTER"]))
+with open(os.environ["JHUB_SUSPEND_CLUSTER"]) as f:
+    cluster = json.load(f)
 state = os.environ["JHUB_SUSPEND_HUB_STATE"]
 venv_bin = os.path.dirname(sys.executable)
 # KubeSpawner's shared client loads the kubeconfig named here.
@@ -46,8 +47,11 @@ if token := os.environ.get("JHUB_SUSPEND_SERVICE_TOKEN"):
     # A token for the tests and the demo's self-check, with admin rights on servers and users.
     c.JupyterHub.services = [{"name": "jhub-suspend-admin", "api_token": token}]
     c.JupyterHub.load_roles = [
-        {"name": "jhub-suspend-admin", "scopes": ["admin:users", "admin:servers", "access:servers", "tokens"],
-         "services": ["jhub-suspend-admin"]}
+        {
+            "name": "jhub-suspend-admin",
+            "scopes": ["admin:users", "admin:servers", "access:servers", "tokens"],
+            "services": ["jhub-suspend-admin"],
+        }
     ]
 
 c.JupyterHub.spawner_class = os.environ.get("JHUB_SUSPEND_SPAWNER", "kubespawner.KubeSpawner")
@@ -55,6 +59,10 @@ c.KubeSpawner.namespace = "default"
 # The image is recorded in the pod but not run: the local cluster runs the command on the host.
 c.KubeSpawner.image = "quay.io/jupyter/base-notebook:latest"
 c.KubeSpawner.cmd = [os.path.join(venv_bin, "jupyterhub-singleuser")]
+# Notebooks run as root on the local cluster: its pods share the host's /proc, so CRIU's
+# parasite must be able to mount a /proc for the pod's PID namespace, which needs root. On a
+# real cluster the runtime gives each container its own /proc and notebooks run as jovyan.
+c.KubeSpawner.args = ["--allow-root"]
 c.KubeSpawner.cpu_guarantee = 0.5
 c.KubeSpawner.mem_guarantee = "512M"
 c.KubeSpawner.storage_pvc_ensure = True

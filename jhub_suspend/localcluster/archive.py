@@ -299,7 +299,10 @@ def extract_archive(archive_path: str, dest_dir: str) -> str:
     try:
         with tarfile.open(archive_path, mode="r:*") as tar:
             members = _safe_members(tar, dest_dir)
-            tar.extractall(dest_dir, members=members, filter="tar")
+            if hasattr(tarfile, "tar_filter"):  # Python >= 3.11.4
+                tar.extractall(dest_dir, members=members, filter="tar")
+            else:  # _safe_members has already refused links and paths that escape
+                tar.extractall(dest_dir, members=members)
     except (OSError, tarfile.TarError) as e:
         raise ArchiveError(f"cannot read checkpoint archive {archive_path}: {e}") from e
     return dest_dir

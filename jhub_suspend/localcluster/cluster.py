@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 from tornado import web
@@ -32,7 +32,7 @@ from .runtime import Runtime
 from .scheduler import Scheduler
 from .store import Store
 
-DEFAULT_NODES = [
+DEFAULT_NODES: list[dict[str, Any]] = [
     {"name": "node-1", "cpu": "2", "memory": "4Gi"},
     {"name": "gpu-node-1", "cpu": "2", "memory": "4Gi", "gpus": 1},
 ]
@@ -83,7 +83,7 @@ class LocalCluster(Application):
 
     @default("nodes")
     def _default_nodes(self) -> list[dict]:
-        return [dict(n) for n in DEFAULT_NODES]
+        return [{**n} for n in DEFAULT_NODES]
 
     @validate("nodes")
     def _validate_nodes(self, proposal: dict) -> list[dict]:
@@ -92,7 +92,9 @@ class LocalCluster(Application):
         for node in proposal["value"]:
             unknown = set(node) - fields
             if unknown:
-                raise ValueError(f"unknown node setting(s) {sorted(unknown)}; known: {sorted(fields)}")
+                raise ValueError(
+                    f"unknown node setting(s) {sorted(unknown)}; known: {sorted(fields)}"
+                )
             if not node.get("name"):
                 raise ValueError(f"every node needs a name: {node!r}")
             if node["name"] in names:
@@ -135,7 +137,9 @@ class LocalCluster(Application):
         super().initialize(argv)
         self.store = Store()
         self.kubelets: list[Kubelet] = []
-        self.network = PodNetwork(bridge=self.bridge, cidr=self.pod_cidr)
+        self.network = PodNetwork(
+            bridge=self.bridge, cidr=self.pod_cidr, netns_prefix=f"{self.bridge}-"
+        )
         self.processes = services.ProcessGroup()
         self._servers: list[HTTPServer] = []
         self._tasks: list[asyncio.Task] = []
@@ -206,10 +210,13 @@ class LocalCluster(Application):
             self.prometheus_url = prom.url
 
         apiserver.write_kubeconfig(self.kubeconfig_path, self.api_url, token=self.admin_token)
-        with open(os.path.join(self.state_dir, "cluster.json"), "w") as f:
-            json.dump(self.describe(), f, indent=2)
-        self.log.info("local cluster ready: API %s, registry %s, Prometheus %s",
-                      self.api_url, self.registry_host or "-", self.prometheus_url or "-")
+        Path(self.state_dir, "cluster.json").write_text(json.dumps(self.describe(), indent=2))
+        self.log.info(
+            "local cluster ready: API %s, registry %s, Prometheus %s",
+            self.api_url,
+            self.registry_host or "-",
+            self.prometheus_url or "-",
+        )
 
     def _serve(self, app: web.Application) -> str:
         sockets = bind_sockets(0, self.host)

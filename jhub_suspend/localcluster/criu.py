@@ -66,7 +66,7 @@ class CommandResult:
 async def run_command(
     argv: Sequence[str],
     *,
-    timeout: float = 60.0,  # noqa: ASYNC109 - the process is killed when it runs out
+    timeout: float = 60.0,
     check: bool = True,
     env: Mapping[str, str] | None = None,
     pass_fds: Sequence[int] = (),
@@ -269,7 +269,7 @@ async def run_criu(
     argv: Sequence[str],
     *,
     log_path: str,
-    timeout: float,  # noqa: ASYNC109 - CRIU is killed when it runs out
+    timeout: float,
     pass_fds: Sequence[int] = (),
 ) -> CommandResult:
     """Run CRIU; raise :class:`CriuError` with CRIU's reason on failure or timeout.

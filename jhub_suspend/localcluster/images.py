@@ -73,8 +73,22 @@ def _is_not_found(message: str) -> bool:
     return any(m in low for m in _NOT_FOUND_MARKERS)
 
 
+def pinned_reference(ref: str) -> str:
+    """``repo:tag@digest`` as container runtimes read it: the digest wins and the tag is dropped
+    (skopeo refuses references that carry both)."""
+    name, at, digest = ref.partition("@")
+    if not at:
+        return ref
+    last = name.rsplit("/", 1)
+    if ":" in last[-1]:
+        last[-1] = last[-1].split(":", 1)[0]
+        name = "/".join(last)
+    return f"{name}@{digest}"
+
+
 def _docker(ref: str) -> str:
-    return ref if ref.startswith("docker://") else f"docker://{ref}"
+    ref = ref.removeprefix("docker://")
+    return f"docker://{pinned_reference(ref)}"
 
 
 def _tls(flag: str, tls_verify: bool) -> str:

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tornado import web
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
 
 from . import images, metrics
 from .network import NetnsInfo, PodNetwork
@@ -155,6 +157,44 @@ def _field_path(pod: dict, path: str) -> str:
     for part in path.split("."):
         obj = obj.get(part, "") if isinstance(obj, dict) else ""
     return str(obj or "")
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """The user a container runs as, from the pod's and the container's securityContext."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    fs_group: int | None
+
+    def argv(self) -> list[str]:
+        """A prefix that drops to this user and then execs the command (the pid stays the same)."""
+        groups = ",".join(str(g) for g in self.groups)
+        return [
+            "setpriv",
+            f"--reuid={self.uid}",
+            f"--regid={self.gid}",
+            f"--groups={groups}" if groups else "--clear-groups",
+            "--",
+        ]
+
+
+def run_as(pod: dict, container: dict) -> RunAs | None:
+    """Who the container runs as; None means root, the default user of the host "image"."""
+    psc = pod["spec"].get("securityContext") or {}
+    csc = container.get("securityContext") or {}
+    uid = csc.get("runAsUser", psc.get("runAsUser"))
+    if uid is None or uid == 0:
+        return None
+    gid = csc.get("runAsGroup", psc.get("runAsGroup", 0))
+    fs_group = psc.get("fsGroup")
+    groups = tuple(
+        dict.fromkeys(
+            ([fs_group] if fs_group is not None else []) + psc.get("supplementalGroups", [])
+        )
+    )
+    return RunAs(int(uid), int(gid), tuple(int(g) for g in groups), fs_group)
 
 
 def volume_dirs(pod: dict, state_dir: str) -> dict[str, str]:
@@ -319,7 +359,7 @@ class Kubelet:
         self.gpu_util: dict[int, float] = {}
         self.address = "127.0.0.1"
         self.port = 0
-        self._server = None
+        self._server: HTTPServer | None = None
         self._watch_task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._terminating: set[str] = set()
@@ -328,13 +368,10 @@ class Kubelet:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Serve the kubelet API, register the node and start watching its pods."""
-        from tornado.httpserver import HTTPServer
-        from tornado.netutil import bind_sockets
-
         sockets = bind_sockets(port, host)
         self.address, self.port = host, sockets[0].getsockname()[1]
-        self._server = HTTPServer(self.make_app())
-        self._server.add_sockets(sockets)
+        server = self._server = HTTPServer(self.make_app())
+        server.add_sockets(sockets)
         os.makedirs(self.checkpoint_dir, exist_ok=True)
         self._register_node()
         self._watch_task = asyncio.create_task(self._watch(), name=f"kubelet-{self.node.name}")
@@ -432,13 +469,18 @@ class Kubelet:
         self._set_status(pod, waiting_status(pod, "ContainerCreating"))
         try:
             rec.gpus = self._allocate_gpus(pod)
-            rec.netns = await self.network.create_netns(f"{self.node.name}-{rec.uid[:8]}")
+            rec.netns = await self.network.create_netns(
+                f"{self.network.netns_prefix}{rec.uid[:13]}"
+            )
             started: dict[str, dict] = {}
             for container in pod["spec"]["containers"]:
                 proc, info = await self._start_container(pod, rec, container)
                 rec.containers[container["name"]] = proc
                 started[container["name"]] = info
-        except PodFailed as e:
+        except Exception as e:
+            if not isinstance(e, PodFailed):
+                log.exception("pod %s/%s: creating containers failed", rec.namespace, rec.name)
+                e = PodFailed("CreateContainerError", f"{type(e).__name__}: {e}")
             log.warning("pod %s/%s: %s: %s", rec.namespace, rec.name, e.reason, e.message)
             self._event(pod, "Failed", e.message, "Warning")
             if current := self._current(rec):
@@ -492,18 +534,26 @@ class Kubelet:
                 "imageID": f"{image}@{checkpoint['digest']}",
             }
 
+        user = run_as(pod, container)
         mounts = volume_dirs(pod, self.state_dir)
-        for path in mounts.values():
-            os.makedirs(path, exist_ok=True)
         workdir = container.get("workingDir")
-        cwd = (host_path(container, mounts, workdir) if workdir else None) or pod_dir
-        os.makedirs(cwd, exist_ok=True)
+        cwd = (host_path(container, mounts, workdir) if workdir else None) or os.path.join(
+            pod_dir, "home"
+        )
+        for path in {*mounts.values(), cwd}:
+            if not os.path.isdir(path):
+                os.makedirs(path)
+                # As the kubelet applies fsGroup to volumes, so the user can write them.
+                if user:
+                    os.chown(
+                        path, user.uid, user.fs_group if user.fs_group is not None else user.gid
+                    )
         extra = {"HOME": cwd}
         if rec.gpus:
             devices = ",".join(str(i) for i in rec.gpus)
             extra.update(NVIDIA_VISIBLE_DEVICES=devices, CUDA_VISIBLE_DEVICES=devices)
         try:
-            argv = container_argv(container)
+            argv = (user.argv() if user else []) + container_argv(container)
             env = container_env(container, pod, extra)
             proc = await self.runtime.start(rec.netns, argv, env, cwd, log_path)
         except (ValueError, OSError) as e:
@@ -580,8 +630,10 @@ class Kubelet:
         await asyncio.gather(*(self.runtime.terminate(p, grace) for p in rec.containers.values()))
         if rec.netns:
             await self.network.delete_netns(rec.netns.name)
-        shutil.rmtree(os.path.join(self.state_dir, "pods", rec.namespace, rec.name, "volumes"),
-                      ignore_errors=True)
+        shutil.rmtree(
+            os.path.join(self.state_dir, "pods", rec.namespace, rec.name, "volumes"),
+            ignore_errors=True,
+        )
 
     # ---- the kubelet's HTTP API ------------------------------------------------------------
 
@@ -594,8 +646,14 @@ class Kubelet:
         """Checkpoint one container with CRIU; it keeps running. Returns the archive's path."""
         rec = self.find(namespace, pod)
         if rec is None or container not in rec.containers or rec.netns is None:
-            raise web.HTTPError(404, "pod or container %s/%s/%s not found on node %s",
-                                namespace, pod, container, self.node.name)
+            raise web.HTTPError(
+                404,
+                "pod or container %s/%s/%s not found on node %s",
+                namespace,
+                pod,
+                container,
+                self.node.name,
+            )
         stamp = rfc3339(self.clock())
         path = os.path.join(
             self.checkpoint_dir, f"checkpoint-{pod}_{namespace}-{container}-{stamp}.tar"
@@ -683,8 +741,8 @@ class KubeletHandler(web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: object) -> None:
         exc = kwargs.get("exc_info")
         message = self._reason
-        if exc and isinstance(exc[1], web.HTTPError) and exc[1].log_message:  # type: ignore[index]
-            err = exc[1]  # type: ignore[index]
+        err = exc[1] if isinstance(exc, tuple) else None
+        if isinstance(err, web.HTTPError) and err.log_message:
             message = err.log_message % err.args if err.args else err.log_message
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish(message + "\n")

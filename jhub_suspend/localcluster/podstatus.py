@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 def set_condition(
     pod: dict, type_: str, status: str, reason: str | None = None, message: str | None = None
 ) -> None:

@@ -206,7 +206,7 @@ class ContainerProcess:
         assert self._exited is not None
         return await asyncio.shield(self._exited)
 
-    async def wait_logs(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    async def wait_logs(self, timeout: float = 5.0) -> None:
         """Wait until the output pipe reached end of file (all writers gone)."""
         if self._log_done is not None:
             with contextlib.suppress(TimeoutError):
@@ -449,7 +449,7 @@ class Runtime:
         *,
         container_name: str,
         pod_meta: Mapping[str, Any],
-        timeout: float = 120.0,  # noqa: ASYNC109 - CRIU is killed when it runs out
+        timeout: float = 120.0,
         image: str = "",
     ) -> dict[str, Any]:
         """Dump the container with CRIU (it keeps running) and write a CRI-O layout archive.
@@ -555,7 +555,7 @@ class Runtime:
         netns: NetnsInfo,
         log_path: str,
         *,
-        timeout: float = 120.0,  # noqa: ASYNC109 - CRIU is killed when it runs out
+        timeout: float = 120.0,
     ) -> ContainerProcess:
         """Restore a checkpoint into ``netns`` (another pod's namespace, another address).
 

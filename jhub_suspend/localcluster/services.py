@@ -316,7 +316,7 @@ class ManagedProcess:
     async def wait_ready(
         self,
         check: ReadyCheck | None = None,
-        timeout: float = 30.0,  # noqa: ASYNC109 - the process is checked between polls
+        timeout: float = 30.0,
     ) -> None:
         """Wait until check passes: a URL that answers 200 (default: self.ready_url) or a
         predicate (sync or async). Polls with jittered exponential backoff. Raises
@@ -416,7 +416,7 @@ async def start_and_wait(
     make: Callable[[int], ManagedProcess],
     port: int,
     *,
-    timeout: float,  # noqa: ASYNC109 - how long to wait for readiness
+    timeout: float,
     attempts: int = 3,
 ) -> ManagedProcess:
     """Start make(port) and wait until it is ready. When port is 0 a free port is picked and, if
@@ -585,7 +585,7 @@ async def start_prometheus(
     retention: str = "1d",
     binary: str | None = None,
     group: ProcessGroup | None = PROCESSES,
-    timeout: float = 60.0,  # noqa: ASYNC109 - how long to wait for readiness
+    timeout: float = 60.0,
 ) -> PrometheusProcess:
     """Start Prometheus on 127.0.0.1:port (0: a free port) with its configuration
     (prometheus.yml), data (data/) and log (prometheus.log) in state_dir, its own directory, and
@@ -657,7 +657,7 @@ async def start_registry(
     log_level: str = "info",
     binary: str | None = None,
     group: ProcessGroup | None = PROCESSES,
-    timeout: float = 30.0,  # noqa: ASYNC109 - how long to wait for readiness
+    timeout: float = 30.0,
 ) -> RegistryProcess:
     """Start docker-registry on 127.0.0.1:port (0: a free port) with its configuration
     (config.yml), storage (storage/) and log (registry.log) in state_dir, its own directory, and

@@ -20,7 +20,9 @@ class HubAPI:
             f"{self.api_url}/{path.lstrip('/')}",
             method=method,
             headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
-            body=json.dumps(body) if body is not None else (b"" if method in ("POST", "PUT") else None),
+            body=json.dumps(body)
+            if body is not None
+            else (b"" if method in ("POST", "PUT") else None),
             allow_nonstandard_methods=True,
             request_timeout=60,
         )
