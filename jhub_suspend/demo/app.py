@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from typing import ClassVar
 
 from traitlets import Integer, Unicode, default
 from traitlets.config import Application
@@ -20,8 +19,8 @@ class Demo(Application):
 
     name = "jhub-suspend-demo"
     description = __doc__
-    classes: ClassVar[list] = [LocalCluster]
-    aliases: ClassVar[dict] = {"port": "Demo.port", "state-dir": "Demo.state_dir"}
+    classes = [LocalCluster]  # noqa: RUF012 (traitlets declares these as instance variables)
+    aliases = {"port": "Demo.port", "state-dir": "Demo.state_dir"}  # noqa: RUF012
 
     port = Integer(8000, help="Port on 127.0.0.1 where the hub answers.").tag(config=True)
     state_dir = Unicode(help="Where the demo keeps the cluster's and the hub's state.").tag(

@@ -160,6 +160,8 @@ class LocalCluster(Application):
 
     async def _start(self) -> None:
         os.makedirs(self.state_dir, exist_ok=True)
+        # The store lives in memory, so pods left on this bridge belong to a cluster that died.
+        await self.network.teardown(kill_processes=True)
         await self.network.setup()
         runtime = Runtime(criu_path=self.criu_path, state_dir=self.state_dir)
 
@@ -240,7 +242,7 @@ class LocalCluster(Application):
         await self.processes.stop_all()
         for server in self._servers:
             server.stop()
-        await self.network.teardown()
+        await self.network.teardown(kill_processes=True)
         self.log.info("local cluster stopped")
 
     # ---- facts for clients -----------------------------------------------------------------

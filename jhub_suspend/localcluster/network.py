@@ -11,11 +11,13 @@ Everything is done with ``ip`` commands run as asyncio subprocesses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ipaddress
 import json
 import logging
 import os
+import signal
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
@@ -267,16 +269,29 @@ class PodNetwork:
             await self._delete(name)
         log.info("netns %s deleted", name)
 
-    async def teardown(self) -> None:
-        """Remove all of this network's namespaces and the bridge."""
+    async def teardown(self, kill_processes: bool = False) -> None:
+        """Remove all of this network's namespaces and the bridge.
+
+        With ``kill_processes``, first SIGKILL every process still inside those namespaces: the
+        leftovers of a cluster that died without stopping its pods.
+        """
         async with self._lock:
             names = set(await self._our_namespaces()) | set(self._allocated)
             for name in sorted(names):
+                if kill_processes:
+                    await self._kill_processes(name)
                 await self._delete(name)
             if await self._link_exists(self.bridge):
                 await self._ip("link", "del", "dev", self.bridge, check=False)
             self._recovered = False
         log.info("pod network on %s torn down", self.bridge)
+
+    async def _kill_processes(self, name: str) -> None:
+        result = await run_command(["ip", "netns", "pids", name], timeout=IP_TIMEOUT, check=False)
+        for pid in result.stdout.split():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+                log.warning("killed leftover process %s in netns %s", pid, name)
 
     def allocated(self) -> dict[str, str]:
         """Namespace name -> address, for the namespaces this network holds."""

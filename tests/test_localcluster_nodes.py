@@ -1,0 +1,168 @@
+"""The local cluster's nodes: GPUs and their DCGM metrics, node registration, and cleanup."""
+
+import json
+import os
+
+import pytest
+from jupyterhub.utils import exponential_backoff
+from prometheus_api_client import PrometheusConnect
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+from jhub_suspend.localcluster.cluster import LocalCluster
+from jhub_suspend.localcluster.network import PodNetwork
+from jhub_suspend.localcluster.runtime import Runtime
+
+pytestmark = pytest.mark.slow
+
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+def sleeper(name, **resources):
+    return {
+        "metadata": {"name": name, "labels": {"app": "test"}},
+        "spec": {
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "busybox",
+                    "command": ["sleep", "600"],
+                    "resources": {"requests": resources, "limits": resources},
+                }
+            ],
+            "tolerations": [GPU_TOLERATION],
+            "terminationGracePeriodSeconds": 0,
+        },
+    }
+
+
+async def wait_running(store, name, timeout=30):
+    def running():
+        pod = store.get("pods", "default", name)
+        return pod if pod["status"].get("phase") == "Running" else False
+
+    return await exponential_backoff(running, f"pod {name} never ran", timeout=timeout, max_wait=1)
+
+
+async def wait_gone(store, name, timeout=30):
+    await exponential_backoff(
+        lambda: not store.exists("pods", "default", name),
+        f"pod {name} was never removed",
+        timeout=timeout,
+        max_wait=1,
+    )
+
+
+async def test_nodes_register_with_capacity_and_labels(cluster):
+    node = cluster.store.get("nodes", None, "gpu-node-1")
+    assert node["status"]["allocatable"]["nvidia.com/gpu"] == "1"
+    labels = node["metadata"]["labels"]
+    assert labels["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-40GB"
+    assert labels["kubernetes.io/arch"] in ("amd64", "arm64")
+    kubelet = cluster.kubelet("gpu-node-1")
+    assert node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"] == kubelet.port
+
+
+async def test_gpu_pod_gets_a_gpu_and_its_utilisation_is_exported(cluster):
+    store = cluster.store
+    store.create("pods", "default", sleeper("gpu-user", **{"nvidia.com/gpu": "1"}))
+    pod = await wait_running(store, "gpu-user")
+    assert pod["spec"]["nodeName"] == "gpu-node-1"
+    kubelet = cluster.kubelet("gpu-node-1")
+    http = AsyncHTTPClient()
+    try:
+        url = f"http://{kubelet.address}:{kubelet.port}"
+        await http.fetch(f"{url}/debug/gpus/0", method="PUT", body=json.dumps({"utilization": 73}))
+        with pytest.raises(HTTPClientError) as err:
+            await http.fetch(f"{url}/debug/gpus/0", method="PUT", body='{"utilization": 300}')
+        assert err.value.code == 400
+        page = (await http.fetch(f"{url}/metrics/dcgm")).body.decode()
+        line = next(ln for ln in page.splitlines() if ln.startswith("DCGM_FI_DEV_GPU_UTIL{"))
+        assert 'pod="gpu-user"' in line and 'namespace="default"' in line
+        assert line.endswith(" 73")
+
+        prom = PrometheusConnect(cluster.prometheus_url, disable_ssl=True)
+
+        def scraped():
+            result = prom.custom_query('DCGM_FI_DEV_GPU_UTIL{pod="gpu-user"}')
+            return result or False
+
+        (sample,) = await exponential_backoff(
+            scraped, "Prometheus never scraped the GPU", timeout=60, max_wait=1
+        )
+        assert float(sample["value"][1]) == 73
+        assert sample["metric"]["container"] == "main"
+    finally:
+        store.delete("pods", "default", "gpu-user", grace_period_seconds=0)
+        await wait_gone(store, "gpu-user")
+
+
+async def test_a_second_gpu_pod_waits_for_the_first(cluster):
+    store = cluster.store
+    store.create("pods", "default", sleeper("gpu-a", **{"nvidia.com/gpu": "1"}))
+    await wait_running(store, "gpu-a")
+    store.create("pods", "default", sleeper("gpu-b", **{"nvidia.com/gpu": "1"}))
+    try:
+
+        def unschedulable():
+            conds = store.get("pods", "default", "gpu-b")["status"].get("conditions", [])
+            return next((c for c in conds if c.get("reason") == "Unschedulable"), False)
+
+        cond = await exponential_backoff(
+            unschedulable, "gpu-b was never reported unschedulable", timeout=30, max_wait=1
+        )
+        assert "Insufficient nvidia.com/gpu" in cond["message"]
+        store.delete("pods", "default", "gpu-a", grace_period_seconds=0)
+        pod = await wait_running(store, "gpu-b")
+        assert pod["spec"]["nodeName"] == "gpu-node-1"
+    finally:
+        for name in ("gpu-a", "gpu-b"):
+            if store.exists("pods", "default", name):
+                store.delete("pods", "default", name, grace_period_seconds=0)
+            await wait_gone(store, name)
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has finished; only its parent's wait is missing.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_stopping_a_cluster_leaves_nothing_behind(tmp_path, criu_path):
+    """A cluster that dies leaves pods behind; the next start on its bridge removes them, and a
+    clean stop leaves no process, namespace or server."""
+    bridge, cidr = "jhsc0", "10.98.2.0/24"
+    # A pod left behind by a cluster that was killed: a process in one of the bridge's netns.
+    network = PodNetwork(bridge=bridge, cidr=cidr, netns_prefix=f"{bridge}-")
+    await network.setup()
+    netns = await network.create_netns(f"{bridge}-orphan")
+    orphan = await Runtime(criu_path=criu_path, state_dir=str(tmp_path / "rt")).start(
+        netns, ["sleep", "600"], {"PATH": os.environ["PATH"]}, str(tmp_path), str(tmp_path / "log")
+    )
+    assert alive(orphan.pid)
+
+    lc = LocalCluster(
+        state_dir=str(tmp_path / "state"),
+        bridge=bridge,
+        pod_cidr=cidr,
+        criu_path=criu_path,
+        nodes=[{"name": "solo", "cpu": "1", "memory": "1Gi"}],
+    )
+    lc.initialize([])
+    await lc.up()
+    try:
+        assert not alive(orphan.pid), "the leftover pod survived a new cluster's start"
+        lc.store.create("pods", "default", sleeper("s1", cpu="100m"))
+        await wait_running(lc.store, "s1")
+        pod_pid = lc.kubelet("solo").find("default", "s1").containers["main"].pid
+        servers = [p.pid for p in lc.processes]
+        assert len(servers) == 2  # registry and Prometheus
+    finally:
+        await lc.down()
+    assert not alive(pod_pid)
+    assert not any(alive(pid) for pid in servers)
+    assert await network._our_namespaces() == []
+    assert not os.path.exists(f"/sys/class/net/{bridge}")
