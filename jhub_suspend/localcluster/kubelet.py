@@ -221,7 +221,8 @@ def host_path(container: dict, mounts: dict[str, str], path: str) -> str | None:
         if m["name"] in mounts and (path == mount_path or path.startswith(mount_path + "/")):
             rel = path[len(mount_path) :].lstrip("/")
             if best is None or len(mount_path) > best[0]:
-                best = (len(mount_path), os.path.join(mounts[m["name"]], rel))
+                host = os.path.join(mounts[m["name"]], rel) if rel else mounts[m["name"]]
+                best = (len(mount_path), host)
     return best[1] if best else None
 
 
