@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from jhub_suspend.localcluster import archive as ckpt
+from jhub_suspend import archive as ckpt
 
 
 def make_checkpoint_dir(path, *, pipes="1234,5678"):
@@ -209,7 +209,7 @@ def test_extract_accepts_gzip_layers(tmp_path):
 
 
 def test_pinned_reference_drops_the_tag_when_a_digest_is_given():
-    from jhub_suspend.localcluster.images import pinned_reference
+    from jhub_suspend.images import pinned_reference
 
     digest = "sha256:" + "a" * 64
     assert pinned_reference(f"127.0.0.1:5000/ckpt/alice:v1@{digest}") == (

@@ -16,8 +16,8 @@ from jupyterhub.utils import exponential_backoff
 from kubernetes_asyncio import client, config
 from prometheus_api_client import PrometheusConnect
 
+from jhub_suspend import images
 from jhub_suspend.demo.hub import start_hub
-from jhub_suspend.localcluster import images
 from jhub_suspend.testing.hubapi import HubAPI
 from jhub_suspend.testing.kernel import KernelClient
 

@@ -23,8 +23,8 @@ from conftest import require_command, require_root
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from jhub_suspend.localcluster import archive as ckpt
-from jhub_suspend.localcluster import images
+from jhub_suspend import archive as ckpt
+from jhub_suspend import images
 from jhub_suspend.localcluster.criu import CriuError, dump_args, run_criu
 from jhub_suspend.localcluster.network import (
     PodNetwork,

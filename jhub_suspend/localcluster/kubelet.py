@@ -33,7 +33,8 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from . import images, metrics
+from .. import images
+from . import metrics
 from .network import NetnsInfo, PodNetwork
 from .podstatus import set_condition
 from .runtime import ContainerProcess, Runtime

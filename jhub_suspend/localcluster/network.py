@@ -21,7 +21,7 @@ import signal
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
-from .criu import CommandError, run_command
+from ..commands import CommandError, run_command
 
 log = logging.getLogger(__name__)
 

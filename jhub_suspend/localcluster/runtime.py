@@ -33,7 +33,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import archive as ckpt
+from .. import archive as ckpt
+from ..commands import run_command
 from .criu import (
     DEFAULT_CRIU,
     DUMP_LOG,
@@ -43,7 +44,6 @@ from .criu import (
     dump_args,
     pipe_resource,
     restore_args,
-    run_command,
     run_criu,
 )
 from .network import NetnsInfo

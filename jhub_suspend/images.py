@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import archive as ckpt
-from .criu import CommandError, run_command
+from .commands import CommandError, run_command
 
 log = logging.getLogger(__name__)
 
