@@ -5,11 +5,14 @@ with a message that says what, so CI cannot pass by skipping.
 """
 
 import os
+import secrets
 import shutil
 
 import pytest
 import pytest_asyncio
 
+ADMIN_TOKEN = secrets.token_hex(16)
+AGENT_TOKEN = secrets.token_hex(16)
 CRIU = os.environ.get("JHUB_SUSPEND_CRIU", "/opt/jhub-suspend/bin/criu")
 
 
@@ -46,6 +49,14 @@ async def cluster(tmp_path_factory):
         bridge="jhst0",
         pod_cidr="10.98.1.0/24",
         criu_path=CRIU,
+        tokens={
+            ADMIN_TOKEN: {"user": "admin", "permissions": ["*"]},
+            # What the node agent's ClusterRole grants: the kubelet checkpoint call, nothing more.
+            AGENT_TOKEN: {
+                "user": "system:serviceaccount:jhub-suspend:agent",
+                "permissions": ["nodes/checkpoint"],
+            },
+        },
         nodes=[
             {"name": "node-1", "cpu": "1", "memory": "4Gi"},
             {

@@ -71,9 +71,17 @@ async def test_gpu_pod_gets_a_gpu_and_its_utilisation_is_exported(cluster):
     http = AsyncHTTPClient()
     try:
         url = f"http://{kubelet.address}:{kubelet.port}"
-        await http.fetch(f"{url}/debug/gpus/0", method="PUT", body=json.dumps({"utilization": 73}))
+        auth = {"Authorization": f"Bearer {cluster.admin_token}"}
         with pytest.raises(HTTPClientError) as err:
-            await http.fetch(f"{url}/debug/gpus/0", method="PUT", body='{"utilization": 300}')
+            await http.fetch(f"{url}/debug/gpus/0", method="PUT", body='{"utilization": 73}')
+        assert err.value.code == 401
+        await http.fetch(
+            f"{url}/debug/gpus/0", method="PUT", headers=auth, body=json.dumps({"utilization": 73})
+        )
+        with pytest.raises(HTTPClientError) as err:
+            await http.fetch(
+                f"{url}/debug/gpus/0", method="PUT", headers=auth, body='{"utilization": 300}'
+            )
         assert err.value.code == 400
         page = (await http.fetch(f"{url}/metrics/dcgm")).body.decode()
         line = next(ln for ln in page.splitlines() if ln.startswith("DCGM_FI_DEV_GPU_UTIL{"))

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,13 @@ class LocalCluster(Application):
 
     def initialize(self, argv: Any = None) -> None:
         super().initialize(argv)
+        # Prometheus scrapes the kubelets as a real one does: with a token allowed nodes/metrics.
+        self._prometheus_token = secrets.token_hex(16) if self.tokens else None
+        if self._prometheus_token:
+            self.tokens = {
+                **self.tokens,
+                self._prometheus_token: {"user": "prometheus", "permissions": ["nodes/metrics"]},
+            }
         self.store = Store()
         self.kubelets: list[Kubelet] = []
         self.network = PodNetwork(
@@ -273,7 +281,12 @@ class LocalCluster(Application):
     def scrape_targets(self) -> list[dict]:
         kubelets = [f"{k.address}:{k.port}" for k in self.kubelets]
         return [
-            {"job": "kubelet-cadvisor", "targets": kubelets, "metrics_path": "/metrics/cadvisor"},
+            {
+                "job": "kubelet-cadvisor",
+                "targets": kubelets,
+                "metrics_path": "/metrics/cadvisor",
+                "bearer_token": self._prometheus_token,
+            },
             {"job": "dcgm-exporter", "targets": kubelets, "metrics_path": "/metrics/dcgm"},
             {
                 "job": "kube-state-metrics",

@@ -462,8 +462,9 @@ def prometheus_config(
 
     Each target is a dict with ``job`` and ``targets`` ("host:port" strings), and optionally
     ``metrics_path`` (default /metrics), ``scrape_interval`` (the job's scrape timeout is set
-    to it), ``scrape_timeout``, ``scheme``, ``honor_labels`` and ``labels`` (added to every
-    series). Raises ValueError for a malformed target or a job given twice.
+    to it), ``scrape_timeout``, ``scheme``, ``honor_labels``, ``labels`` (added to every
+    series) and ``bearer_token`` (sent as ``Authorization: Bearer``, as Prometheus scrapes
+    kubelets with its service account's token). Raises ValueError for a malformed target or a job given twice.
     """
     jobs = []
     seen: set[str] = set()
@@ -486,6 +487,7 @@ def prometheus_config(
             "scheme",
             "honor_labels",
             "labels",
+            "bearer_token",
         }
         if unknown:
             raise ValueError(f"job {job!r}: unknown keys {sorted(unknown)}")
@@ -505,6 +507,8 @@ def prometheus_config(
         for key in ("scheme", "honor_labels"):
             if key in t:
                 cfg[key] = t[key]
+        if t.get("bearer_token"):
+            cfg["authorization"] = {"type": "Bearer", "credentials": t["bearer_token"]}
         jobs.append(cfg)
     config = {
         "global": {
