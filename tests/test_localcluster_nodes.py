@@ -91,8 +91,9 @@ async def test_gpu_pod_gets_a_gpu_and_its_utilisation_is_exported(cluster):
         prom = PrometheusConnect(cluster.prometheus_url, disable_ssl=True)
 
         def scraped():
+            # An earlier scrape may have seen the GPU at 0, before the test set it.
             result = prom.custom_query('DCGM_FI_DEV_GPU_UTIL{pod="gpu-user"}')
-            return result or False
+            return result if result and float(result[0]["value"][1]) != 0 else False
 
         (sample,) = await exponential_backoff(
             scraped, "Prometheus never scraped the GPU", timeout=60, max_wait=1
