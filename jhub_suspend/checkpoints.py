@@ -1,0 +1,186 @@
+"""The checkpoint record: what a suspended server's state keeps so it can be restored.
+
+Plain data and pure functions; the spawner does the IO.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from jupyterhub.crypto import CryptKeeper
+
+CHECKPOINT_NAME_ANNOTATION = "io.kubernetes.cri-o.annotations.checkpoint.name"
+ANNOTATION_PREFIX = "jhub-suspend.jupyter.org"
+# Set on a pod by whoever asks for a suspension (the service, an admin, the user); the
+# spawner's stop() checkpoints a pod that carries it.
+SUSPEND_REQUEST_ANNOTATION = f"{ANNOTATION_PREFIX}/suspend-requested"
+# Set by the spawner on a pod whose suspension failed: the pod keeps running and the next start
+# adopts it instead of replacing it.
+SUSPEND_FAILED_ANNOTATION = f"{ANNOTATION_PREFIX}/suspend-failed"
+SEALED_PREFIX = "fernet:"
+
+
+class Status:
+    """Where a checkpoint is in its life."""
+
+    #: pushed and verified; the pod may still exist (a stop in progress)
+    VERIFIED = "verified"
+    #: the pod is gone; the checkpoint is what remains of the server
+    SUSPENDED = "suspended"
+    #: a restore from it has started
+    RESTORING = "restoring"
+    #: the server was restored from it; it can be deleted from the registry
+    RESTORED = "restored"
+    #: a restore from it failed; it is kept for the admin
+    RESTORE_FAILED = "restore_failed"
+    #: the user chose to start fresh instead
+    DISCARDED = "discarded"
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """What a restore needs from the node the checkpoint was taken on."""
+
+    node: str = ""
+    arch: str = ""
+    gpu_product: str = ""
+    gpu_count: int = 0
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A server's checkpoint, as recorded in the spawner's state."""
+
+    image: str  # repository@sha256:..., the only reference a restore uses
+    digest: str
+    size: int
+    created: str  # RFC 3339
+    reason: str
+    container: str
+    original_image: str
+    node: NodeFacts = field(default_factory=NodeFacts)
+    status: str = Status.VERIFIED
+    archive_bytes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def restorable(self) -> bool:
+        return self.status in (Status.VERIFIED, Status.SUSPENDED)
+
+    def with_status(self, status: str) -> Checkpoint:
+        return replace(self, status=status)
+
+    def to_state(self, seal: bool = True) -> dict[str, Any]:
+        """The record for the spawner's state; the image reference is sealed with the hub's
+        crypt key when one is set, since whoever can pull it can read the notebook's memory."""
+        data = asdict(self)
+        if seal:
+            data["image"] = seal_secret(self.image)
+        return data
+
+    @classmethod
+    def from_state(cls, data: dict[str, Any]) -> Checkpoint:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["image"] = unseal_secret(values.get("image", ""))
+        values["node"] = NodeFacts(**(values.get("node") or {}))
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class LastError:
+    """The last failure of a suspension or a restore, kept for the UI."""
+
+    operation: str  # "suspend" or "restore"
+    message: str
+    time: str
+
+    def to_state(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def seal_secret(value: str) -> str:
+    """Encrypt ``value`` with JupyterHub's crypt key (JUPYTERHUB_CRYPT_KEY) when one is set."""
+    keeper = CryptKeeper.instance()
+    if not keeper.keys or keeper.fernet is None:
+        return value
+    return SEALED_PREFIX + keeper.fernet.encrypt(value.encode()).decode()
+
+
+def unseal_secret(value: str) -> str:
+    if not value.startswith(SEALED_PREFIX):
+        return value
+    keeper = CryptKeeper.instance()
+    if keeper.fernet is None:
+        raise ValueError(
+            "a checkpoint reference is encrypted but JUPYTERHUB_CRYPT_KEY is not set; "
+            "set the key the hub used when it recorded the checkpoint"
+        )
+    return keeper.fernet.decrypt(value[len(SEALED_PREFIX) :].encode()).decode()
+
+
+def rfc3339(t: datetime.datetime) -> str:
+    return t.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def image_reference(repository: str, namespace: str, pod: str, now: datetime.datetime) -> str:
+    """Where a checkpoint of ``pod`` is pushed: one repository per pod, one tag per checkpoint."""
+    repo = repository.rstrip("/")
+    tag = now.astimezone(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{repo}/{_path_component(namespace)}/{_path_component(pod)}:{tag}"
+
+
+def _path_component(name: str) -> str:
+    # OCI distribution path components: lowercase alphanumerics separated by . _ __ or -
+    cleaned = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("._-")
+    if not cleaned:
+        raise ValueError(f"{name!r} gives an empty image path component")
+    return cleaned
+
+
+def image_annotations(
+    *,
+    user: str,
+    server_name: str,
+    namespace: str,
+    pod: str,
+    original_image: str,
+    reason: str,
+    now: datetime.datetime,
+) -> dict[str, str]:
+    """Annotations the checkpoint image carries besides the checkpoint name (added by the
+    agent). They say whose server it is, so a restore can check it is the owner's."""
+    return {
+        f"{ANNOTATION_PREFIX}/user": user,
+        f"{ANNOTATION_PREFIX}/server-name": server_name,
+        f"{ANNOTATION_PREFIX}/namespace": namespace,
+        f"{ANNOTATION_PREFIX}/pod": pod,
+        f"{ANNOTATION_PREFIX}/original-image": original_image,
+        f"{ANNOTATION_PREFIX}/reason": reason,
+        f"{ANNOTATION_PREFIX}/created": rfc3339(now),
+    }
+
+
+def node_facts(node: dict[str, Any], gpu_count: int) -> NodeFacts:
+    """What a compatible restore node must share with ``node``, where the pod held ``gpu_count``
+    GPUs: CUDA checkpoints restore only onto the same GPU product and count."""
+    labels = node.get("metadata", {}).get("labels") or {}
+    return NodeFacts(
+        node=node.get("metadata", {}).get("name", ""),
+        arch=labels.get("kubernetes.io/arch", ""),
+        gpu_product=labels.get("nvidia.com/gpu.product", "") if gpu_count else "",
+        gpu_count=gpu_count,
+    )
+
+
+def pod_gpu_count(pod: dict[str, Any]) -> int:
+    """GPUs the pod's containers ask for (limits, as Kubernetes requires for extended resources)."""
+    total = 0
+    for c in pod.get("spec", {}).get("containers", []):
+        res = c.get("resources") or {}
+        asked = {**(res.get("requests") or {}), **(res.get("limits") or {})}
+        total += int(asked.get("nvidia.com/gpu", 0) or 0)
+    return total

@@ -1,0 +1,151 @@
+"""Restore drivers: how a pod is made to start from a checkpoint instead of fresh.
+
+The spawner, the policy, the UI and the state know only this interface. Today's driver is the
+checkpoint image: the container's image becomes the checkpoint image and the runtime restores
+it (CRI-O with ``[crio.checkpoint_restore] container_level_enabled = "checkpoint_restore"``,
+containerd >= 2.1). Kubernetes' pod-level checkpoint/restore (KEP-5823, ``spec.restoreFrom``)
+fits as a second driver.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from traitlets import Dict, List
+from traitlets.config import LoggingConfigurable
+
+from .checkpoints import Checkpoint, NodeFacts
+
+# Waiting reasons after which a restore will not succeed by waiting longer.
+FAILED_WAITING_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerError",
+        "CreateContainerConfigError",
+        "RunContainerError",
+        "CrashLoopBackOff",
+    }
+)
+
+
+class RestoreFailed(Exception):
+    """A restore cannot succeed; the message says why, for the user and the admin."""
+
+
+def compatibility_affinity(facts: NodeFacts, extra_terms: list[dict]) -> dict[str, Any]:
+    """Required node affinity for a restore: the same CPU architecture, and for GPU pods the
+    same GPU product (the count is the pod's own request, which the restore keeps)."""
+    expressions = []
+    if facts.arch:
+        expressions.append({"key": "kubernetes.io/arch", "operator": "In", "values": [facts.arch]})
+    if facts.gpu_count and facts.gpu_product:
+        expressions.append(
+            {"key": "nvidia.com/gpu.product", "operator": "In", "values": [facts.gpu_product]}
+        )
+    expressions.extend(extra_terms)
+    if not expressions:
+        return {}
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": expressions}]
+            }
+        }
+    }
+
+
+def merge_affinity(existing: dict[str, Any] | None, required: dict[str, Any]) -> dict[str, Any]:
+    """Add the restore's required expressions to every existing node selector term (terms are
+    ORed, so each must also carry the restore's constraints)."""
+    merged = copy.deepcopy(existing or {})
+    if not required:
+        return merged
+    needed = required["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ][0]["matchExpressions"]
+    node_affinity = merged.setdefault("nodeAffinity", {})
+    req = node_affinity.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+    terms = req.setdefault("nodeSelectorTerms", [])
+    if not terms:
+        terms.append({"matchExpressions": []})
+    for term in terms:
+        term.setdefault("matchExpressions", []).extend(copy.deepcopy(needed))
+    return merged
+
+
+def restore_failure(pod: dict[str, Any] | None, container: str) -> str | None:
+    """Why a restoring pod will never run, read from its status; None while it may still."""
+    if not pod:
+        return None
+    status = pod.get("status") or {}
+    if status.get("phase") == "Failed":
+        return f"the restored container exited: {status.get('reason') or status.get('message') or 'Failed'}"
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
+            return f"no compatible node: {cond.get('message', '')}"
+    for cs in status.get("containerStatuses") or []:
+        if cs.get("name") != container:
+            continue
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in FAILED_WAITING_REASONS:
+            return f"{waiting['reason']}: {waiting.get('message', '')}".strip(": ")
+        terminated = (cs.get("state") or {}).get("terminated")
+        if terminated:
+            return f"the restored container exited with code {terminated.get('exitCode')}"
+    return None
+
+
+class RestoreDriver(LoggingConfigurable):
+    """How a pod starts from a checkpoint. Subclasses change the pod manifest; the spawner
+    creates the pod, waits for it, and falls back to a fresh start when a restore fails."""
+
+    def apply(self, pod: Any, checkpoint: Checkpoint, container: str) -> Any:
+        """Return the pod manifest (a kubernetes_asyncio V1Pod) that restores ``checkpoint``."""
+        raise NotImplementedError
+
+    def failure(self, pod: dict[str, Any] | None, container: str) -> str | None:
+        """Why the restoring pod will not come up, or None while it may."""
+        return restore_failure(pod, container)
+
+
+class CheckpointImageDriver(RestoreDriver):
+    """Restore by running the checkpoint image in place of the container's image."""
+
+    node_selector_terms = List(
+        Dict(),
+        help="""Extra `matchExpressions` a restore node must satisfy, for sites with mixed
+        hardware beyond CPU architecture and GPU product (which are always required), e.g.
+        `[{"key": "node.kubernetes.io/instance-type", "operator": "In", "values": ["a2-highgpu-1g"]}]`.
+        """,
+    ).tag(config=True)
+
+    def apply(self, pod: Any, checkpoint: Checkpoint, container: str) -> Any:
+        for c in pod.spec.containers:
+            if c.name == container:
+                c.image = checkpoint.image
+                # The checkpoint is pulled by digest; never reuse a stale local copy of a tag.
+                c.image_pull_policy = "IfNotPresent"
+                break
+        else:
+            raise RestoreFailed(f"the pod has no container {container!r} to restore into")
+        required = compatibility_affinity(checkpoint.node, list(self.node_selector_terms))
+        affinity = pod.spec.affinity.to_dict() if pod.spec.affinity else None
+        pod.spec.affinity = merge_affinity(_camel(affinity), required) or None
+        return pod
+
+
+def _camel(obj: Any) -> Any:
+    """kubernetes_asyncio's to_dict() gives snake_case keys; the API (and merge) uses camelCase."""
+    if isinstance(obj, dict):
+        return {_camel_key(k): _camel(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list):
+        return [_camel(v) for v in obj]
+    return obj
+
+
+def _camel_key(key: str) -> str:
+    head, *rest = key.split("_")
+    return head + "".join(p.title() for p in rest)
