@@ -74,3 +74,22 @@ async def cluster(tmp_path_factory):
         yield lc
     finally:
         await lc.down()
+
+
+@pytest_asyncio.fixture(scope="module", autouse=True)
+async def clean_pods(request):
+    """Each module leaves the shared cluster's default namespace without pods."""
+    yield
+    if "cluster" not in request.fixturenames:
+        return
+    lc = request.getfixturevalue("cluster")
+    from jupyterhub.utils import exponential_backoff
+
+    pods, _ = lc.store.list("pods", "default")
+    for pod in pods:
+        lc.store.delete("pods", "default", pod["metadata"]["name"], grace_period_seconds=0)
+    await exponential_backoff(
+        lambda: not lc.store.list("pods", "default")[0],
+        "pods of this module were never removed",
+        timeout=60,
+    )

@@ -35,7 +35,10 @@ story: dict = {}
 @pytest_asyncio.fixture(scope="module")
 async def hub(cluster, tmp_path_factory):
     h = await start_hub(
-        cluster.describe(), str(tmp_path_factory.mktemp("hub")), extra_config=HUB_CONFIG
+        cluster.describe(),
+        str(tmp_path_factory.mktemp("hub")),
+        extra_config=HUB_CONFIG,
+        spawner="kubespawner.KubeSpawner",
     )
     try:
         yield h

@@ -28,6 +28,25 @@ class Hub:
     async def stop(self) -> None:
         await self.process.stop()
 
+    async def crash_and_restart(self, timeout: float = 60) -> None:
+        """Kill the hub at once (no cleanup, as a crash would) and start it again on the same
+        database, ports and configuration."""
+        old = self.process
+        old.kill_now()
+        await old.stop(grace=0)
+        self.process = services.ManagedProcess(
+            old.name,
+            old.argv,
+            log_path=old.log_path,
+            env=old.env,
+            cwd=old.cwd,
+            url=old.url,
+            ready_url=old.ready_url,
+            group=old.group,
+        )
+        await self.process.start()
+        await self.process.wait_ready(timeout=timeout)
+
 
 async def start_hub(
     cluster: dict,
@@ -35,7 +54,7 @@ async def start_hub(
     *,
     port: int = 0,
     extra_config: str = "",
-    spawner: str = "kubespawner.KubeSpawner",
+    spawner: str = "suspending-kubespawner",
     user_password: str | None = None,
     admin_password: str | None = None,
     group: services.ProcessGroup | None = services.PROCESSES,
@@ -64,6 +83,8 @@ async def start_hub(
         "JHUB_SUSPEND_USER_PASSWORD": user_password,
         "JHUB_SUSPEND_ADMIN_PASSWORD": admin_password,
         "JHUB_SUSPEND_SPAWNER": spawner,
+        # Secrets in the spawner's state (the checkpoint's image reference) are encrypted.
+        "JUPYTERHUB_CRYPT_KEY": os.environ.get("JUPYTERHUB_CRYPT_KEY") or secrets.token_hex(32),
         "PATH": f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}",
     }
     url = f"http://127.0.0.1:{public_port}"

@@ -49,12 +49,18 @@ if token := os.environ.get("JHUB_SUSPEND_SERVICE_TOKEN"):
     c.JupyterHub.load_roles = [
         {
             "name": "jhub-suspend-admin",
-            "scopes": ["admin:users", "admin:servers", "access:servers", "tokens"],
+            "scopes": [
+                "admin:users",
+                "admin:servers",
+                "admin:server_state",
+                "access:servers",
+                "tokens",
+            ],
             "services": ["jhub-suspend-admin"],
         }
     ]
 
-c.JupyterHub.spawner_class = os.environ.get("JHUB_SUSPEND_SPAWNER", "kubespawner.KubeSpawner")
+c.JupyterHub.spawner_class = os.environ.get("JHUB_SUSPEND_SPAWNER", "suspending-kubespawner")
 c.KubeSpawner.namespace = "default"
 # The image is recorded in the pod but not run: the local cluster runs the command on the host.
 c.KubeSpawner.image = "quay.io/jupyter/base-notebook:latest"
@@ -73,3 +79,9 @@ c.KubeSpawner.working_dir = "/home/jovyan"
 c.KubeSpawner.start_timeout = 120
 c.KubeSpawner.http_timeout = 60
 c.KubeSpawner.delete_grace_period = 1
+
+# jhub-suspend: the node agents and the registry of the local cluster.
+c.SuspendingKubeSpawner.checkpoint_repository = cluster["checkpoint_repository"]
+c.SuspendingKubeSpawner.agent_urls = cluster["agents"]
+with open(cluster["agent_token_file"]) as f:
+    c.SuspendingKubeSpawner.agent_token = f.read().strip()

@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -130,19 +131,38 @@ class LocalCluster(Application):
         Empty means no authentication, as for a local development cluster.
         """
     ).tag(config=True)
+    start_agents = Bool(
+        True,
+        help="Start a jhub-suspend node agent per node, as the agent DaemonSet does.",
+    ).tag(config=True)
+    agent_token = Unicode(
+        help="Token the node agents accept; generated when empty. Written to `agent-token`."
+    ).tag(config=True)
+
+    @default("agent_token")
+    def _default_agent_token(self) -> str:
+        return secrets.token_hex(24)
+
     ready_timeout = Float(60, help="Seconds to wait for each real server to become ready.").tag(
         config=True
     )
 
     def initialize(self, argv: Any = None) -> None:
         super().initialize(argv)
-        # Prometheus scrapes the kubelets as a real one does: with a token allowed nodes/metrics.
-        self._prometheus_token = secrets.token_hex(16) if self.tokens else None
-        if self._prometheus_token:
-            self.tokens = {
-                **self.tokens,
-                self._prometheus_token: {"user": "prometheus", "permissions": ["nodes/metrics"]},
-            }
+        # Every client authenticates, as on a real cluster: an admin token for the kubeconfig,
+        # and tokens as narrow as the real service accounts' for Prometheus and the node agents.
+        tokens = dict(self.tokens)
+        if not any("*" in v.get("permissions", []) for v in tokens.values()):
+            tokens[secrets.token_hex(16)] = {"user": "admin", "permissions": ["*"]}
+        self._prometheus_token = secrets.token_hex(16)
+        tokens[self._prometheus_token] = {"user": "prometheus", "permissions": ["nodes/metrics"]}
+        self._agent_kubelet_token = secrets.token_hex(16)
+        tokens[self._agent_kubelet_token] = {
+            "user": "system:serviceaccount:jhub-suspend:agent",
+            "permissions": ["nodes/checkpoint"],
+        }
+        self.tokens = tokens
+        self.agent_urls: dict[str, str] = {}
         self.store = Store()
         self.kubelets: list[Kubelet] = []
         self.network = PodNetwork(
@@ -177,7 +197,7 @@ class LocalCluster(Application):
             self.store,
             host=self.host,
             port=self.api_port,
-            tokens={t: v["user"] for t, v in self.tokens.items()} or None,
+            tokens={t: v["user"] for t, v in self.tokens.items()},
             kubelet_address=self._kubelet_address,
         )
         self.api_url = f"http://{self.host}:{port}"
@@ -202,7 +222,7 @@ class LocalCluster(Application):
                 self.network,
                 state_dir=self.state_dir,
                 checkpoint_registries=(self.registry_host,) if self.registry_host else (),
-                authorize=self._authorize if self.tokens else None,
+                authorize=self._authorize,
             )
             await kubelet.start(self.host)
             self.kubelets.append(kubelet)
@@ -219,6 +239,9 @@ class LocalCluster(Application):
             )
             self.prometheus_url = prom.url
 
+        if self.start_agents and self.registry_host:
+            await self._start_agents()
+
         apiserver.write_kubeconfig(self.kubeconfig_path, self.api_url, token=self.admin_token)
         Path(self.state_dir, "cluster.json").write_text(json.dumps(self.describe(), indent=2))
         self.log.info(
@@ -227,6 +250,48 @@ class LocalCluster(Application):
             self.registry_host or "-",
             self.prometheus_url or "-",
         )
+
+    async def _start_agents(self) -> None:
+        """One node agent per node, as separate processes, talking to their own kubelet with a
+        token that allows only nodes/checkpoint."""
+        secret_dir = os.path.join(self.state_dir, "secrets")
+        os.makedirs(secret_dir, mode=0o700, exist_ok=True)
+        kubelet_token_file = _write_secret(
+            secret_dir, "agent-kubelet-token", self._agent_kubelet_token
+        )
+        _write_secret(secret_dir, "agent-token", self.agent_token)
+        for kubelet in self.kubelets:
+            name = kubelet.node.name
+            port = services.free_port()
+            url = f"http://{self.host}:{port}"
+            proc = services.ManagedProcess(
+                f"agent-{name}",
+                [
+                    sys.executable,
+                    "-m",
+                    "jhub_suspend.agent",
+                    f"--NodeAgent.node_name={name}",
+                    f"--NodeAgent.kubelet_url=http://{kubelet.address}:{kubelet.port}",
+                    f"--NodeAgent.kubelet_token_file={kubelet_token_file}",
+                    f"--NodeAgent.checkpoint_dir={kubelet.checkpoint_dir}",
+                    f"--NodeAgent.repository={self.checkpoint_repository}",
+                    "--NodeAgent.registry_tls_verify=False",
+                    f"--NodeAgent.ip={self.host}",
+                    f"--NodeAgent.port={port}",
+                ],
+                log_path=os.path.join(self.state_dir, "agents", f"{name}.log"),
+                env={**os.environ, "JHUB_SUSPEND_AGENT_TOKEN": self.agent_token},
+                url=url,
+                ready_url=f"{url}/healthz",
+                group=self.processes,
+            )
+            await proc.start()
+            await proc.wait_ready(timeout=self.ready_timeout)
+            self.agent_urls[name] = url
+
+    @property
+    def checkpoint_repository(self) -> str:
+        return f"{self.registry_host}/jhub-suspend"
 
     def _serve(self, app: web.Application) -> str:
         sockets = bind_sockets(0, self.host)
@@ -305,6 +370,9 @@ class LocalCluster(Application):
             "bridge": self.bridge,
             "gateway": self.network.gateway,
             "nodes": {k.node.name: f"http://{k.address}:{k.port}" for k in self.kubelets},
+            "agents": self.agent_urls,
+            "agent_token_file": os.path.join(self.state_dir, "secrets", "agent-token"),
+            "checkpoint_repository": self.checkpoint_repository if self.registry_host else "",
         }
 
     # ---- command line ----------------------------------------------------------------------
@@ -326,3 +394,11 @@ class LocalCluster(Application):
 
 
 main = LocalCluster.launch_instance
+
+
+def _write_secret(directory: str, name: str, value: str) -> str:
+    path = os.path.join(directory, name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    return path

@@ -1,0 +1,82 @@
+"""Asking for a suspension: mark the server's pod, then stop the server through the hub.
+
+JupyterHub has no "suspend" verb, so a suspension is a stop of a server whose pod carries the
+suspend mark; SuspendingKubeSpawner.stop() sees the mark and checkpoints first. The service, the
+admin API and the tests all suspend through this one function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import quote
+
+from jupyterhub.utils import exponential_backoff
+from kubernetes_asyncio.client import CoreV1Api
+from kubernetes_asyncio.client.rest import ApiException
+
+from .checkpoints import SUSPEND_REQUEST_ANNOTATION
+
+# request(method, path, body) -> parsed JSON, against the hub's REST API (e.g. /hub/api)
+HubRequest = Callable[[str, str, Any], Awaitable[Any]]
+
+
+class SuspensionError(Exception):
+    """The suspension could not be asked for; the message says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def server_path(user: str, server_name: str = "") -> str:
+    base = f"users/{quote(user, safe='')}"
+    return f"{base}/servers/{quote(server_name, safe='')}" if server_name else f"{base}/server"
+
+
+async def server_model(hub: HubRequest, user: str, server_name: str = "") -> dict | None:
+    """The hub's model of one server, stopped ones included, with its spawner state (the
+    caller's token needs `admin:server_state` for the state)."""
+    model = await hub("GET", f"users/{quote(user, safe='')}?include_stopped_servers=1", None)
+    return (model.get("servers") or {}).get(server_name)
+
+
+async def request_suspension(
+    hub: HubRequest,
+    core: CoreV1Api,
+    user: str,
+    server_name: str = "",
+    reason: str = "requested",
+    *,
+    timeout: float = 600,
+) -> dict:
+    """Suspend a running server and wait until the hub has stopped it.
+
+    Returns the server's model afterwards: its state says whether it was checkpointed
+    (``state.jhub_suspend.checkpoint``) or why not (``state.jhub_suspend.last_error``).
+    """
+    server = await server_model(hub, user, server_name)
+    if not server or not server.get("ready"):
+        raise SuspensionError(409, f"server {user}/{server_name} is not running")
+    state = server.get("state") or {}
+    pod, namespace = state.get("pod_name"), state.get("namespace")
+    if not pod or not namespace:
+        raise SuspensionError(
+            409, f"server {user}/{server_name} is not a SuspendingKubeSpawner server"
+        )
+    patch = {"metadata": {"annotations": {SUSPEND_REQUEST_ANNOTATION: reason}}}
+    try:
+        await core.patch_namespaced_pod(pod, namespace, patch)
+    except ApiException as e:
+        raise SuspensionError(
+            404 if e.status == 404 else 502, f"cannot mark pod {namespace}/{pod}: {e.reason}"
+        ) from e
+    await hub("DELETE", server_path(user, server_name), None)
+
+    async def stopped() -> dict | bool:
+        s = await server_model(hub, user, server_name)
+        return s if s is not None and not s.get("ready") and not s.get("pending") else False
+
+    return await exponential_backoff(
+        stopped, f"server {user}/{server_name} did not stop within {timeout}s", timeout=timeout
+    )
