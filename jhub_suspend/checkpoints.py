@@ -102,6 +102,12 @@ class LastError:
         return asdict(self)
 
 
+def discard_marker_name(digest: str) -> str:
+    """Name of the Secret that marks a checkpoint as discarded by an admin or the service
+    while its server was stopped; the spawner then starts fresh and deletes the marker."""
+    return f"jhub-suspend-discard-{digest.split(':')[-1][:16]}"
+
+
 def seal_secret(value: str) -> str:
     """Encrypt ``value`` with JupyterHub's crypt key (JUPYTERHUB_CRYPT_KEY) when one is set."""
     keeper = CryptKeeper.instance()
