@@ -95,8 +95,9 @@ class LastError:
     """The last failure of a suspension or a restore, kept for the UI."""
 
     operation: str  # "suspend" or "restore"
-    message: str
+    message: str  # for the user
     time: str
+    detail: str = ""  # what Kubernetes, the agent or CRIU said, for the admin
 
     def to_state(self) -> dict[str, str]:
         return asdict(self)

@@ -48,6 +48,12 @@ class ImageConfig:
     buildah: str = "buildah"
     skopeo: str = "skopeo"
     timeout: float = 300.0
+    #: a registry credentials file (docker ``config.json`` format), passed as ``--authfile``
+    authfile: str | None = None
+
+    def auth_args(self, flag: str = "--authfile") -> list[str]:
+        """``[flag, authfile]`` when a credentials file is configured, else nothing."""
+        return [flag, self.authfile] if self.authfile else []
 
     def buildah_argv(self, *args: str) -> list[str]:
         return [
@@ -179,6 +185,7 @@ async def build_and_push(
                 cfg.buildah_argv(
                     "push",
                     _tls("--tls-verify", tls_verify),
+                    *cfg.auth_args(),
                     "--digestfile",
                     digestfile,
                     local,
@@ -209,7 +216,14 @@ async def inspect(
     cfg = config or default_config
     try:
         result = await run_command(
-            [cfg.skopeo, "inspect", "--raw", _tls("--tls-verify", tls_verify), _docker(ref)],
+            [
+                cfg.skopeo,
+                "inspect",
+                "--raw",
+                _tls("--tls-verify", tls_verify),
+                *cfg.auth_args(),
+                _docker(ref),
+            ],
             timeout=cfg.timeout,
         )
     except CommandError as e:
@@ -286,6 +300,7 @@ async def pull_archive(
                     "copy",
                     "--quiet",
                     _tls("--src-tls-verify", tls_verify),
+                    *cfg.auth_args("--src-authfile"),
                     _docker(ref),
                     f"oci:{layout}:checkpoint",
                 ],
@@ -305,7 +320,13 @@ async def delete(ref: str, *, tls_verify: bool = False, config: ImageConfig | No
     cfg = config or default_config
     try:
         await run_command(
-            [cfg.skopeo, "delete", _tls("--tls-verify", tls_verify), _docker(ref)],
+            [
+                cfg.skopeo,
+                "delete",
+                _tls("--tls-verify", tls_verify),
+                *cfg.auth_args(),
+                _docker(ref),
+            ],
             timeout=cfg.timeout,
         )
     except CommandError as e:

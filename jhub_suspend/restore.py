@@ -31,10 +31,6 @@ FAILED_WAITING_REASONS = frozenset(
 )
 
 
-class RestoreFailed(Exception):
-    """A restore cannot succeed; the message says why, for the user and the admin."""
-
-
 def compatibility_affinity(facts: NodeFacts, extra_terms: list[dict]) -> dict[str, Any]:
     """Required node affinity for a restore: the same CPU architecture, and for GPU pods the
     same GPU product (the count is the pod's own request, which the restore keeps)."""
@@ -76,26 +72,54 @@ def merge_affinity(existing: dict[str, Any] | None, required: dict[str, Any]) ->
     return merged
 
 
-def restore_failure(pod: dict[str, Any] | None, container: str) -> str | None:
+class RestoreFailed(Exception):
+    """A restore cannot succeed. ``str()`` is a sentence for the user; ``detail`` is what
+    Kubernetes and the runtime said, for the admin."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail or message
+
+
+def restore_failure(pod: dict[str, Any] | None, container: str) -> RestoreFailed | None:
     """Why a restoring pod will never run, read from its status; None while it may still."""
     if not pod:
         return None
     status = pod.get("status") or {}
     if status.get("phase") == "Failed":
-        return f"the restored container exited: {status.get('reason') or status.get('message') or 'Failed'}"
+        why = status.get("reason") or status.get("message") or "Failed"
+        return RestoreFailed("the restored server stopped at once", why)
     for cond in status.get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
-            return f"no compatible node: {cond.get('message', '')}"
+            return RestoreFailed(
+                "no node with the same kind of CPU and GPU has room for it",
+                cond.get("message", ""),
+            )
     for cs in status.get("containerStatuses") or []:
         if cs.get("name") != container:
             continue
         waiting = (cs.get("state") or {}).get("waiting") or {}
-        if waiting.get("reason") in FAILED_WAITING_REASONS:
-            return f"{waiting['reason']}: {waiting.get('message', '')}".strip(": ")
+        reason = waiting.get("reason")
+        if reason in FAILED_WAITING_REASONS:
+            detail = f"{reason}: {waiting.get('message', '')}"
+            return RestoreFailed(_explain(reason, waiting.get("message", "")), detail)
         terminated = (cs.get("state") or {}).get("terminated")
         if terminated:
-            return f"the restored container exited with code {terminated.get('exitCode')}"
+            code = terminated.get("exitCode")
+            return RestoreFailed("the restored server stopped at once", f"exit code {code}")
     return None
+
+
+def _explain(reason: str, message: str) -> str:
+    """A waiting reason in words a notebook user can act on."""
+    low = message.lower()
+    if reason in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
+        if "manifest unknown" in low or "not found" in low:
+            return "the saved checkpoint no longer exists in the registry"
+        return "the saved checkpoint could not be downloaded"
+    if ("size" in low and "criu" in low) or "has bad size" in low:
+        return "a file it had open has changed since it was saved"
+    return "the container runtime could not restore it"
 
 
 class RestoreDriver(LoggingConfigurable):
@@ -106,7 +130,7 @@ class RestoreDriver(LoggingConfigurable):
         """Return the pod manifest (a kubernetes_asyncio V1Pod) that restores ``checkpoint``."""
         raise NotImplementedError
 
-    def failure(self, pod: dict[str, Any] | None, container: str) -> str | None:
+    def failure(self, pod: dict[str, Any] | None, container: str) -> RestoreFailed | None:
         """Why the restoring pod will not come up, or None while it may."""
         return restore_failure(pod, container)
 

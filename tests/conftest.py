@@ -46,8 +46,9 @@ async def cluster(tmp_path_factory):
     state = str(tmp_path_factory.mktemp("cluster"))
     lc = LocalCluster(
         state_dir=str(state),
-        bridge="jhst0",
-        pod_cidr="10.98.1.0/24",
+        # Per run, so that test runs side by side on one machine do not share pods.
+        bridge=f"jhst{os.getpid() % 10000}",
+        pod_cidr=f"10.98.{20 + os.getpid() % 200}.0/24",
         criu_path=CRIU,
         tokens={
             ADMIN_TOKEN: {"user": "admin", "permissions": ["*"]},

@@ -187,9 +187,8 @@ def test_checkpoint_image_driver_swaps_the_image_and_pins_the_node_kind():
 
 
 @pytest.mark.parametrize(
-    "status, expected",
+    "status, message, detail",
     [
-        ({"phase": "Pending"}, None),
         (
             {
                 "conditions": [
@@ -201,7 +200,8 @@ def test_checkpoint_image_driver_swaps_the_image_and_pins_the_node_kind():
                     }
                 ]
             },
-            "no compatible node: 0/2 nodes are available",
+            "no node with the same kind of CPU and GPU has room for it",
+            "0/2 nodes are available",
         ),
         (
             {
@@ -214,22 +214,72 @@ def test_checkpoint_image_driver_swaps_the_image_and_pins_the_node_kind():
                     }
                 ]
             },
+            "the saved checkpoint no longer exists in the registry",
             "ErrImagePull: manifest unknown",
         ),
         (
             {
                 "containerStatuses": [
-                    {"name": "notebook", "state": {"waiting": {"reason": "ContainerCreating"}}}
+                    {
+                        "name": "notebook",
+                        "state": {
+                            "waiting": {"reason": "ErrImagePull", "message": "connection refused"}
+                        },
+                    }
                 ]
             },
-            None,
+            "the saved checkpoint could not be downloaded",
+            "ErrImagePull: connection refused",
+        ),
+        (
+            {
+                "containerStatuses": [
+                    {
+                        "name": "notebook",
+                        "state": {
+                            "waiting": {
+                                "reason": "CreateContainerError",
+                                "message": "criu restore failed: File /home/x has bad size 10 (expect 4)",
+                            }
+                        },
+                    }
+                ]
+            },
+            "a file it had open has changed since it was saved",
+            "CreateContainerError: criu restore failed: File /home/x has bad size 10 (expect 4)",
         ),
         (
             {"containerStatuses": [{"name": "notebook", "state": {"terminated": {"exitCode": 1}}}]},
-            "the restored container exited with code 1",
+            "the restored server stopped at once",
+            "exit code 1",
         ),
-        ({"phase": "Failed", "reason": "Evicted"}, "the restored container exited: Evicted"),
+        (
+            {"phase": "Failed", "reason": "Evicted"},
+            "the restored server stopped at once",
+            "Evicted",
+        ),
     ],
 )
-def test_restore_failure_is_read_from_the_pod_status(status, expected):
-    assert restore_failure({"status": status}, "notebook") == expected
+def test_restore_failure_is_read_from_the_pod_status(status, message, detail):
+    failure = restore_failure({"status": status}, "notebook")
+    assert (str(failure), failure.detail) == (message, detail)
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        {"phase": "Pending"},
+        {
+            "containerStatuses": [
+                {"name": "notebook", "state": {"waiting": {"reason": "ContainerCreating"}}}
+            ]
+        },
+        {
+            "containerStatuses": [
+                {"name": "sidecar", "state": {"waiting": {"reason": "ErrImagePull"}}}
+            ]
+        },
+    ],
+)
+def test_a_restore_that_may_still_succeed_is_not_a_failure(status):
+    assert restore_failure({"status": status}, "notebook") is None

@@ -1,5 +1,7 @@
 """The kubelet's decisions, as plain functions of pods."""
 
+import json
+
 import pytest
 
 from jhub_suspend.localcluster.kubelet import (
@@ -108,3 +110,17 @@ def test_node_object_advertises_gpus():
     assert node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"] == 1234
     plain = node_object(NodeConfig("c"), "127.0.0.1", 1, 0.0)
     assert "nvidia.com/gpu" not in plain["status"]["capacity"]
+
+
+async def test_node_object_deserialises_in_the_real_client():
+    from kubernetes_asyncio.client import ApiClient
+
+    node = node_object(NodeConfig("n", gpus=1), "127.0.0.1", 1, 0.0)
+
+    class Response:
+        data = json.dumps(node)
+
+    async with ApiClient() as api:
+        parsed = api.deserialize(Response(), "V1Node")
+    assert parsed.status.node_info.boot_id
+    assert parsed.metadata.labels["nvidia.com/gpu.count"] == "1"

@@ -25,6 +25,7 @@ import logging
 import os
 import platform
 import shutil
+import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,15 +110,29 @@ def node_object(cfg: NodeConfig, address: str, port: int, now: float) -> dict:
                     "lastTransitionTime": rfc3339(now),
                 }
             ],
+            # Every field the API declares required, or clients refuse the Node.
             "nodeInfo": {
                 "architecture": machine_arch(),
-                "operatingSystem": "linux",
+                "bootID": _boot_id(),
                 "containerRuntimeVersion": f"{RUNTIME_NAME}://0.1",
-                "kubeletVersion": "v1.33.0-localcluster",
                 "kernelVersion": platform.release(),
+                "kubeProxyVersion": "",
+                "kubeletVersion": "v1.33.0-localcluster",
+                "machineID": cfg.name,
+                "operatingSystem": "linux",
+                "osImage": platform.platform(),
+                "systemUUID": str(uuid.uuid5(uuid.NAMESPACE_DNS, cfg.name)),
             },
         },
     }
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def container_argv(container: dict) -> list[str]:

@@ -1,0 +1,344 @@
+"""The node-local part of a suspension, as one sequence with its IO injected.
+
+1. ask the node's kubelet to checkpoint the container (it keeps running);
+2. check that the archive lies inside the checkpoint directory (never touch anything else);
+3. build an OCI checkpoint image from it and push it;
+4. verify the pushed image: same digest, the checkpoint annotation, a non-zero size;
+5. delete the archive, after the push and also on every failure: it holds the notebook's
+   memory, tokens included.
+
+Only a :class:`CheckpointResult` means the caller may delete the pod. Every failure raises a
+:class:`CheckpointError` whose ``status`` is the agent's HTTP answer and ``reason`` the metric
+label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .. import images
+from ..archive import CHECKPOINT_NAME_ANNOTATION
+from .kubelet import KubeletError
+
+log = logging.getLogger(__name__)
+
+#: every failure reason (the ``reason`` label of the failure counter)
+FAILURE_REASONS = (
+    "not_found",
+    "kubelet",
+    "unsafe_path",
+    "build",
+    "registry",
+    "verify",
+    "internal",
+)
+
+
+class CheckpointError(Exception):
+    """A checkpoint failed; nothing was left behind, and the pod must stay as it is."""
+
+    status = 500
+    reason = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(CheckpointError):
+    status, reason = 404, "not_found"
+
+
+class KubeletFailed(CheckpointError):
+    status, reason = 502, "kubelet"
+
+
+class UnsafeArchivePath(CheckpointError):
+    status, reason = 502, "unsafe_path"
+
+
+class ImageBuildFailed(CheckpointError):
+    status, reason = 500, "build"
+
+
+class RegistryUnavailable(CheckpointError):
+    status, reason = 503, "registry"
+
+
+class VerificationFailed(CheckpointError):
+    status, reason = 500, "verify"
+
+
+class Kubelet(Protocol):
+    async def checkpoint(self, namespace: str, pod: str, container: str, timeout: float) -> str: ...
+
+
+class ImageStore(Protocol):
+    async def build_and_push(
+        self, archive: str, ref: str, annotations: Mapping[str, str]
+    ) -> str: ...
+
+    async def inspect(self, ref: str) -> dict[str, Any]: ...
+
+    async def delete(self, ref: str) -> None: ...
+
+
+@dataclass
+class RegistryImages:
+    """:class:`ImageStore` backed by :mod:`jhub_suspend.images` (buildah and skopeo)."""
+
+    tls_verify: bool = True
+    config: images.ImageConfig | None = None
+
+    async def build_and_push(self, archive: str, ref: str, annotations: Mapping[str, str]) -> str:
+        return await images.build_and_push(
+            archive, ref, annotations, tls_verify=self.tls_verify, config=self.config
+        )
+
+    async def inspect(self, ref: str) -> dict[str, Any]:
+        return await images.inspect(ref, tls_verify=self.tls_verify, config=self.config)
+
+    async def delete(self, ref: str) -> None:
+        await images.delete(ref, tls_verify=self.tls_verify, config=self.config)
+
+
+@dataclass(frozen=True)
+class CheckpointRequest:
+    namespace: str
+    pod: str
+    container: str
+    #: where to push: ``repository[:tag]`` (no digest; the push assigns it)
+    image: str
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckpointResult:
+    #: ``repository@sha256:...``, what a pod spec should name
+    image: str
+    digest: str
+    #: the image's (compressed) layer size in bytes
+    size: int
+    archive_bytes: int
+    #: seconds per phase: checkpoint, push, verify, total
+    timings: dict[str, float]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CheckpointResult:
+        """Parse an agent's answer; raises ValueError (or KeyError, TypeError) if malformed."""
+        digest = str(data["digest"])
+        if not digest.startswith("sha256:") or "@" not in str(data["image"]):
+            raise ValueError(f"not a pinned checkpoint image: {data['image']!r}")
+        return cls(
+            image=str(data["image"]),
+            digest=digest,
+            size=int(data["size"]),
+            archive_bytes=int(data["archive_bytes"]),
+            timings={str(k): float(v) for k, v in dict(data["timings"]).items()},
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "digest": self.digest,
+            "size": self.size,
+            "archive_bytes": self.archive_bytes,
+            "timings": dict(self.timings),
+        }
+
+
+def inside(path: str, directory: str) -> str | None:
+    """``path`` resolved (symlinks too) if it lies strictly inside ``directory``, else None."""
+    if not path or not os.path.isabs(path):
+        return None
+    real = os.path.realpath(path)
+    base = os.path.realpath(directory)
+    if real == base or os.path.commonpath([real, base]) != base:
+        return None
+    return real
+
+
+def remove_archive(path: str) -> bool:
+    """Delete an archive; True when it is gone (also when it never existed)."""
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        return True
+    except OSError as e:
+        log.error("could not delete checkpoint archive %s: %s", path, e)
+        return False
+    return True
+
+
+def sweep_orphans(
+    directory: str, max_age: float, in_use: Iterable[str] = (), now: float | None = None
+) -> list[str]:
+    """Delete kubelet checkpoint archives (``checkpoint-*.tar``) older than ``max_age`` seconds
+    that no running checkpoint uses, e.g. one the kubelet finished after its caller gave up.
+    Returns the paths deleted."""
+    now = time.time() if now is None else now
+    busy = {os.path.realpath(p) for p in in_use}
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        if not (entry.name.startswith("checkpoint-") and entry.name.endswith(".tar")):
+            continue
+        if os.path.realpath(entry.path) in busy or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+        except FileNotFoundError:
+            continue
+        if age > max_age and remove_archive(entry.path):
+            log.warning("deleted orphaned checkpoint archive %s (%.0f s old)", entry.path, age)
+            removed.append(entry.path)
+    return removed
+
+
+class Checkpointer:
+    """Runs the sequence for one node. ``on_archive`` is told each archive path in use and
+    ``None`` when it is gone, so a sweeper can leave it alone."""
+
+    def __init__(
+        self,
+        kubelet: Kubelet,
+        image_store: ImageStore,
+        checkpoint_dir: str,
+        *,
+        node_name: str = "",
+        timeout: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+        remove: Callable[[str], bool] = remove_archive,
+    ) -> None:
+        self.kubelet = kubelet
+        self.images = image_store
+        self.checkpoint_dir = checkpoint_dir
+        self.node_name = node_name
+        self.timeout = timeout
+        self.clock = clock
+        self.remove = remove
+        self.archives_in_use: set[str] = set()
+        self.cleanup_failures = 0
+
+    async def checkpoint(self, req: CheckpointRequest) -> CheckpointResult:
+        timings: dict[str, float] = {}
+        start = self.clock()
+        raw_path = await self._kubelet_checkpoint(req)
+        timings["checkpoint"] = self.clock() - start
+        archive = inside(raw_path, self.checkpoint_dir)
+        if archive is None:
+            # Not ours to read or delete, whatever it is.
+            raise UnsafeArchivePath(
+                f"the kubelet returned the archive path {raw_path!r}, which is not inside the "
+                f"checkpoint directory {self.checkpoint_dir}; refusing to read or delete it"
+            )
+        self.archives_in_use.add(archive)
+        try:
+            archive_bytes = await self._archive_size(archive)
+            annotations = {**req.annotations, CHECKPOINT_NAME_ANNOTATION: req.container}
+            t = self.clock()
+            digest = await self._push(archive, req.image, annotations)
+            timings["push"] = self.clock() - t
+            t = self.clock()
+            size = await self._verify(req.image, digest, annotations)
+            timings["verify"] = self.clock() - t
+        finally:
+            await self._delete_archive(archive)
+        timings["total"] = self.clock() - start
+        return CheckpointResult(
+            image=images.pinned_reference(f"{req.image}@{digest}"),
+            digest=digest,
+            size=size,
+            archive_bytes=archive_bytes,
+            timings={k: round(v, 3) for k, v in timings.items()},
+        )
+
+    async def _archive_size(self, archive: str) -> int:
+        try:
+            return await asyncio.to_thread(os.path.getsize, archive)
+        except OSError as e:
+            raise KubeletFailed(f"the kubelet's checkpoint archive is not readable: {e}") from e
+
+    async def _delete_archive(self, archive: str) -> None:
+        # Shielded: an agent shutting down must still not leave the notebook's memory behind.
+        try:
+            gone = await asyncio.shield(asyncio.to_thread(self.remove, archive))
+        finally:
+            self.archives_in_use.discard(archive)
+        if gone:
+            log.info("deleted checkpoint archive %s", archive)
+        else:
+            self.cleanup_failures += 1
+
+    def _where(self, req: CheckpointRequest) -> str:
+        node = f" on node {self.node_name}" if self.node_name else ""
+        return f"{req.namespace}/{req.pod}/{req.container}{node}"
+
+    async def _kubelet_checkpoint(self, req: CheckpointRequest) -> str:
+        try:
+            return await self.kubelet.checkpoint(
+                req.namespace, req.pod, req.container, self.timeout
+            )
+        except KubeletError as e:
+            where = self._where(req)
+            if e.status == 404:
+                raise NotFound(
+                    f"no container {req.container} in pod {req.namespace}/{req.pod} here; "
+                    f"the kubelet{' on node ' + self.node_name if self.node_name else ''} "
+                    f"answered 404: {e.message}"
+                ) from e
+            if e.status in (401, 403):
+                raise KubeletFailed(
+                    f"the kubelet refused the agent's credentials ({e.status}: {e.message}); "
+                    "the agent's service account needs create on nodes/checkpoint"
+                ) from e
+            raise KubeletFailed(f"checkpointing {where} failed: {e}") from e
+
+    async def _push(self, archive: str, ref: str, annotations: Mapping[str, str]) -> str:
+        try:
+            return await self.images.build_and_push(archive, ref, annotations)
+        except images.ImageError as e:
+            if str(e).startswith("pushing"):
+                raise RegistryUnavailable(f"registry: {e}") from e
+            raise ImageBuildFailed(f"building the checkpoint image failed: {e}") from e
+
+    async def _verify(self, ref: str, digest: str, annotations: Mapping[str, str]) -> int:
+        try:
+            facts = await self.images.inspect(ref)
+        except images.ImageNotFound as e:
+            raise VerificationFailed(f"the pushed image {ref} is not in the registry: {e}") from e
+        except images.ImageError as e:
+            raise RegistryUnavailable(f"registry: verifying {ref}: {e}") from e
+        problems = verification_problems(facts, digest, annotations)
+        if problems:
+            raise VerificationFailed(
+                f"the pushed image {ref} does not verify: {'; '.join(problems)}"
+            )
+        return int(facts["size"])
+
+
+def verification_problems(
+    facts: Mapping[str, Any], digest: str, annotations: Mapping[str, str]
+) -> list[str]:
+    """What is wrong with a pushed image compared with what was pushed (pure)."""
+    problems = []
+    if not digest.startswith("sha256:"):
+        problems.append(f"the push returned no sha256 digest ({digest!r})")
+    elif facts.get("digest") != digest:
+        problems.append(f"registry digest {facts.get('digest')} != pushed digest {digest}")
+    found = facts.get("annotations") or {}
+    for key, value in annotations.items():
+        if found.get(key) != value:
+            problems.append(f"annotation {key} is {found.get(key)!r}, expected {value!r}")
+    if not int(facts.get("size") or 0) > 0:
+        problems.append("the image has no layer data (size 0)")
+    return problems

@@ -1,0 +1,204 @@
+"""The spawner's client for a node agent.
+
+Retry policy. A checkpoint is not idempotent: each one runs CRIU and pushes an image, and a
+second dump racing the first would fail or leave an orphaned image. So a request is retried
+(with jittered exponential backoff, under a cap on the total time) only when it certainly
+never reached the agent:
+
+- the connection could not be made (refused, reset while connecting, DNS, connect timeout);
+- a 502 or 503 came back *without* the agent's ``X-JHub-Suspend-Agent`` header, i.e. from a
+  proxy or load balancer that had no agent to forward to.
+
+Never retried: any answer from the agent itself (its 503 means the registry is unreachable and
+the checkpoint already ran and was cleaned up), a timeout after the request was sent, and a
+connection that closed mid-request; for those the agent may still be working, and the caller
+gets an :class:`AgentError` with status 0 saying the outcome is unknown. A later request for
+the same pod while the first still runs is answered 409 by the agent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlencode
+
+from jupyterhub.utils import exponential_backoff
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
+
+from .app import AGENT_HEADER
+from .checkpointer import CheckpointResult
+
+__all__ = ["AgentClient", "AgentError", "CheckpointResult"]
+
+log = logging.getLogger(__name__)
+
+
+class AgentError(Exception):
+    """A node agent call failed. ``status`` is the agent's HTTP status, or 0 when there was no
+    answer (unreachable, or timed out with the outcome unknown). ``message`` is for people."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class _Retry(Exception):
+    """This attempt certainly did not reach the agent; another one may."""
+
+
+def _message(response: HTTPResponse | None, default: str) -> str:
+    if response is None or not response.body:
+        return default
+    try:
+        message = json.loads(response.body).get("message")
+    except (ValueError, AttributeError):
+        message = None
+    if isinstance(message, str) and message:
+        return message
+    return response.body.decode("utf-8", errors="replace").strip()[:500] or default
+
+
+class AgentClient:
+    """Calls one node agent at ``base_url`` with ``token``.
+
+    ``timeout`` bounds each attempt (a checkpoint waits for CRIU, the push and the
+    verification, and may queue behind other checkpoints on the node); ``total_timeout`` caps
+    all attempts together (default ``timeout`` + 60 s). ``ca_file``, ``client_cert`` and
+    ``client_key`` are for an agent served over (m)TLS.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = 900.0,
+        total_timeout: float | None = None,
+        connect_timeout: float = 10.0,
+        ca_file: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
+        validate_cert: bool = True,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.total_timeout = total_timeout if total_timeout is not None else timeout + 60.0
+        self.connect_timeout = connect_timeout
+        self.ca_file = ca_file
+        self.client_cert = client_cert
+        self.client_key = client_key
+        self.validate_cert = validate_cert
+
+    def __repr__(self) -> str:  # never show the token
+        return f"AgentClient({self.base_url!r})"
+
+    async def checkpoint(
+        self,
+        namespace: str,
+        pod: str,
+        container: str,
+        image_ref: str,
+        annotations: Mapping[str, str] | None = None,
+    ) -> CheckpointResult:
+        """Checkpoint a container into ``image_ref`` (``repo:tag``); return the pinned image."""
+        body = {
+            "namespace": namespace,
+            "pod": pod,
+            "container": container,
+            "image": image_ref,
+            "annotations": dict(annotations or {}),
+        }
+        response = await self._call("POST", "/api/checkpoints", body, self.timeout)
+        try:
+            return CheckpointResult.from_json(json.loads(response.body))
+        except (ValueError, KeyError, TypeError) as e:
+            raise AgentError(502, f"the node agent at {self.base_url} answered oddly: {e}") from e
+
+    async def delete_image(self, ref: str) -> None:
+        """Delete a checkpoint image; an image that is already gone counts as deleted."""
+        await self._call("DELETE", "/api/images?" + urlencode({"ref": ref}), None, 120.0)
+
+    async def health(self) -> dict[str, Any]:
+        """The agent's ``/healthz``: ``{"node", "kubelet", ...}``."""
+        response = await self._call("GET", "/healthz", None, 10.0)
+        return dict(json.loads(response.body))
+
+    # ---- transport ---------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, body: Any, timeout: float) -> HTTPRequest:
+        headers = {"Accept": "application/json", "Authorization": f"Bearer {self.token}"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        return HTTPRequest(
+            self.base_url + path,
+            method=method,
+            headers=headers,
+            body=json.dumps(body) if body is not None else None,
+            connect_timeout=self.connect_timeout,
+            request_timeout=timeout,
+            ca_certs=self.ca_file,
+            client_cert=self.client_cert,
+            client_key=self.client_key,
+            validate_cert=self.validate_cert,
+        )
+
+    async def _call(self, method: str, path: str, body: Any, timeout: float) -> HTTPResponse:
+        deadline = time.monotonic() + self.total_timeout
+        last: list[str] = []
+
+        async def attempt() -> HTTPResponse | None:
+            remaining = max(1.0, deadline - time.monotonic())
+            try:
+                return await self._attempt(method, path, body, min(timeout, remaining))
+            except _Retry as e:
+                log.info("node agent %s: %s; retrying", self.base_url, e)
+                last[:] = [str(e)]
+                return None
+
+        try:
+            return await exponential_backoff(
+                attempt,
+                "",
+                start_wait=0.2,
+                scale_factor=2,
+                max_wait=5,
+                timeout=self.total_timeout,
+            )
+        except TimeoutError:
+            raise AgentError(
+                0,
+                f"could not reach the node agent at {self.base_url} within "
+                f"{self.total_timeout:.0f} s: {last[0] if last else 'no attempt finished'}",
+            ) from None
+
+    async def _attempt(self, method: str, path: str, body: Any, timeout: float) -> HTTPResponse:
+        what = f"{method} {self.base_url}{path.split('?', 1)[0]}"
+        try:
+            return await AsyncHTTPClient().fetch(self._request(method, path, body, timeout))
+        except HTTPClientError as e:
+            response = e.response
+            if e.code == 599:
+                if "while connecting" in str(e):
+                    raise _Retry(f"timed out connecting ({what})") from e
+                raise AgentError(
+                    0,
+                    f"no answer from the node agent ({what}): {e}; it may still be working, "
+                    "the outcome is unknown",
+                ) from e
+            from_agent = response is not None and AGENT_HEADER in response.headers
+            if e.code in (502, 503) and not from_agent:
+                raise _Retry(f"{e.code} from a proxy in front of the agent ({what})") from e
+            raise AgentError(e.code, _message(response, f"{what} failed: {e}")) from e
+        except (ConnectionRefusedError, ConnectionResetError, socket.gaierror) as e:
+            raise _Retry(f"cannot connect ({what}): {e}") from e
+        except OSError as e:  # TLS and other local errors: retrying will not help
+            raise AgentError(0, f"cannot talk to the node agent ({what}): {e}") from e

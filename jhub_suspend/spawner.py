@@ -1,0 +1,452 @@
+"""SuspendingKubeSpawner: a KubeSpawner whose stop can checkpoint and whose start can restore.
+
+A suspension is a stop that checkpoints first. JupyterHub removes the proxy route before it
+calls ``stop()``, so no user input reaches the notebook while it is checkpointed. The node agent
+on the pod's node checkpoints the notebook container, pushes the checkpoint image and verifies
+it; only then is the pod deleted, so its CPU, memory and GPUs return to the node.
+
+A restore is a start that uses the checkpoint: the pod is created by the restore driver from the
+checkpoint, with the same spec otherwise, on a compatible node. When a restore cannot succeed,
+the user gets a fresh server on the same volume and a message saying why; the checkpoint is
+kept for the admin, and the spawner never tries it again.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Any
+
+from kubernetes_asyncio.client.rest import ApiException
+from kubespawner import KubeSpawner
+from sqlalchemy.orm import object_session
+from traitlets import Bool, Dict, Float, Instance, Type, Unicode, default, validate
+
+from . import checkpoints as ck
+from .agent.client import AgentClient, AgentError
+from .checkpoints import Checkpoint, LastError, Status
+from .restore import CheckpointImageDriver, RestoreDriver, RestoreFailed
+
+STATE_KEY = "jhub_suspend"
+NOTEBOOK_CONTAINER = "notebook"  # KubeSpawner's name for the notebook container
+
+
+class SuspendFailed(Exception):
+    """A checkpoint could not be made durable; the pod was left running and untouched."""
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+class SuspendingKubeSpawner(KubeSpawner):
+    """KubeSpawner that suspends servers to a CRIU checkpoint and restores them on next start."""
+
+    suspend_on_stop = Bool(
+        False,
+        help="""Suspend on every stop, not only when a suspension was requested.
+
+        When False, a server is suspended only when it is marked for suspension (by the
+        jhub-suspend service, an admin, or the user's Suspend button); a plain Stop ends it.
+        When True, every stop checkpoints the server first, so Stop and the idle culler keep
+        the user's kernels too.
+        """,
+    ).tag(config=True)
+
+    checkpoint_repository = Unicode(
+        help="""Image repository for checkpoint images, e.g. `registry.example.org/jhub-suspend`.
+
+        Each checkpoint is pushed as `<repository>/<namespace>/<pod>:<time>`. Keep this
+        registry private: a checkpoint holds the notebook's memory, tokens included.
+        """,
+    ).tag(config=True)
+
+    @validate("checkpoint_repository")
+    def _validate_repository(self, proposal: dict) -> str:
+        value = proposal["value"].strip().rstrip("/")
+        if value and ("://" in value or " " in value):
+            raise ValueError(
+                f"checkpoint_repository {value!r} must be an image repository such as "
+                "registry.example.org/jhub-suspend, without a scheme"
+            )
+        return value
+
+    agent_url = Unicode(
+        "http://{host_ip}:9770",
+        help="""URL of the node agent on the pod's node. `{node}` and `{host_ip}` are replaced
+        by the pod's node name and host IP (the agent DaemonSet listens on the host network).
+        """,
+    ).tag(config=True)
+
+    agent_urls = Dict(
+        Unicode(),
+        help="Per-node agent URLs, by node name; they take precedence over `agent_url`.",
+    ).tag(config=True)
+
+    agent_token = Unicode(
+        help="Token the node agents accept (default: $JHUB_SUSPEND_AGENT_TOKEN)."
+    ).tag(config=True)
+
+    @default("agent_token")
+    def _default_agent_token(self) -> str:
+        return os.environ.get("JHUB_SUSPEND_AGENT_TOKEN", "")
+
+    checkpoint_timeout = Float(
+        300,
+        help="Seconds a checkpoint may take, from the agent's start to the verified push.",
+    ).tag(config=True)
+
+    checkpoint_retention = Float(
+        0,
+        help="""Seconds to keep a checkpoint image in the registry after it was restored or
+        discarded. 0 deletes it at once; the jhub-suspend service deletes older ones.
+        A checkpoint whose restore failed is kept for the admin regardless.
+        """,
+    ).tag(config=True)
+
+    restore_driver_class = Type(
+        CheckpointImageDriver,
+        klass=RestoreDriver,
+        help="How a pod is restored from a checkpoint (see jhub_suspend.restore).",
+    ).tag(config=True)
+
+    restore_driver = Instance(RestoreDriver)
+
+    @default("restore_driver")
+    def _default_restore_driver(self) -> RestoreDriver:
+        return self.restore_driver_class(parent=self)
+
+    # ---- state -----------------------------------------------------------------------------
+
+    checkpoint: Checkpoint | None = None
+    last_error: LastError | None = None
+    _restoring: Checkpoint | None = None
+    # The checkpoint this start is restoring (or tried to), and why that failed: for progress().
+    _restore_attempt: Checkpoint | None = None
+    _restore_failure: str | None = None
+
+    @property
+    def suspended(self) -> bool:
+        return self.checkpoint is not None and self.checkpoint.restorable
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        state[STATE_KEY] = {
+            "checkpoint": self.checkpoint.to_state() if self.checkpoint else None,
+            "last_error": self.last_error.to_state() if self.last_error else None,
+        }
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        ours = state.get(STATE_KEY) or {}
+        self.checkpoint = (
+            Checkpoint.from_state(ours["checkpoint"]) if ours.get("checkpoint") else None
+        )
+        self.last_error = LastError(**ours["last_error"]) if ours.get("last_error") else None
+
+    def clear_state(self) -> None:
+        # JupyterHub clears state after every stop; the checkpoint is exactly what must survive.
+        super().clear_state()
+
+    def _persist_state(self) -> None:
+        """Write the state to the hub's database now, mid-operation, so a hub that dies after
+        this point finds the checkpoint."""
+        if self.orm_spawner is None:
+            return
+        self.orm_spawner.state = self.get_state()
+        session = object_session(self.orm_spawner)
+        if session is not None:
+            session.commit()
+
+    def _record_error(self, operation: str, message: str, detail: str = "") -> None:
+        self.last_error = LastError(operation, message, ck.rfc3339(self._now()), detail or message)
+
+    def _now(self) -> datetime.datetime:
+        return datetime.datetime.now(datetime.UTC)
+
+    # ---- suspend ---------------------------------------------------------------------------
+
+    def _ref_key(self) -> str:
+        return f"{self.namespace}/{self.pod_name}"
+
+    def suspend_reason(self, pod: dict[str, Any] | None) -> str | None:
+        """Why this stop should suspend, or None for a plain stop."""
+        if not pod or pod["metadata"].get("deletionTimestamp"):
+            return None
+        requested = (pod["metadata"].get("annotations") or {}).get(ck.SUSPEND_REQUEST_ANNOTATION)
+        if requested:
+            return requested
+        return "stop" if self.suspend_on_stop else None
+
+    async def stop(self, now: bool = False) -> None:
+        try:
+            await self._stop(now)
+        except Exception:
+            # JupyterHub drops exceptions from stop() without a word; say what happened.
+            self.log.exception("Stopping %s failed", self._log_name)
+            raise
+
+    async def _stop(self, now: bool) -> None:
+        await self._start_watching_pods()
+        pod = self.pod_reflector.pods.get(self._ref_key())
+        reason = None if now else self.suspend_reason(pod)
+        if pod is None or reason is None:
+            self.will_resume = self.suspended
+            await super().stop(now)
+            return
+        try:
+            checkpoint = await self.suspend(pod, reason)
+        except Exception as e:  # whatever went wrong, the pod must not be lost
+            # Never lose a notebook: the pod keeps running; the next start adopts it.
+            self.log.warning("Suspending %s failed, it keeps running: %s", self._log_name, e)
+            self._record_error(
+                "suspend", f"Suspending failed, the server keeps running: {e}", repr(e)
+            )
+            await self._annotate_pod(
+                {ck.SUSPEND_REQUEST_ANNOTATION: None, ck.SUSPEND_FAILED_ANNOTATION: str(e)[:1000]}
+            )
+            self.will_resume = True
+            return
+        self.checkpoint = checkpoint
+        self.last_error = None
+        self._persist_state()
+        await super().stop(now)
+        self.checkpoint = checkpoint.with_status(Status.SUSPENDED)
+        self.will_resume = True
+        self.log.info(
+            "Suspended %s to %s (%s) in %.1fs",
+            self._log_name,
+            checkpoint.image,
+            human_size(checkpoint.size),
+            checkpoint.seconds,
+        )
+
+    def agent_for(self, node: str, host_ip: str) -> AgentClient:
+        url = self.agent_urls.get(node) or self.agent_url.format(node=node, host_ip=host_ip)
+        return AgentClient(url, self.agent_token, timeout=self.checkpoint_timeout)
+
+    async def suspend(self, pod: dict[str, Any], reason: str) -> Checkpoint:
+        """Checkpoint the running pod through its node's agent; the pod is not touched."""
+        if not self.checkpoint_repository:
+            raise SuspendFailed(
+                "SuspendingKubeSpawner.checkpoint_repository is not set; nowhere to store it"
+            )
+        node_name = pod["spec"].get("nodeName", "")
+        try:
+            node = await self.api.read_node(node_name)
+        except ApiException as e:
+            raise SuspendFailed(f"cannot read node {node_name}: {e.reason}") from e
+        node_obj = {"metadata": {"name": node_name, "labels": node.metadata.labels or {}}}
+        now = self._now()
+        container = next(
+            (c for c in pod["spec"]["containers"] if c["name"] == NOTEBOOK_CONTAINER), None
+        )
+        if container is None:
+            raise SuspendFailed(f"pod {self.pod_name} has no {NOTEBOOK_CONTAINER} container")
+        ref = ck.image_reference(self.checkpoint_repository, self.namespace, self.pod_name, now)
+        annotations = ck.image_annotations(
+            user=self.user.name,
+            server_name=self.name,
+            namespace=self.namespace,
+            pod=self.pod_name,
+            original_image=container["image"],
+            reason=reason,
+            now=now,
+        )
+        agent = self.agent_for(node_name, pod.get("status", {}).get("hostIP", ""))
+        try:
+            result = await agent.checkpoint(
+                self.namespace, self.pod_name, NOTEBOOK_CONTAINER, ref, annotations
+            )
+        except AgentError as e:
+            raise SuspendFailed(str(e)) from e
+        return Checkpoint(
+            image=result.image,
+            digest=result.digest,
+            size=result.size,
+            created=ck.rfc3339(now),
+            reason=reason,
+            container=NOTEBOOK_CONTAINER,
+            original_image=container["image"],
+            node=ck.node_facts(node_obj, ck.pod_gpu_count(pod)),
+            status=Status.VERIFIED,
+            archive_bytes=result.archive_bytes,
+            seconds=result.timings.get("total", 0.0),
+        )
+
+    async def _annotate_pod(self, annotations: dict[str, str | None]) -> None:
+        """Set (or, with None, remove) annotations on the pod, if it still exists."""
+        patch = {"metadata": {"annotations": annotations}}
+        try:
+            await self.api.patch_namespaced_pod(self.pod_name, self.namespace, patch)
+        except ApiException as e:
+            if e.status != 404:
+                self.log.warning("Could not annotate pod %s: %s", self.pod_name, e)
+
+    # ---- start and restore -----------------------------------------------------------------
+
+    async def _start(self) -> tuple[str, int] | str:
+        self._restore_attempt = None
+        self._restore_failure = None
+        adopted = await self._adopt_running_pod()
+        if adopted is not None:
+            return adopted
+        checkpoint = self.checkpoint
+        if checkpoint and checkpoint.status == Status.RESTORING:
+            # A restore was under way when the hub stopped: never try it again.
+            self.checkpoint = checkpoint = checkpoint.with_status(Status.RESTORE_FAILED)
+            self._record_error("restore", "The previous restore did not finish")
+        if checkpoint and checkpoint.restorable and await self._discarded_elsewhere(checkpoint):
+            self.log.info("The checkpoint of %s was discarded while it was stopped", self._log_name)
+            self.checkpoint = checkpoint = None
+        if checkpoint and checkpoint.restorable and self._discard_requested():
+            self.log.info("Discarding the checkpoint of %s at the user's request", self._log_name)
+            await self._release(checkpoint.with_status(Status.DISCARDED))
+            checkpoint = None
+        if not (checkpoint and checkpoint.restorable):
+            return await super()._start()
+        return await self._restore(checkpoint)
+
+    async def _discarded_elsewhere(self, checkpoint: Checkpoint) -> bool:
+        """Whether the service (or an admin) discarded this checkpoint while the server was
+        stopped: it deletes the image and leaves a marker Secret, which is consumed here."""
+        name = ck.discard_marker_name(checkpoint.digest)
+        try:
+            await self.api.delete_namespaced_secret(name, self.namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
+    def _discard_requested(self) -> bool:
+        return bool((self.user_options or {}).get("discard_checkpoint"))
+
+    async def _adopt_running_pod(self) -> tuple[str, int] | str | None:
+        """A pod that kept running (a suspension that failed, or a hub that restarted) is the
+        user's live server: start returns it instead of replacing it."""
+        await self._start_watching_pods()
+        pod = self.pod_reflector.pods.get(self._ref_key())
+        annotations = (pod or {}).get("metadata", {}).get("annotations") or {}
+        if ck.SUSPEND_FAILED_ANNOTATION not in annotations or not self.is_pod_running(pod):
+            return None
+        assert pod is not None
+        self.log.info("Adopting the running pod %s for %s", self.pod_name, self._log_name)
+        self.pod_id = pod["metadata"]["uid"]
+        await self._annotate_pod({ck.SUSPEND_FAILED_ANNOTATION: None})
+        if self.checkpoint and self.checkpoint.status == Status.VERIFIED:
+            # The suspension never deleted the pod: the running server wins.
+            await self._release(self.checkpoint.with_status(Status.DISCARDED))
+        return self._get_pod_url(pod)
+
+    async def _restore(self, checkpoint: Checkpoint) -> tuple[str, int] | str:
+        self._restoring = self._restore_attempt = checkpoint
+        self.checkpoint = checkpoint.with_status(Status.RESTORING)
+        self._persist_state()
+        try:
+            url = await super()._start()
+        except (RestoreFailed, TimeoutError) as e:
+            failure = (
+                e
+                if isinstance(e, RestoreFailed)
+                else RestoreFailed("the restored server did not start in time", str(e))
+            )
+            self.log.warning("Restoring %s failed: %s", self._log_name, failure.detail)
+            self._restore_failure = str(failure)
+            self._record_error(
+                "restore",
+                f"Your saved session could not be restored: {failure}. "
+                "A fresh server was started on the same volume.",
+                failure.detail,
+            )
+            self.checkpoint = checkpoint.with_status(Status.RESTORE_FAILED)
+            self._restoring = None
+            self._persist_state()
+            await super().stop(now=True)
+            return await super()._start()
+        finally:
+            self._restoring = None
+        self.log.info("Restored %s from %s", self._log_name, checkpoint.image)
+        await self._release(checkpoint.with_status(Status.RESTORED))
+        return url
+
+    async def _release(self, checkpoint: Checkpoint) -> None:
+        """A checkpoint that was used or discarded: delete its image unless retention keeps it."""
+        self.checkpoint = None if self.checkpoint_retention == 0 else checkpoint
+        if self.checkpoint_retention > 0:
+            return
+        agent = self._any_agent()
+        if agent is None:
+            return
+        try:
+            await agent.delete_image(checkpoint.image)
+        except AgentError as e:
+            # The image outlives its record; the service's retention sweep removes it later.
+            self.log.warning("Could not delete checkpoint image %s: %s", checkpoint.image, e)
+
+    def _any_agent(self) -> AgentClient | None:
+        pod = self.pod_reflector.pods.get(self._ref_key()) if self.pod_reflector else None
+        if pod and pod["spec"].get("nodeName"):
+            return self.agent_for(pod["spec"]["nodeName"], pod["status"].get("hostIP", ""))
+        if self.agent_urls:
+            url = next(iter(self.agent_urls.values()))
+            return AgentClient(url, self.agent_token, timeout=self.checkpoint_timeout)
+        return None
+
+    async def get_pod_manifest(self) -> Any:
+        pod = await super().get_pod_manifest()
+        if self._restoring is not None:
+            pod = self.restore_driver.apply(pod, self._restoring, NOTEBOOK_CONTAINER)
+            pod.metadata.annotations = {
+                **(pod.metadata.annotations or {}),
+                f"{ck.ANNOTATION_PREFIX}/restored-from": self._restoring.digest,
+            }
+        return pod
+
+    def is_pod_running(self, pod: dict[str, Any] | None) -> bool:
+        if self._restoring is not None:
+            failure = self.restore_driver.failure(pod, NOTEBOOK_CONTAINER)
+            if failure:
+                raise failure
+        return bool(super().is_pod_running(pod))
+
+    async def progress(self) -> Any:
+        """KubeSpawner's events, with the restore's own steps told in words around them."""
+        told_restore = told_failure = False
+
+        def news() -> list[dict[str, Any]]:
+            nonlocal told_restore, told_failure
+            out = []
+            attempt = self._restore_attempt
+            if attempt is not None and not told_restore:
+                told_restore = True
+                out.append(
+                    {
+                        "progress": 2,
+                        "message": "Restoring your saved session: pulling a checkpoint of "
+                        f"{human_size(attempt.size)} taken {attempt.created}",
+                    }
+                )
+            if self._restore_failure and not told_failure:
+                told_failure = True
+                out.append(
+                    {
+                        "message": "Your saved session could not be restored: "
+                        f"{self._restore_failure}. Starting a fresh server on the same volume."
+                    }
+                )
+            return out
+
+        for item in news():
+            yield item
+        async for event in super().progress():
+            for item in news():
+                yield item
+            yield event
+        for item in news():
+            yield item

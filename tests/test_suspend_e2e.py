@@ -1,0 +1,367 @@
+"""Suspend and restore end to end: real JupyterHub with SuspendingKubeSpawner, the node agents,
+CRIU, the registry, on the local cluster.
+
+Each test is a user's story; a failure names the story.
+"""
+
+import asyncio
+import json
+import os
+import socket
+
+import pytest
+import pytest_asyncio
+from jupyterhub.utils import exponential_backoff
+from kubernetes_asyncio import client, config
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+from jhub_suspend import images
+from jhub_suspend.demo.hub import start_hub
+from jhub_suspend.suspension import request_suspension, server_model
+from jhub_suspend.testing.hubapi import HubAPI
+from jhub_suspend.testing.kernel import KernelClient, KernelError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest_asyncio.fixture(scope="module")
+async def hub(cluster, tmp_path_factory):
+    h = await start_hub(cluster.describe(), str(tmp_path_factory.mktemp("hub")))
+    try:
+        yield h
+    finally:
+        await h.stop()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def core(cluster):
+    api = await config.new_client_from_config(config_file=cluster.kubeconfig_path)
+    try:
+        yield client.CoreV1Api(api)
+    finally:
+        await api.close()
+
+
+@pytest.fixture
+def api(hub):
+    return HubAPI(hub.api_url, hub.service_token)
+
+
+async def wait_for(predicate, message, timeout=60):
+    return await exponential_backoff(predicate, message, timeout=timeout, max_wait=1)
+
+
+def server_url(hub, user, name=""):
+    return f"{hub.url}/user/{user}/{name + '/' if name else ''}"
+
+
+async def start_with_progress(hub, api, user, name="", options=None):
+    """Start a server and collect the progress messages the spawn page would show."""
+    path = f"users/{user}/servers/{name}" if name else f"users/{user}/server"
+    # The hub answers the POST only when the spawn is done or slow; follow the progress
+    # stream meanwhile, as the spawn page does.
+    post = asyncio.ensure_future(api.request("POST", path, options))
+
+    async def spawning():
+        if post.done():
+            post.result()  # raise a failed POST
+            return True
+        s = await api.server(user, name)
+        return bool(s and (s.get("pending") == "spawn" or s.get("ready")))
+
+    await wait_for(spawning, f"{user}/{name} never started spawning")
+    messages: list[str] = []
+
+    def on_chunk(chunk: bytes) -> None:
+        for line in chunk.decode().splitlines():
+            if line.startswith("data:"):
+                messages.append(json.loads(line[5:]).get("message", ""))
+
+    progress = f"{hub.api_url}/users/{user}/{'servers/' + name if name else 'server'}/progress"
+    await AsyncHTTPClient().fetch(
+        HTTPRequest(
+            progress,
+            headers={"Authorization": f"token {hub.service_token}"},
+            streaming_callback=on_chunk,
+            request_timeout=300,
+        )
+    )
+
+    await post
+
+    async def ready():
+        s = await api.server(user, name)
+        return s if s and s.get("ready") else False
+
+    await wait_for(ready, f"{user}/{name} never became ready", timeout=180)
+    return messages
+
+
+async def suspend(hub, api, core, user, name=""):
+    return await request_suspension(api.request, core, user, name, reason="test")
+
+
+def ours(server):
+    return (server.get("state") or {}).get("jhub_suspend") or {}
+
+
+async def pod_exists(core, name):
+    try:
+        await core.read_namespaced_pod(name, "default")
+    except client.ApiException as e:
+        if e.status == 404:
+            return False
+        raise
+    return True
+
+
+def waiting_pod(name, cpu):
+    return client.V1Pod(
+        metadata=client.V1ObjectMeta(name=name),
+        spec=client.V1PodSpec(
+            termination_grace_period_seconds=0,
+            containers=[
+                client.V1Container(
+                    name="main",
+                    image="busybox",
+                    command=["sleep", "600"],
+                    resources=client.V1ResourceRequirements(requests={"cpu": cpu}),
+                )
+            ],
+        ),
+    )
+
+
+async def test_suspend_frees_the_node_and_restore_brings_the_kernel_back(hub, api, core, cluster):
+    user = "bob"
+    await api.ensure_user(user)
+    await api.start_server(user)
+    kernel = KernelClient(server_url(hub, user), hub.service_token)
+    await kernel.start()
+    assert await kernel.execute("x = 41 + 1\nprint(x)") == "42\n"
+    token = (await kernel.execute("import os\nprint(os.environ['JUPYTERHUB_API_TOKEN'])")).strip()
+    state = (await server_model(api.request, user))["state"]
+    pod_name = state["pod_name"]
+    assert pod_name == "jupyter-bob"
+
+    # Someone waits for the room the idle notebook holds.
+    await core.create_namespaced_pod("default", waiting_pod("waiting", "750m"))
+    after = await suspend(hub, api, core, user)
+
+    record = ours(after)["checkpoint"]
+    assert record["status"] == "suspended", after
+    ref = _image_ref(after, cluster)
+    facts = await images.inspect(ref)
+    assert facts["annotations"]["jhub-suspend.jupyter.org/user"] == user
+    assert facts["annotations"]["io.kubernetes.cri-o.annotations.checkpoint.name"] == "notebook"
+    assert record["image"].startswith("fernet:")  # sealed in the hub's database
+    assert record["size"] > 1_000_000
+    assert record["node"]["arch"] in ("amd64", "arm64")
+    assert ours(after)["last_error"] is None
+    assert not await pod_exists(core, pod_name)
+    # The archive did not stay on the node.
+    assert os.listdir(cluster.kubelet("node-1").checkpoint_dir) == []
+
+    async def waiting_runs():
+        pod = await core.read_namespaced_pod("waiting", "default")
+        return pod if pod.status.phase == "Running" else False
+
+    assert (await wait_for(waiting_runs, "the waiting pod never ran")).spec.node_name == "node-1"
+    await core.delete_namespaced_pod("waiting", "default", grace_period_seconds=0)
+
+    async def gone():
+        return not await pod_exists(core, "waiting")
+
+    await wait_for(gone, "the waiting pod was never removed")
+
+    messages = await start_with_progress(hub, api, user)
+    assert any("Restoring your saved session" in m for m in messages), messages
+    # The kubelet's events, with sizes and times, reach the spawn page.
+    assert any("pulled checkpoint image" in m.lower() for m in messages), messages
+    assert any("Restored container notebook" in m for m in messages), messages
+    assert kernel.kernel_id in [k["id"] for k in await kernel.kernels()]
+    assert await kernel.execute("print(x)") == "42\n"
+    # The restored process still holds its token, and the hub still accepts it.
+    assert (await kernel.execute("print(os.environ['JUPYTERHUB_API_TOKEN'])")).strip() == token
+    whoami = await HubAPI(hub.api_url, token).request("GET", "user")
+    assert whoami["name"] == user
+
+    restored = await server_model(api.request, user)
+    assert ours(restored)["checkpoint"] is None  # used, and removed (retention 0)
+    with pytest.raises(images.ImageNotFound):
+        await images.inspect(ref)
+    await api.stop_server(user)
+
+
+async def test_named_server_suspends_and_restores(hub, api, core):
+    user, name = "carol", "analysis"
+    await api.ensure_user(user)
+    await api.start_server(user, name)
+    kernel = KernelClient(server_url(hub, user, name), hub.service_token)
+    await kernel.start()
+    await kernel.execute("data = {'rows': 3}")
+    after = await suspend(hub, api, core, user, name)
+    assert ours(after)["checkpoint"]["status"] == "suspended"
+    assert not await pod_exists(core, after["state"]["pod_name"])
+    assert after["state"]["pod_name"] == "jupyter-carol--analysis"
+
+    await start_with_progress(hub, api, user, name)
+    assert await kernel.execute("print(data['rows'])") == "3\n"
+    await api.stop_server(user, name)
+
+
+async def test_a_failed_checkpoint_leaves_the_server_running(hub, api, core, tmp_path):
+    """A notebook connected to a socket outside its pod cannot be checkpointed: the pod stays,
+    the reason is kept, and the next start gives the same live server back."""
+    user = "dave"
+    await api.ensure_user(user)
+    await api.start_server(user)
+    kernel = KernelClient(server_url(hub, user), hub.service_token)
+    await kernel.start()
+    await kernel.execute("y = 'still here'")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    path = str(tmp_path / "host.sock")
+    listener.bind(path)
+    listener.listen(1)
+    try:
+        await kernel.execute(
+            f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({path!r})"
+        )
+        after = await suspend(hub, api, core, user)
+    finally:
+        listener.close()
+    error = ours(after)["last_error"]
+    assert error["operation"] == "suspend"
+    assert "Suspending failed, the server keeps running" in error["message"]
+    assert "unix" in error["message"].lower() or "criu" in error["message"].lower(), error
+    assert ours(after)["checkpoint"] is None
+    pod = await core.read_namespaced_pod("jupyter-dave", "default")
+    assert pod.status.phase == "Running"
+    assert pod.metadata.deletion_timestamp is None
+
+    await api.start_server(user)
+    assert await kernel.execute("print(y)") == "still here\n"
+    await api.stop_server(user)
+
+
+async def test_a_gone_checkpoint_starts_fresh_with_a_message_and_no_retry(hub, api, core, cluster):
+    user = "erin"
+    await api.ensure_user(user)
+    await api.start_server(user)
+    kernel = KernelClient(server_url(hub, user), hub.service_token)
+    await kernel.start()
+    await kernel.execute("z = 1")
+    after = await suspend(hub, api, core, user)
+    # The image disappears from the registry (a retention sweep, an admin, a registry reset).
+    await images.delete(_image_ref(after, cluster))
+
+    messages = await start_with_progress(hub, api, user)
+    assert any("could not be restored" in m for m in messages), messages
+    server = await server_model(api.request, user)
+    assert ours(server)["checkpoint"]["status"] == "restore_failed"  # kept for the admin
+    error = ours(server)["last_error"]
+    assert error["message"] == (
+        "Your saved session could not be restored: the saved checkpoint no longer exists in "
+        "the registry. A fresh server was started on the same volume."
+    )
+    assert "ErrImagePull" in error["detail"]
+    fresh = KernelClient(server_url(hub, user), hub.service_token)
+    await fresh.start()
+    with pytest.raises(KernelError, match="NameError"):
+        await fresh.execute("print(z)")
+
+    # A later stop and start is a plain fresh start: no second restore attempt.
+    await api.stop_server(user)
+    messages = await start_with_progress(hub, api, user)
+    assert not any("Restoring" in m for m in messages), messages
+    await api.stop_server(user)
+
+
+async def test_a_changed_open_file_fails_the_restore_cleanly(hub, api, core):
+    """CRIU refuses to restore a process whose open file changed size (DESIGN.md's pitfall)."""
+    user = "frank"
+    await api.ensure_user(user)
+    await api.start_server(user)
+    kernel = KernelClient(server_url(hub, user), hub.service_token)
+    await kernel.start()
+    home = (await kernel.execute("import os\nprint(os.getcwd())")).strip()
+    await kernel.execute("f = open('journal.txt', 'a')\nf.write('one\\n')\nf.flush()")
+    await suspend(hub, api, core, user)
+    with open(os.path.join(home, "journal.txt"), "a") as f:
+        f.write("written while the server was suspended\n")
+
+    messages = await start_with_progress(hub, api, user)
+    assert any("could not be restored" in m for m in messages), messages
+    server = await server_model(api.request, user)
+    assert ours(server)["checkpoint"]["status"] == "restore_failed"
+    error = ours(server)["last_error"]
+    assert "a file it had open has changed since it was saved" in error["message"], error
+    assert "size" in error["detail"], error
+    await api.stop_server(user)
+
+
+async def test_discarding_the_checkpoint_starts_fresh(hub, api, core, cluster):
+    user = "gina"
+    await api.ensure_user(user)
+    await api.start_server(user)
+    kernel = KernelClient(server_url(hub, user), hub.service_token)
+    await kernel.start()
+    await kernel.execute("w = 5")
+    after = await suspend(hub, api, core, user)
+    ref = _image_ref(after, cluster)
+    await start_with_progress(hub, api, user, options={"discard_checkpoint": True})
+    server = await server_model(api.request, user)
+    assert ours(server)["checkpoint"] is None
+    with pytest.raises(images.ImageNotFound):
+        await images.inspect(ref)
+    assert kernel.kernel_id not in [k["id"] for k in await kernel.kernels()]
+    await api.stop_server(user)
+
+
+async def test_a_hub_crash_during_a_suspension_loses_nothing(hub, api, core):
+    user = "hank"
+    await api.ensure_user(user)
+    await api.start_server(user)
+    kernel = KernelClient(server_url(hub, user), hub.service_token)
+    await kernel.start()
+    await kernel.execute("v = 'survives'")
+    state = (await server_model(api.request, user))["state"]
+    patch = {"metadata": {"annotations": {"jhub-suspend.jupyter.org/suspend-requested": "test"}}}
+    await core.patch_namespaced_pod(state["pod_name"], "default", patch)
+    await api.request("DELETE", f"users/{user}/server")
+    # The stop is under way (the agent is checkpointing) when the hub dies.
+    await asyncio.sleep(0)
+    await hub.crash_and_restart()
+
+    async def settled():
+        s = await server_model(api.request, user)
+        return s if s and not s.get("pending") else False
+
+    server = await wait_for(settled, "the server never settled after the hub restarted", 120)
+    running = await pod_exists(core, state["pod_name"])
+    if server.get("ready"):
+        assert running, "the hub says running but the pod is gone"
+    else:
+        # Stopped: then it must be restorable, not lost.
+        assert not running, "the hub says stopped but the pod still runs (orphan)"
+        assert ours(server)["checkpoint"]["status"] in ("verified", "suspended"), server
+        await api.start_server(user)
+    assert await kernel.execute("print(v)") == "survives\n"
+    await api.stop_server(user)
+
+
+def _image_ref(server, cluster):
+    """The checkpoint's image reference, from the registry (the state holds it sealed)."""
+    pod = server["state"]["pod_name"]
+    digest = ours(server)["checkpoint"]["digest"]
+    return f"{cluster.checkpoint_repository}/default/{pod}@{digest}"
+
+
+async def test_suspending_a_stopped_server_is_refused(hub, api, core):
+    from jhub_suspend.suspension import SuspensionError
+
+    await api.ensure_user("ivy")
+    with pytest.raises(SuspensionError) as err:
+        await request_suspension(api.request, core, "ivy")
+    assert err.value.status == 409
+    assert "not running" in str(err.value)
