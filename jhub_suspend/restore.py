@@ -117,8 +117,8 @@ def _explain(reason: str, message: str) -> str:
         if "manifest unknown" in low or "not found" in low:
             return "the saved checkpoint no longer exists in the registry"
         return "the saved checkpoint could not be downloaded"
-    if ("size" in low and "criu" in low) or "has bad size" in low:
-        return "a file it had open has changed since it was saved"
+    if "has bad size" in low or "no such file" in low:
+        return "a file it had open is gone or has changed since it was saved"
     return "the container runtime could not restore it"
 
 

@@ -245,7 +245,7 @@ def test_checkpoint_image_driver_swaps_the_image_and_pins_the_node_kind():
                     }
                 ]
             },
-            "a file it had open has changed since it was saved",
+            "a file it had open is gone or has changed since it was saved",
             "CreateContainerError: criu restore failed: File /home/x has bad size 10 (expect 4)",
         ),
         (

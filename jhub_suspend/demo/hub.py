@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import sys
@@ -24,6 +25,7 @@ class Hub:
     user_password: str
     admin_password: str
     state_dir: str
+    service_url: str = ""  # the suspend service, e.g. http://127.0.0.1:8000/services/suspend/
 
     async def stop(self) -> None:
         await self.process.stop()
@@ -34,6 +36,11 @@ class Hub:
         old = self.process
         old.kill_now()
         await old.stop(grace=0)
+        # The proxy runs in its own session and outlives the hub, as it should; the new hub
+        # stops it through its pid file. Its parent is gone, so it is reparented to this
+        # process when this process runs pods (a child subreaper), and must be reaped here,
+        # or its zombie looks alive and the new hub refuses to start.
+        reaper = asyncio.ensure_future(_reap_when_dead(self._proxy_pid()))
         self.process = services.ManagedProcess(
             old.name,
             old.argv,
@@ -45,7 +52,31 @@ class Hub:
             group=old.group,
         )
         await self.process.start()
-        await self.process.wait_ready(timeout=timeout)
+        try:
+            await self.process.wait_ready(timeout=timeout)
+        finally:
+            reaper.cancel()
+
+    def _proxy_pid(self) -> int | None:
+        try:
+            with open(os.path.join(self.state_dir, "jupyterhub-proxy.pid")) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+
+
+async def _reap_when_dead(pid: int | None) -> None:
+    """Reap ``pid`` once it has died, if it is our (reparented) child."""
+    if pid is None:
+        return
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
+        except ChildProcessError:
+            return  # not ours: its own parent reaps it
+        if done:
+            return
+        await asyncio.sleep(0.05)  # a pid gives no event to wait on
 
 
 async def start_hub(
@@ -54,13 +85,18 @@ async def start_hub(
     *,
     port: int = 0,
     extra_config: str = "",
+    service_config: str = "",
     spawner: str = "suspending-kubespawner",
     user_password: str | None = None,
     admin_password: str | None = None,
     group: services.ProcessGroup | None = services.PROCESSES,
     timeout: float = 60,
 ) -> Hub:
-    """Start JupyterHub with the demo configuration plus ``extra_config`` (Python config text)."""
+    """Start JupyterHub with the demo configuration plus ``extra_config`` (Python config text).
+
+    ``service_config`` is Python config text for the jhub-suspend service
+    (``c.SuspendService.*``), written to a file the service loads.
+    """
     os.makedirs(state_dir, exist_ok=True)
     config = Path(state_dir, "jupyterhub_config.py")
     config.write_text(f"load_subconfig({str(BASE_CONFIG)!r})\n{extra_config}\n")
@@ -86,7 +122,12 @@ async def start_hub(
         # Secrets in the spawner's state (the checkpoint's image reference) are encrypted.
         "JUPYTERHUB_CRYPT_KEY": os.environ.get("JUPYTERHUB_CRYPT_KEY") or secrets.token_hex(32),
         "PATH": f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}",
+        "JHUB_SUSPEND_SERVICE_PORT": str(services.free_port()),
     }
+    if service_config:
+        service_config_path = Path(state_dir, "suspend_service_config.py")
+        service_config_path.write_text(service_config + "\n")
+        env["JHUB_SUSPEND_SERVICE_CONFIG"] = str(service_config_path)
     url = f"http://127.0.0.1:{public_port}"
     process = services.ManagedProcess(
         "jupyterhub",
@@ -104,4 +145,13 @@ async def start_hub(
     except BaseException:
         await process.stop()
         raise
-    return Hub(process, url, f"{url}/hub/api", token, user_password, admin_password, state_dir)
+    return Hub(
+        process,
+        url,
+        f"{url}/hub/api",
+        token,
+        user_password,
+        admin_password,
+        state_dir,
+        f"{url}/services/suspend/",
+    )
