@@ -75,7 +75,10 @@ async def start_with_progress(hub, api, user, name="", options=None):
         s = await api.server(user, name)
         return bool(s and (s.get("pending") == "spawn" or s.get("ready")))
 
-    await wait_for(spawning, f"{user}/{name} never started spawning")
+    # Poll briskly: a restore takes a few seconds, and the stream must be joined before it ends.
+    await exponential_backoff(
+        spawning, f"{user}/{name} never started spawning", start_wait=0.05, max_wait=0.2
+    )
     messages: list[str] = []
 
     def on_chunk(chunk: bytes) -> None:

@@ -85,3 +85,71 @@ c.SuspendingKubeSpawner.checkpoint_repository = cluster["checkpoint_repository"]
 c.SuspendingKubeSpawner.agent_urls = cluster["agents"]
 with open(cluster["agent_token_file"]) as f:
     c.SuspendingKubeSpawner.agent_token = f.read().strip()
+
+# ---- jhub-suspend service (begin) -------------------------------------------------------------
+# The hub-managed service `suspend` at /services/suspend/: the idle policy loop, the REST API and
+# /metrics. A hub-managed service gets only the environment given here (plus PATH and the
+# JUPYTERHUB_* variables), so everything it needs is passed explicitly. Tests add settings with a
+# config file named by JHUB_SUSPEND_SERVICE_CONFIG (start_hub(service_config=...)), or by
+# editing `c.JupyterHub.services` in their extra_config.
+suspend_command = [sys.executable, "-m", "jhub_suspend.service"]
+if service_config := os.environ.get("JHUB_SUSPEND_SERVICE_CONFIG"):
+    suspend_command += ["-f", service_config]
+with open(cluster["agent_token_file"]) as f:
+    suspend_agent_token = f.read().strip()
+c.JupyterHub.services = [
+    *(c.JupyterHub.services if "services" in c.JupyterHub else []),
+    {
+        "name": "suspend",
+        "display": True,
+        "url": f"http://127.0.0.1:{os.environ.get('JHUB_SUSPEND_SERVICE_PORT', '10101')}",
+        "command": suspend_command,
+        "cwd": state,
+        "oauth_no_confirm": True,
+        "environment": {
+            "KUBECONFIG": cluster["kubeconfig"],
+            "POD_NAMESPACE": "default",
+            "JHUB_SUSPEND_PROMETHEUS_URL": cluster["prometheus"],
+            "JHUB_SUSPEND_AGENT_URLS": json.dumps(cluster["agents"]),
+            "JHUB_SUSPEND_AGENT_TOKEN": suspend_agent_token,
+            "JHUB_SUSPEND_CHECKPOINT_REPOSITORY": cluster["checkpoint_repository"],
+        },
+    },
+]
+# Holders of this scope are admins of the service (as are hub admins): they may act on every
+# server and read the policy's plan.
+c.JupyterHub.custom_scopes = {
+    "custom:jhub-suspend:admin": {
+        "description": "Suspend, resume and discard any user's server; read the idle plan.",
+    },
+}
+c.JupyterHub.load_roles = [
+    *(c.JupyterHub.load_roles if "load_roles" in c.JupyterHub else []),
+    {
+        # What the service needs from the hub, and nothing more: list users and their servers
+        # with spawner state and activity, and start/stop servers.
+        "name": "jhub-suspend-service",
+        "scopes": [
+            "list:users",
+            "read:users:name",
+            "read:users:groups",
+            "read:users:activity",
+            "read:servers",
+            "admin:server_state",
+            "servers",
+        ],
+        "services": ["suspend"],
+    },
+    {
+        # Every user may use the service (for their own servers).
+        "name": "user",
+        "scopes": ["self", "access:services!service=suspend"],
+    },
+    {
+        "name": "jhub-suspend-admins",
+        "scopes": ["custom:jhub-suspend:admin", "access:services!service=suspend"],
+        "users": ["admin"],
+        "services": ["jhub-suspend-admin"] if os.environ.get("JHUB_SUSPEND_SERVICE_TOKEN") else [],
+    },
+]
+# ---- jhub-suspend service (end) ---------------------------------------------------------------
