@@ -20,7 +20,7 @@ from typing import Any
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
 from sqlalchemy.orm import object_session
-from traitlets import Bool, Dict, Float, Instance, Type, Unicode, default, validate
+from traitlets import Bool, Dict, Float, Instance, TraitError, Type, Unicode, default, validate
 
 from . import checkpoints as ck
 from .agent.client import AgentClient, AgentError
@@ -69,7 +69,7 @@ class SuspendingKubeSpawner(KubeSpawner):
     def _validate_repository(self, proposal: dict) -> str:
         value = proposal["value"].strip().rstrip("/")
         if value and ("://" in value or " " in value):
-            raise ValueError(
+            raise TraitError(
                 f"checkpoint_repository {value!r} must be an image repository such as "
                 "registry.example.org/jhub-suspend, without a scheme"
             )

@@ -11,6 +11,7 @@ import shutil
 import pytest
 import pytest_asyncio
 
+_session_cluster: dict = {}
 ADMIN_TOKEN = secrets.token_hex(16)
 AGENT_TOKEN = secrets.token_hex(16)
 CRIU = os.environ.get("JHUB_SUSPEND_CRIU", "/opt/jhub-suspend/bin/criu")
@@ -71,19 +72,21 @@ async def cluster(tmp_path_factory):
     )
     lc.initialize([])
     await lc.up()
+    _session_cluster["cluster"] = lc
     try:
         yield lc
     finally:
+        _session_cluster.pop("cluster", None)
         await lc.down()
 
 
 @pytest_asyncio.fixture(scope="module", autouse=True)
-async def clean_pods(request):
+async def clean_pods():
     """Each module leaves the shared cluster's default namespace without pods."""
     yield
-    if "cluster" not in request.fixturenames:
+    lc = _session_cluster.get("cluster")
+    if lc is None:
         return
-    lc = request.getfixturevalue("cluster")
     from jupyterhub.utils import exponential_backoff
 
     pods, _ = lc.store.list("pods", "default")
