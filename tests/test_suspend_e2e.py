@@ -7,6 +7,7 @@ Each test is a user's story; a failure names the story.
 import asyncio
 import json
 import os
+import re
 import socket
 
 import pytest
@@ -184,9 +185,16 @@ async def test_suspend_frees_the_node_and_restore_brings_the_kernel_back(hub, ap
     await wait_for(gone, "the waiting pod was never removed")
 
     messages = await start_with_progress(hub, api, user)
-    assert any("Restoring your saved session" in m for m in messages), messages
-    # The kubelet's events, with sizes and times, reach the spawn page.
-    assert any("pulled checkpoint image" in m.lower() for m in messages), messages
+    restoring = [m for m in messages if "Restoring your saved session" in m]
+    assert restoring, messages
+    assert re.search(r"pulling a checkpoint of \d+(\.\d)? (kB|MB|GB)", restoring[0]), restoring
+    # The node reports the pull with its size, as a kubelet does (the spawn page shows the
+    # pod's events too, when they arrive before the server is ready).
+    events = await core.list_namespaced_event(
+        "default", field_selector=f"involvedObject.name={pod_name}"
+    )
+    pulled = [e.message for e in events.items if e.reason == "Pulled"]
+    assert any("bytes" in m and "checkpoint image" in m for m in pulled), pulled
     assert kernel.kernel_id in [k["id"] for k in await kernel.kernels()]
     assert await kernel.execute("print(x)") == "42\n"
     # The restored process still holds its token, and the hub still accepts it.
