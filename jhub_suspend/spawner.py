@@ -13,6 +13,8 @@ kept for the admin, and the spawner never tries it again.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import os
 from typing import Any
@@ -128,6 +130,8 @@ class SuspendingKubeSpawner(KubeSpawner):
     # The checkpoint this start is restoring (or tried to), and why that failed: for progress().
     _restore_attempt: Checkpoint | None = None
     _restore_failure: str | None = None
+    _start_decided = asyncio.Event()
+    _progress_news = asyncio.Event()
 
     @property
     def suspended(self) -> bool:
@@ -290,9 +294,20 @@ class SuspendingKubeSpawner(KubeSpawner):
 
     # ---- start and restore -----------------------------------------------------------------
 
-    async def _start(self) -> tuple[str, int] | str:
+    def start(self) -> Any:
         self._restore_attempt = None
         self._restore_failure = None
+        self._start_decided = asyncio.Event()
+        self._progress_news = asyncio.Event()
+        return super().start()
+
+    async def _start(self) -> tuple[str, int] | str:
+        try:
+            return await self._start_or_restore()
+        finally:
+            self._start_decided.set()
+
+    async def _start_or_restore(self) -> tuple[str, int] | str:
         adopted = await self._adopt_running_pod()
         if adopted is not None:
             return adopted
@@ -309,6 +324,7 @@ class SuspendingKubeSpawner(KubeSpawner):
             await self._release(checkpoint.with_status(Status.DISCARDED))
             checkpoint = None
         if not (checkpoint and checkpoint.restorable):
+            self._start_decided.set()
             return await super()._start()
         return await self._restore(checkpoint)
 
@@ -346,6 +362,7 @@ class SuspendingKubeSpawner(KubeSpawner):
 
     async def _restore(self, checkpoint: Checkpoint) -> tuple[str, int] | str:
         self._restoring = self._restore_attempt = checkpoint
+        self._start_decided.set()
         self.checkpoint = checkpoint.with_status(Status.RESTORING)
         self._persist_state()
         try:
@@ -358,6 +375,7 @@ class SuspendingKubeSpawner(KubeSpawner):
             )
             self.log.warning("Restoring %s failed: %s", self._log_name, failure.detail)
             self._restore_failure = str(failure)
+            self._progress_news.set()
             self._record_error(
                 "restore",
                 f"Your saved session could not be restored: {failure}. "
@@ -416,37 +434,62 @@ class SuspendingKubeSpawner(KubeSpawner):
         return bool(super().is_pod_running(pod))
 
     async def progress(self) -> Any:
-        """KubeSpawner's events, with the restore's own steps told in words around them."""
-        told_restore = told_failure = False
+        """KubeSpawner's events, with the restore's own steps told in words as they happen."""
+        with contextlib.suppress(TimeoutError):
+            # Whether this start restores is known within moments; wait for it, so the first
+            # message already says so.
+            await asyncio.wait_for(self._start_decided.wait(), 10)
+        told: set[str] = set()
+        events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
-        def news() -> list[dict[str, Any]]:
-            nonlocal told_restore, told_failure
-            out = []
-            attempt = self._restore_attempt
-            if attempt is not None and not told_restore:
-                told_restore = True
-                out.append(
-                    {
-                        "progress": 2,
-                        "message": "Restoring your saved session: pulling a checkpoint of "
-                        f"{human_size(attempt.size)} taken {attempt.created}",
-                    }
-                )
-            if self._restore_failure and not told_failure:
-                told_failure = True
-                out.append(
-                    {
-                        "message": "Your saved session could not be restored: "
-                        f"{self._restore_failure}. Starting a fresh server on the same volume."
-                    }
-                )
-            return out
+        async def pump() -> None:
+            try:
+                async for event in KubeSpawner.progress(self):
+                    await events.put(event)
+            finally:
+                await events.put(None)
 
-        for item in news():
-            yield item
-        async for event in super().progress():
-            for item in news():
+        pumping = asyncio.ensure_future(pump())
+        try:
+            while True:
+                for item in self._restore_news(told):
+                    yield item
+                self._progress_news.clear()
+                get = asyncio.ensure_future(events.get())
+                news = asyncio.ensure_future(self._progress_news.wait())
+                await asyncio.wait({get, news}, return_when=asyncio.FIRST_COMPLETED)
+                news.cancel()
+                if not get.done():
+                    get.cancel()
+                    continue
+                event = get.result()
+                if event is None:
+                    break
+                yield event
+            for item in self._restore_news(told):
                 yield item
-            yield event
-        for item in news():
-            yield item
+        finally:
+            pumping.cancel()
+
+    def _restore_news(self, told: set[str]) -> list[dict[str, Any]]:
+        """What the spawn page has not been told yet about the restore."""
+        out = []
+        attempt = self._restore_attempt
+        if attempt is not None and "restoring" not in told:
+            told.add("restoring")
+            out.append(
+                {
+                    "progress": 2,
+                    "message": "Restoring your saved session: pulling a checkpoint of "
+                    f"{human_size(attempt.size)} taken {attempt.created}",
+                }
+            )
+        if self._restore_failure and "failed" not in told:
+            told.add("failed")
+            out.append(
+                {
+                    "message": "Your saved session could not be restored: "
+                    f"{self._restore_failure}. Starting a fresh server on the same volume."
+                }
+            )
+        return out
