@@ -1,0 +1,321 @@
+"""What the service does to one server: suspend, resume, discard its checkpoint, keep it running.
+
+The REST API and the policy loop both act through :class:`Actions`. Each method checks the
+server's current state with the hub (one request) and raises :class:`ActionError` with the HTTP
+status the API answers: 404 unknown user or server, 409 wrong state.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from jupyterhub.utils import exponential_backoff
+from kubernetes_asyncio.client.rest import ApiException
+
+from ..agent.client import AgentError
+from ..checkpoints import _path_component
+from ..policy import KeepRunning
+from ..suspension import SuspensionError, request_suspension, server_model, server_path
+from . import observe
+from .hubclient import HubError
+from .kube import marker_digest
+from .operations import Operation
+
+if TYPE_CHECKING:
+    from .app import SuspendService
+
+
+class ActionError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _name(user: str, server_name: str) -> str:
+    """``alice`` for a default server, ``alice/lab`` for a named one."""
+    return f"{user}/{server_name}" if server_name else user
+
+
+def checkpoint_image_ref(repository: str, namespace: str, pod: str, digest: str) -> str:
+    """Where the spawner pushed a pod's checkpoint (see checkpoints.image_reference), pinned
+    by digest: the state's own reference is sealed with the hub's key."""
+    return f"{repository.rstrip('/')}/{_path_component(namespace)}/{_path_component(pod)}@{digest}"
+
+
+class Actions:
+    def __init__(self, service: SuspendService) -> None:
+        self.service = service
+        self.log = service.log
+        # image references whose deletion failed; the retention sweep tries again
+        self.orphans: set[str] = set()
+
+    # ---- lookups ---------------------------------------------------------------------------
+
+    async def server(self, user: str, server_name: str) -> dict[str, Any]:
+        """The hub's model of one server (state included); 404 when there is none."""
+        try:
+            model = await server_model(self.service.hub.request, user, server_name)
+        except HubError as e:
+            if e.status == 404:
+                raise ActionError(404, f"no user {user!r}") from None
+            raise
+        if model is None:
+            what = f"server {server_name!r}" if server_name else "default server"
+            raise ActionError(404, f"user {user!r} has no {what}")
+        return model
+
+    def _busy(self, user: str, server_name: str) -> None:
+        op = self.service.operations.running_for(user, server_name)
+        if op is not None:
+            verb = "suspending" if op.kind == "suspend" else "resuming"
+            raise ActionError(
+                409, f"{_name(user, server_name)} is already {verb} (operation {op.id})"
+            )
+
+    # ---- suspend ---------------------------------------------------------------------------
+
+    async def suspend(self, user: str, server_name: str, requested_by: str) -> Operation:
+        self._busy(user, server_name)
+        model = await self.server(user, server_name)
+        if model.get("pending"):
+            raise ActionError(
+                409, f"{_name(user, server_name)} is busy ({model['pending']} pending)"
+            )
+        if not model.get("ready"):
+            raise ActionError(409, f"{_name(user, server_name)} is not running")
+        state = model.get("state") or {}
+        if not state.get("pod_name"):
+            raise ActionError(
+                409, f"{_name(user, server_name)} is not a SuspendingKubeSpawner server"
+            )
+        return self.start_suspension(user, server_name, requested_by, "manual")
+
+    def start_suspension(
+        self, user: str, server_name: str, requested_by: str, reason: str
+    ) -> Operation:
+        """Ask for a suspension in the background; the operation records the outcome."""
+        svc = self.service
+
+        async def work(op: Operation) -> None:
+            t0 = time.monotonic()
+            outcome = "error"
+            try:
+                after = await request_suspension(
+                    svc.hub.request,
+                    svc.kube.core,
+                    user,
+                    server_name,
+                    reason,
+                    timeout=svc.suspend_timeout,
+                )
+                ours = (after.get("state") or {}).get("jhub_suspend") or {}
+                checkpoint = ours.get("checkpoint") or {}
+                if checkpoint.get("status") in observe.RESTORABLE:
+                    outcome, op.status = "success", "succeeded"
+                    op.message = "suspended"
+                    op.result = {"checkpoint": _public_checkpoint(checkpoint)}
+                    svc.metrics.checkpoint_bytes.observe(float(checkpoint.get("size") or 0))
+                else:
+                    error = ours.get("last_error") or {}
+                    outcome, op.status = "failed", "failed"
+                    op.message = error.get("message") or "the server stopped without a checkpoint"
+            except SuspensionError as e:
+                op.status, op.message = "failed", str(e)
+            except Exception as e:
+                op.status, op.message = "failed", f"{type(e).__name__}: {e}"
+                self.log.exception("Suspending %s/%s failed", user, server_name)
+            finally:
+                op.finished = svc.now()
+                if op.status == "running":  # cancelled
+                    op.status, op.message = "failed", "cancelled"
+                svc.metrics.suspensions.labels(reason, outcome).inc()
+                svc.metrics.suspension_duration.labels(outcome).observe(time.monotonic() - t0)
+            self.log.info(
+                "Suspension of %s/%s (%s, by %s): %s %s",
+                user, server_name, reason, requested_by, op.status, op.message,
+            )  # fmt: skip
+
+        self.log.info("Suspending %s/%s (%s, by %s)", user, server_name, reason, requested_by)
+        return svc.operations.start(
+            "suspend", user, server_name, requested_by, reason, svc.now(), work
+        )
+
+    # ---- resume ----------------------------------------------------------------------------
+
+    async def resume(self, user: str, server_name: str, requested_by: str) -> Operation:
+        svc = self.service
+        self._busy(user, server_name)
+        model = await self.server(user, server_name)
+        if model.get("ready") or model.get("pending"):
+            raise ActionError(409, f"{_name(user, server_name)} is already running or starting")
+        checkpoint = self._restorable(model)
+        if checkpoint is None:
+            raise ActionError(409, f"{_name(user, server_name)} has no checkpoint to restore")
+        if await self._discarded(model, checkpoint):
+            raise ActionError(409, f"the checkpoint of {_name(user, server_name)} was discarded")
+        try:
+            await svc.hub.request("POST", server_path(user, server_name), {})
+        except HubError as e:
+            if e.status == 400:
+                raise ActionError(409, e.message) from None
+            raise
+
+        async def work(op: Operation) -> None:
+            t0 = time.monotonic()
+            outcome = "error"
+
+            async def ready() -> dict | bool:
+                s = await server_model(svc.hub.request, user, server_name)
+                if s is None:
+                    raise ActionError(409, "the server was removed while it was restoring")
+                if s.get("ready"):
+                    return s
+                return False if s.get("pending") else {"stopped": True, **s}
+
+            try:
+                after = await exponential_backoff(
+                    ready, f"{_name(user, server_name)} was not ready within {svc.restore_timeout} s",
+                    timeout=svc.restore_timeout, max_wait=2,
+                )  # fmt: skip
+                ours = (after.get("state") or {}).get("jhub_suspend") or {}
+                status = (ours.get("checkpoint") or {}).get("status")
+                if after.get("stopped"):
+                    op.status, op.message = "failed", "the server did not start"
+                elif status == "restore_failed":
+                    outcome, op.status = "fresh", "failed"
+                    op.message = (ours.get("last_error") or {}).get("message", "restore failed")
+                else:
+                    outcome, op.status, op.message = "success", "succeeded", "restored"
+            except Exception as e:
+                op.status, op.message = "failed", str(e) or type(e).__name__
+            finally:
+                op.finished = svc.now()
+                if op.status == "running":
+                    op.status, op.message = "failed", "cancelled"
+                svc.metrics.restores.labels("manual", outcome).inc()
+                svc.metrics.restore_duration.labels(outcome).observe(time.monotonic() - t0)
+
+        self.log.info("Resuming %s/%s (by %s)", user, server_name, requested_by)
+        return svc.operations.start(
+            "resume", user, server_name, requested_by, "manual", svc.now(), work
+        )
+
+    # ---- discard ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _restorable(model: dict[str, Any]) -> dict[str, Any] | None:
+        ours = (model.get("state") or {}).get("jhub_suspend") or {}
+        checkpoint = ours.get("checkpoint")
+        if checkpoint and checkpoint.get("status") in observe.RESTORABLE:
+            return dict(checkpoint)
+        return None
+
+    async def _discarded(self, model: dict[str, Any], checkpoint: dict[str, Any]) -> bool:
+        namespace = (model.get("state") or {}).get("namespace") or self.service.namespace
+        markers = await self.service.kube.list_markers(namespace)
+        return any(marker_digest(m) == checkpoint.get("digest") for m in markers)
+
+    async def discard(self, user: str, server_name: str, requested_by: str) -> dict[str, Any]:
+        """Discard a stopped server's checkpoint: mark it (the spawner then starts fresh) and
+        delete its image."""
+        svc = self.service
+        self._busy(user, server_name)
+        model = await self.server(user, server_name)
+        if model.get("ready") or model.get("pending"):
+            raise ActionError(409, f"{_name(user, server_name)} is running; it has no checkpoint")
+        checkpoint = self._restorable(model)
+        if checkpoint is None:
+            raise ActionError(409, f"{_name(user, server_name)} has no checkpoint to discard")
+        state = model.get("state") or {}
+        namespace = state.get("namespace") or svc.namespace
+        digest = checkpoint["digest"]
+        created = await svc.kube.create_marker(namespace, digest, f"{_name(user, server_name)}")
+        if not created:
+            raise ActionError(
+                409, f"the checkpoint of {_name(user, server_name)} is already discarded"
+            )
+        ref = checkpoint_image_ref(
+            svc.checkpoint_repository, namespace, state.get("pod_name", ""), digest
+        )
+        deleted, message = await self.delete_image(ref)
+        self.log.info(
+            "Discarded the checkpoint %s of %s/%s (by %s)", digest, user, server_name, requested_by
+        )
+        return {
+            "user": user,
+            "server_name": server_name,
+            "digest": digest,
+            "image_deleted": deleted,
+            "message": message,
+        }
+
+    async def delete_image(self, ref: str) -> tuple[bool, str]:
+        """Delete a checkpoint image through a node agent; (deleted, message). A failure is
+        remembered and retried by the retention sweep."""
+        agent = self.service.agent()
+        if agent is None:
+            self.orphans.add(ref)
+            return False, "no node agent configured; the image is left in the registry"
+        try:
+            await agent.delete_image(ref)
+        except AgentError as e:
+            self.orphans.add(ref)
+            self.log.warning("Could not delete checkpoint image %s: %s", ref, e)
+            return False, f"the image could not be deleted yet ({e}); it will be retried"
+        self.orphans.discard(ref)
+        return True, "discarded; the next start is a fresh server"
+
+    # ---- keep running ----------------------------------------------------------------------
+
+    async def keep_running(
+        self, user: str, server_name: str, enabled: bool, hours: float | None, requested_by: str
+    ) -> dict[str, Any]:
+        svc = self.service
+        cfg = svc.policy_config
+        if enabled and not cfg.allow_keep_running:
+            raise ActionError(409, "the policy does not allow keep-running opt-outs")
+        model = await self.server(user, server_name)
+        state = model.get("state") or {}
+        if not model.get("ready") or not state.get("pod_name"):
+            raise ActionError(409, f"{_name(user, server_name)} is not running")
+        namespace = state.get("namespace") or svc.namespace
+        now = svc.now()
+        patch = observe.keep_running_annotations(enabled, now, hours)
+        try:
+            await svc.kube.patch_pod_annotations(namespace, state["pod_name"], patch)
+        except ApiException as e:
+            if e.status == 404:
+                raise ActionError(409, f"the pod of {_name(user, server_name)} is gone") from None
+            raise
+        self.log.info(
+            "Keep-running for %s/%s %s by %s",
+            user, server_name, f"set ({hours or 'no end'} h)" if enabled else "cleared",
+            requested_by,
+        )  # fmt: skip
+        if not enabled:
+            return {"user": user, "server_name": server_name, "keep_running": None}
+        kr = KeepRunning(since=now, until=observe.parse_time(patch[observe.KEEP_RUNNING_UNTIL]))
+        return {
+            "user": user,
+            "server_name": server_name,
+            "keep_running": keep_running_dict(kr, cfg.max_keep_running),
+        }
+
+
+def keep_running_dict(kr: KeepRunning, max_keep_running: float | None) -> dict[str, Any]:
+    end = kr.effective_until(max_keep_running)
+    return {
+        "since": observe.rfc3339(kr.since),
+        "until": observe.rfc3339(kr.until) if kr.until else None,
+        "effective_until": observe.rfc3339(end) if end else None,
+    }
+
+
+def _public_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint record without its (sealed) image reference."""
+    return {
+        k: checkpoint.get(k)
+        for k in ("digest", "size", "created", "reason", "status", "archive_bytes", "seconds")
+    }

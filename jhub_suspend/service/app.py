@@ -1,0 +1,566 @@
+"""SuspendService: the JupyterHub service ``suspend`` (policy loop, REST API, metrics).
+
+Every setting is a traitlet; set them in a config file (``-f suspend_config.py``,
+``c.SuspendService.idle_window = 1800``) or on the command line
+(``--SuspendService.dry_run=True``). The policy's settings have the names of
+:class:`jhub_suspend.policy.PolicyConfig`'s fields and are turned into one in
+:meth:`SuspendService._build_policy_config`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from datetime import UTC, datetime
+from typing import Any, cast
+from urllib.parse import urlparse
+
+from jupyterhub.services.auth import HubOAuth
+from jupyterhub.services.auth import check_scopes as hub_check_scopes
+from tornado import web
+from tornado.httpserver import HTTPServer
+from traitlets import (
+    Bool,
+    Bytes,
+    Callable,
+    Dict,
+    Enum,
+    Float,
+    Instance,
+    Integer,
+    Set,
+    TraitError,
+    Unicode,
+    default,
+    validate,
+)
+from traitlets.config import Application, catch_config_error
+
+from .. import promql
+from ..agent.client import AgentClient
+from ..policy import DEFAULT_WASTE_WEIGHTS, PolicyConfig
+from .actions import Actions
+from .handlers import routes
+from .hubclient import HubClient
+from .kube import Kube, make_api_client
+from .loop import PolicyLoop
+from .metrics import ServiceMetrics
+from .operations import Operations
+from .prom import PrometheusReader
+from .retention import Retention
+
+POLICY_FIELDS = tuple(PolicyConfig.__dataclass_fields__)
+ADMIN_SCOPE = "custom:jhub-suspend:admin"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _default_namespace() -> str:
+    if ns := os.environ.get("POD_NAMESPACE"):
+        return ns
+    path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+    if os.path.exists(path):
+        with open(path) as f:
+            return f.read().strip()
+    return "default"
+
+
+class SuspendService(Application):
+    name = "jhub-suspend-service"
+
+    @default("log_level")
+    def _default_log_level(self) -> int:
+        return logging.INFO
+
+    @default("log_format")
+    def _default_log_format(self) -> str:
+        return (
+            "[%(levelname)1.1s %(asctime)s.%(msecs).03d %(name)s %(module)s:%(lineno)d] %(message)s"
+        )
+
+    @default("log_datefmt")
+    def _default_log_datefmt(self) -> str:
+        return "%Y-%m-%d %H:%M:%S"
+
+    description = "Suspends idle Jupyter servers to CRIU checkpoints; a JupyterHub service."
+
+    aliases = {  # noqa: RUF012 (traitlets declares these as instance variables)
+        "f": "SuspendService.config_file",
+        "config": "SuspendService.config_file",
+        "prometheus-url": "SuspendService.prometheus_url",
+        "port": "SuspendService.port",
+        "cycle-interval": "SuspendService.cycle_interval",
+        "log-level": "Application.log_level",
+    }
+    flags = {  # noqa: RUF012
+        "dry-run": ({"SuspendService": {"dry_run": True}}, "Report decisions, act on none."),
+    }
+
+    config_file = Unicode("", help="A Python config file to load (c.SuspendService.*).").tag(
+        config=True
+    )
+
+    # ---- policy (the fields of policy.PolicyConfig) -----------------------------------------
+
+    cpu_threshold = Float(
+        0.05,
+        help="A server is idle only while its CPU use stays under this fraction of its CPU "
+        "request for the whole idle window (0.05 = 5 %).",
+    ).tag(config=True)
+    idle_window = Float(
+        3600, help="Seconds over which CPU (and GPU) must stay under the thresholds."
+    ).tag(config=True)
+    activity_timeout = Float(
+        3600, help="A server is idle only when the hub has seen no activity for this many seconds."
+    ).tag(config=True)
+    gpu_threshold = Float(
+        5.0,
+        help="Servers that request GPUs are idle only while GPU utilisation stays under this "
+        "many percent.",
+    ).tag(config=True)
+    gpu_idle_window = Float(
+        1800,
+        help="Idle window of GPU servers, for both their CPU and GPU signals (an idle GPU is "
+        "the scarcest thing held, so it is shorter).",
+    ).tag(config=True)
+    gpu_activity_timeout = Float(1800, help="Activity timeout of GPU servers, in seconds.").tag(
+        config=True
+    )
+    min_coverage = Float(
+        0.8,
+        help="Fraction of the expected samples a window must hold; servers with sparser data "
+        "are never idle.",
+    ).tag(config=True)
+    exempt_users = Set(Unicode(), help="Users whose servers are never suspended.").tag(config=True)
+    exempt_groups = Set(Unicode(), help="Members of these hub groups are never suspended.").tag(
+        config=True
+    )
+    exempt_server_names = Set(
+        Unicode(), help='Server names never suspended ("" exempts default servers).'
+    ).tag(config=True)
+    allow_keep_running = Bool(
+        True, help="Honour the keep-running opt-out users set on their servers."
+    ).tag(config=True)
+    max_keep_running = Float(
+        7 * 86400,
+        allow_none=True,
+        help="Cap, in seconds from when it was set, on a keep-running opt-out; None: no cap.",
+    ).tag(config=True)
+    max_suspensions_per_cycle = Integer(10, help="At most this many suspensions per cycle.").tag(
+        config=True
+    )
+    max_concurrent_suspensions = Integer(
+        2, help="At most this many suspensions under way at once (checkpoints load the nodes)."
+    ).tag(config=True)
+    dry_run = Bool(False, help="Decide and report, but suspend nothing.").tag(config=True)
+    capacity_pressure = Bool(
+        True,
+        help="While pods are Pending for lack of CPU, memory or GPUs, suspend first the idle "
+        "servers that free what they lack; when none wait, relax timeouts by relaxed_factor.",
+    ).tag(config=True)
+    relaxed_factor = Float(
+        1.0, help="Activity timeouts are multiplied by this while nobody is Pending (1 = off)."
+    ).tag(config=True)
+    waste_weights = Dict(
+        dict(DEFAULT_WASTE_WEIGHTS),
+        help="Weight of an unused CPU core, GiB of memory and GPU when ranking servers by waste.",
+    ).tag(config=True)
+    warn_before = Float(
+        600, help="Warn users this many seconds before their server becomes eligible (0: never)."
+    ).tag(config=True)
+    gpu_resources = Set(
+        Unicode(), {"nvidia.com/gpu"}, help="Kubernetes resource names that count as GPUs."
+    ).tag(config=True)
+
+    @validate(*POLICY_FIELDS)
+    def _validate_policy_field(self, proposal: Any) -> Any:
+        trial = {f: getattr(self, f) for f in POLICY_FIELDS}
+        trial[proposal.trait.name] = proposal.value
+        try:
+            PolicyConfig(**trial)
+        except (TypeError, ValueError) as e:
+            raise TraitError(f"SuspendService.{proposal.trait.name}: {e}") from None
+        return proposal.value
+
+    # ---- signals ----------------------------------------------------------------------------
+
+    prometheus_url = Unicode(
+        help="Prometheus's base URL, e.g. http://prometheus-server.monitoring.svc"
+    ).tag(config=True)
+
+    @default("prometheus_url")
+    def _default_prometheus_url(self) -> str:
+        return os.environ.get("JHUB_SUSPEND_PROMETHEUS_URL", "")
+
+    prometheus_headers = Dict(
+        help="Extra HTTP headers for Prometheus (e.g. Authorization); never logged."
+    ).tag(config=True)
+    prometheus_verify_tls = Bool(True, help="Verify Prometheus's TLS certificate.").tag(config=True)
+    prometheus_timeout = Float(10.0, help="Seconds each Prometheus query may take.").tag(
+        config=True
+    )
+    max_metrics_age = Float(
+        180,
+        help="Fail safe when the newest CPU, memory, request or (with GPU servers) GPU sample "
+        "is older than this many seconds.",
+    ).tag(config=True)
+    query_step = Float(
+        60, help="Seconds between the points of the windowed subqueries (>= scrape interval)."
+    ).tag(config=True)
+    rate_window = Float(
+        120, help="Seconds of the CPU rate() window; must hold at least two scrapes."
+    ).tag(config=True)
+    gpu_source = Enum(
+        ["auto", "util", "engine_active"],
+        "auto",
+        help="GPU utilisation metric: DCGM_FI_DEV_GPU_UTIL (util), "
+        "DCGM_FI_PROF_GR_ENGINE_ACTIVE (engine_active), or engine-active where present (auto).",
+    ).tag(config=True)
+    gpu_aggregation = Enum(
+        ["avg", "max"], "avg", help="How a pod's GPUs combine into one value."
+    ).tag(config=True)
+    metric_names = Dict(
+        help="Metric and label names, overriding jhub_suspend.promql.MetricNames's defaults, "
+        'e.g. {"gpu_pod": "exported_pod", "gpu_namespace": "exported_namespace"}.'
+    ).tag(config=True)
+
+    @validate("metric_names")
+    def _validate_metric_names(self, proposal: Any) -> dict:
+        known = set(promql.MetricNames.__dataclass_fields__)
+        unknown = set(proposal.value) - known
+        if unknown:
+            raise TraitError(
+                f"metric_names: unknown keys {sorted(unknown)}; known: {sorted(known)}"
+            )
+        try:
+            promql.MetricNames(**proposal.value)
+        except ValueError as e:
+            raise TraitError(f"metric_names: {e}") from None
+        return dict(proposal.value)
+
+    # ---- which servers -----------------------------------------------------------------------
+
+    namespace = Unicode(help="Namespace of the notebook pods (KubeSpawner's namespace).").tag(
+        config=True
+    )
+
+    @default("namespace")
+    def _default_namespace(self) -> str:
+        return _default_namespace()
+
+    pod_regex = Unicode(
+        "jupyter-.*", help="RE2 regex on notebook pod names (Prometheus anchors it)."
+    ).tag(config=True)
+    pending_pods_all_namespaces = Bool(
+        False,
+        help="Look for Pending pods in every namespace (needs a cluster-wide pod list), not "
+        "only in the notebooks' namespace.",
+    ).tag(config=True)
+
+    # ---- hub --------------------------------------------------------------------------------
+
+    hub_api_url = Unicode(help="The hub's REST API URL (JUPYTERHUB_API_URL).").tag(config=True)
+
+    @default("hub_api_url")
+    def _default_hub_api_url(self) -> str:
+        return os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api")
+
+    hub_api_token = Unicode(help="The service's hub API token (JUPYTERHUB_API_TOKEN).").tag(
+        config=True
+    )
+
+    @default("hub_api_token")
+    def _default_hub_api_token(self) -> str:
+        return os.environ.get("JUPYTERHUB_API_TOKEN", "")
+
+    hub_page_size = Integer(200, help="Users per hub API page (the hub caps it).").tag(config=True)
+    hub_timeout = Float(30.0, help="Seconds each hub API request may take.").tag(config=True)
+
+    # ---- kubernetes -------------------------------------------------------------------------
+
+    kubeconfig = Unicode(help="A kubeconfig file; empty: in-cluster or ~/.kube/config.").tag(
+        config=True
+    )
+
+    @default("kubeconfig")
+    def _default_kubeconfig(self) -> str:
+        return os.environ.get("KUBECONFIG", "")
+
+    in_cluster = Bool(
+        None,
+        allow_none=True,
+        help="Use the pod's service account (None: when running in a cluster without kubeconfig).",
+    ).tag(config=True)
+    kube_timeout = Float(30.0, help="Seconds each Kubernetes API request may take.").tag(
+        config=True
+    )
+
+    # ---- checkpoints ------------------------------------------------------------------------
+
+    checkpoint_repository = Unicode(
+        help="Where the spawner pushes checkpoints (SuspendingKubeSpawner.checkpoint_repository)."
+    ).tag(config=True)
+
+    @default("checkpoint_repository")
+    def _default_checkpoint_repository(self) -> str:
+        return os.environ.get("JHUB_SUSPEND_CHECKPOINT_REPOSITORY", "")
+
+    agent_urls = Dict(
+        help="Node agent URL per node name; any of them can delete images from the registry."
+    ).tag(config=True)
+
+    @default("agent_urls")
+    def _default_agent_urls(self) -> dict:
+        import json
+
+        return json.loads(os.environ.get("JHUB_SUSPEND_AGENT_URLS", "{}"))
+
+    agent_url = Unicode(
+        help="One node agent URL (e.g. the agents' Service); used before agent_urls."
+    ).tag(config=True)
+    agent_token = Unicode(help="Token for the node agents (JHUB_SUSPEND_AGENT_TOKEN).").tag(
+        config=True
+    )
+
+    @default("agent_token")
+    def _default_agent_token(self) -> str:
+        return os.environ.get("JHUB_SUSPEND_AGENT_TOKEN", "")
+
+    checkpoint_retention = Float(
+        86400,
+        help="Seconds after which images of restored or discarded checkpoints, and orphaned "
+        "discard markers, are deleted by the retention sweep.",
+    ).tag(config=True)
+    max_suspended_age = Float(
+        None,
+        allow_none=True,
+        help="Discard checkpoints of servers suspended for longer than this many seconds "
+        "(None: keep them until the user returns).",
+    ).tag(config=True)
+    retention_interval = Float(3600, help="Seconds between retention sweeps.").tag(config=True)
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    cycle_interval = Float(60, help="Seconds between policy cycles.").tag(config=True)
+    cycle_timeout = Float(300, help="A cycle taking longer than this is abandoned.").tag(
+        config=True
+    )
+    suspend_timeout = Float(
+        900, help="Seconds a suspension may take until the server stopped."
+    ).tag(config=True)
+    restore_timeout = Float(600, help="Seconds a resume may take until the server is ready.").tag(
+        config=True
+    )
+    clock = Callable(
+        help="Returns the current time as an aware datetime; tests inject their own."
+    ).tag(config=True)
+
+    @default("clock")
+    def _default_clock(self) -> Any:
+        return _utcnow
+
+    # ---- HTTP -------------------------------------------------------------------------------
+
+    service_url = Unicode(help="Where the service listens (JUPYTERHUB_SERVICE_URL).").tag(
+        config=True
+    )
+
+    @default("service_url")
+    def _default_service_url(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
+
+    ip = Unicode(help="Address to listen on (default: from service_url).").tag(config=True)
+
+    @default("ip")
+    def _default_ip(self) -> str:
+        return urlparse(self.service_url).hostname or "127.0.0.1"
+
+    port = Integer(help="Port to listen on (default: from service_url).").tag(config=True)
+
+    @default("port")
+    def _default_port(self) -> int:
+        return urlparse(self.service_url).port or 10101
+
+    service_prefix = Unicode(help="URL prefix (JUPYTERHUB_SERVICE_PREFIX).").tag(config=True)
+
+    @default("service_prefix")
+    def _default_service_prefix(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/suspend/")
+
+    @validate("service_prefix")
+    def _validate_service_prefix(self, proposal: Any) -> str:
+        value = "/" + proposal.value.strip("/") + "/"
+        return value.replace("//", "/")
+
+    admin_scope = Unicode(
+        ADMIN_SCOPE,
+        help="Holders of this custom hub scope (define it in c.JupyterHub.custom_scopes) are "
+        "admins of this service, as are hub admins.",
+    ).tag(config=True)
+    cookie_secret = Bytes(help="Secret for the OAuth cookie (random per process).").tag(config=True)
+
+    @default("cookie_secret")
+    def _default_cookie_secret(self) -> bytes:
+        return os.urandom(32)
+
+    hub_auth = Instance(HubOAuth)
+
+    @default("hub_auth")
+    def _default_hub_auth(self) -> HubOAuth:
+        return HubOAuth(
+            parent=self,
+            api_token=self.hub_api_token,
+            api_url=self.hub_api_url,
+            oauth_client_id=os.environ.get("JUPYTERHUB_CLIENT_ID", "service-suspend"),
+        )
+
+    # ---- derived ----------------------------------------------------------------------------
+
+    def _build_policy_config(self) -> PolicyConfig:
+        """The one place traits become the policy's settings."""
+        return PolicyConfig(**{f: getattr(self, f) for f in POLICY_FIELDS})
+
+    @property
+    def policy_config(self) -> PolicyConfig:
+        return self._policy_config
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    def is_admin(self, model: dict[str, Any]) -> bool:
+        """Hub admins and holders of the admin scope."""
+        if model.get("admin") is True:
+            return True
+        return bool(hub_check_scopes({self.admin_scope}, set(model.get("scopes") or ())))
+
+    def agent(self) -> AgentClient | None:
+        url = self.agent_url or next(iter(self.agent_urls.values()), "")
+        return AgentClient(url, self.agent_token, timeout=120) if url else None
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    @catch_config_error
+    def initialize(self, argv: Any = None) -> None:
+        super().initialize(argv)
+        if self.config_file:
+            self.load_config_file(self.config_file)
+            # command-line settings win over the file
+            if argv is not None or self.cli_config:
+                self.update_config(self.cli_config)
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Check the settings and build what needs no IO (also for in-process use)."""
+        self._policy_config = self._build_policy_config()
+        self.names = promql.MetricNames(**self.metric_names)
+        self.queries = promql.build_queries(
+            self.names,
+            promql.PodSelector(self.namespace, self.pod_regex),
+            cpu_window=self.idle_window,
+            gpu_window=self.gpu_idle_window,
+            step=self.query_step,
+            rate_window=self.rate_window,
+            gpu_source=cast(promql.GpuSource, self.gpu_source),
+            per_gpu=cast(promql.GpuAggregation, self.gpu_aggregation),
+        )
+        if not self.prometheus_url:
+            raise TraitError("SuspendService.prometheus_url must be set")
+        self.metrics = ServiceMetrics()
+        self.operations = Operations()
+
+    async def setup(self) -> None:
+        """Create the shared clients: one Kubernetes client, one hub client, one Prometheus
+        reader per process."""
+        if not hasattr(self, "_policy_config"):
+            self.prepare()
+        self.api_client = await make_api_client(self.kubeconfig, self.in_cluster)
+        self.kube = Kube(self.api_client, timeout=self.kube_timeout, log=self.log)
+        self.hub = HubClient(
+            self.hub_api_url,
+            self.hub_api_token,
+            timeout=self.hub_timeout,
+            page_size=self.hub_page_size,
+            log=self.log,
+        )
+        self.prometheus = PrometheusReader(
+            self.prometheus_url,
+            headers=self.prometheus_headers,
+            verify_tls=self.prometheus_verify_tls,
+            timeout=self.prometheus_timeout,
+        )
+        self.actions = Actions(self)
+        self.retention = Retention(self)
+        self.loop = PolicyLoop(self)
+
+    def make_app(self) -> web.Application:
+        return web.Application(
+            routes(self),
+            cookie_secret=self.cookie_secret,
+            log_function=self._log_request,
+        )
+
+    def _log_request(self, handler: web.RequestHandler) -> None:
+        status = handler.get_status()
+        level = self.log.info if status < 400 else self.log.warning
+        if handler.request.path.endswith(("/metrics", "/health")) and status < 400:
+            level = self.log.debug
+        # the path only: query strings may carry tokens
+        level(
+            "%s %s %s %.1fms",
+            status,
+            handler.request.method,
+            handler.request.path,
+            1000 * handler.request.request_time(),
+        )
+
+    async def serve(self) -> HTTPServer:
+        """Listen, and start the policy loop."""
+        server = HTTPServer(self.make_app(), xheaders=True)
+        server.listen(self.port, self.ip)
+        self._http_server = server
+        self.loop.start()
+        self.log.info(
+            "jhub-suspend service at http://%s:%s%s (Prometheus %s, every %ss%s)",
+            self.ip,
+            self.port,
+            self.service_prefix,
+            self.prometheus_url,
+            self.cycle_interval,
+            ", dry run" if self.dry_run else "",
+        )
+        return server
+
+    async def close(self) -> None:
+        if hasattr(self, "loop"):
+            await self.loop.stop()
+        if hasattr(self, "operations"):
+            await self.operations.cancel_all()
+        if getattr(self, "_http_server", None) is not None:
+            self._http_server.stop()
+        if hasattr(self, "prometheus"):
+            self.prometheus.close()
+        if hasattr(self, "api_client"):
+            await self.api_client.close()
+
+    async def run(self) -> None:
+        await self.setup()
+        await self.serve()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await self.close()
+
+    def start(self) -> None:
+        asyncio.run(self.run())
+
+
+def main(argv: list[str] | None = None) -> None:
+    SuspendService.launch_instance(argv)

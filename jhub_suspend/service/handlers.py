@@ -1,0 +1,442 @@
+"""The REST API under ``/services/suspend/api/`` and the ``/metrics`` and ``/health`` pages.
+
+Authentication is JupyterHub's: an API token in the ``Authorization`` header, or the OAuth
+cookie a browser gets by logging in through the hub (``HubOAuthenticated``). Cookie-authenticated
+requests that change something need the ``_xsrf`` token, exactly as for JupyterHub's own
+services; token-authenticated ones do not. A request needs ``access:services!service=suspend``
+(granted to every user in the demo). Admins (hub admins, or holders of the custom scope
+``custom:jhub-suspend:admin``) may act on any server and read the policy's plan; everyone
+else acts on, and sees, only their own servers.
+
+Errors are JSON ``{"message": ...}``; no traceback reaches a client.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated, UserNotAllowed
+from tornado import web
+
+from . import observe
+from .actions import ActionError, _public_checkpoint, keep_running_dict
+from .hubclient import HubError
+
+if TYPE_CHECKING:
+    from .app import SuspendService
+
+JSON = "application/json; charset=UTF-8"
+
+
+class BaseHandler(HubOAuthenticated, web.RequestHandler):
+    service: SuspendService
+
+    def initialize(self, service: SuspendService) -> None:
+        self.service = service
+        self.hub_auth = service.hub_auth
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", JSON)
+        self.set_header("Cache-Control", "no-store")
+
+    def write_json(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(data))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = None
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        if not message:
+            message = self._reason if status_code != 500 else "internal error; see the service log"
+        self.set_header("Content-Type", JSON)
+        self.finish(json.dumps({"message": message}))
+
+    def get_login_url(self) -> str:
+        # API requests are never redirected to a login page.
+        raise web.HTTPError(401, "authentication required: send a JupyterHub API token")
+
+    async def prepare(self) -> None:
+        try:
+            model = await self.hub_auth.get_user(self, sync=False)
+        except web.HTTPError as e:
+            self.service.log.warning("Cannot check a token with the hub: %s", e.log_message)
+            raise web.HTTPError(502, "cannot check the token with the hub") from None
+        if not model:
+            self._hub_auth_user_cache = None
+            raise web.HTTPError(
+                401, "authentication required: send a valid JupyterHub API token "
+                "(Authorization: token ...) or log in through the hub",
+            )  # fmt: skip
+        try:
+            self._hub_auth_user_cache = self.check_hub_user(model)
+        except UserNotAllowed:
+            self._hub_auth_user_cache = None
+            raise web.HTTPError(
+                403, f"{model.get('kind', 'user')} {model.get('name')} may not use this service "
+                "(needs access:services!service=suspend)",
+            ) from None  # fmt: skip
+
+    # ---- who may do what -------------------------------------------------------------------
+
+    @property
+    def who(self) -> dict[str, Any]:
+        user = self.current_user
+        assert isinstance(user, dict)
+        return user
+
+    @property
+    def is_admin(self) -> bool:
+        return self.service.is_admin(self.who)
+
+    @property
+    def name(self) -> str:
+        return f"{self.who.get('kind', 'user')}:{self.who.get('name')}"
+
+    def require_admin(self) -> None:
+        if not self.is_admin:
+            raise web.HTTPError(403, f"this needs an admin or the scope {self.service.admin_scope}")
+
+    def require_owner(self, user: str) -> None:
+        if self.is_admin:
+            return
+        if self.who.get("kind", "user") != "user" or self.who.get("name") != user:
+            raise web.HTTPError(403, f"you may act only on your own servers, not on {user!r}'s")
+
+    async def act(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except ActionError as e:
+            raise web.HTTPError(e.status, e.message.replace("%", "%%")) from None
+        except HubError as e:
+            self.service.log.warning("Hub API error: %s", e.message)
+            raise web.HTTPError(502, "the hub API failed; try again") from None
+
+    def json_body(self) -> Any:
+        if not self.request.body:
+            return {}
+        try:
+            return json.loads(self.request.body)
+        except ValueError:
+            raise web.HTTPError(400, "the request body is not valid JSON") from None
+
+
+def _t(value: datetime | None) -> str | None:
+    return observe.rfc3339(value) if value else None
+
+
+def _signal(sig: Any, scale: float) -> dict[str, Any] | None:
+    if sig is None:
+        return None
+    value = sig.usable_value
+    return {
+        "max": None if value is None else value * scale,
+        "samples": sig.samples,
+        "expected_samples": sig.expected_samples,
+        "coverage": sig.coverage,
+    }
+
+
+class IndexHandler(BaseHandler):
+    def get_login_url(self) -> str:  # browsers log in through the hub
+        return HubOAuthenticated.get_login_url(self)
+
+    async def prepare(self) -> None:
+        model = await self.hub_auth.get_user(self, sync=False)
+        self._hub_auth_user_cache = self.check_hub_user(model) if model else None
+
+    @web.authenticated
+    def get(self) -> None:
+        prefix = self.service.service_prefix
+        self.write_json(
+            {
+                "service": "jhub-suspend",
+                "user": self.who.get("name"),
+                "admin": self.is_admin,
+                "api": f"{prefix}api/",
+                "servers": f"{prefix}api/servers",
+            }
+        )
+
+
+class ServersHandler(BaseHandler):
+    async def get(self) -> None:
+        user = self.get_argument("user", None)
+        state = self.get_argument("state", None)
+        server_name = self.get_argument("server", None)
+        if state is not None and state not in observe.API_STATES:
+            raise web.HTTPError(
+                400, f"unknown state {state!r}; use one of {', '.join(sorted(observe.API_STATES))}"
+            )
+        if not self.is_admin:
+            if user is not None and user != self.who.get("name"):
+                raise web.HTTPError(403, "you may list only your own servers")
+            user = self.who.get("name")
+        snap = self.service.loop.snapshot
+        if snap is None:
+            raise web.HTTPError(503, "the first policy cycle has not completed yet; try again")
+        ops = {(o.user, o.server_name): o for o in self.service.operations.running()}
+        prefix = self.service.service_prefix
+        max_kr = self.service.policy_config.max_keep_running
+        out = []
+        for v in snap.views:
+            if user is not None and v.user != user:
+                continue
+            if server_name is not None and v.server_name != server_name:
+                continue
+            op = ops.get(v.key)
+            view_state = v.state
+            if op is not None and view_state in ("running", "suspended"):
+                view_state = "suspending" if op.kind == "suspend" else "restoring"
+            if state is not None and view_state != state:
+                continue
+            d = snap.decisions.get(v.key)
+            idle = d.idle_for if d else None
+            if idle is None and v.state == "running":
+                ref = v.last_activity or v.started
+                idle = max(0.0, (snap.time - ref).total_seconds()) if ref else None
+            req = v.requests
+            warning = None
+            if d is not None and d.action == "warn" and d.suspend_at:
+                warning = {"suspend_at": _t(d.suspend_at), "message": d.reasons[0]}
+            out.append(
+                {
+                    "user": v.user,
+                    "server_name": v.server_name,
+                    "state": view_state,
+                    "namespace": v.namespace,
+                    "pod": v.pod_name,
+                    "node": v.node,
+                    "started": _t(v.started),
+                    "last_activity": _t(v.last_activity),
+                    "idle_seconds": idle,
+                    "requests": None
+                    if req is None
+                    else {"cpu": req.cpu, "memory": req.memory, "gpu": req.gpu},
+                    "utilisation": {
+                        # CPU: percent of the CPU request (max over the idle window)
+                        "cpu_percent_of_request": _signal(v.cpu, 100),
+                        # GPU: percent utilisation (max over the GPU idle window)
+                        "gpu_percent": _signal(v.gpu, 1),
+                        "memory_ratio_of_request": v.memory_ratio
+                        if v.memory_ratio is not None and math.isfinite(v.memory_ratio)
+                        else None,
+                    },
+                    "checkpoint": _public_checkpoint(v.checkpoint) if v.checkpoint else None,
+                    "last_error": v.last_error,
+                    "keep_running": keep_running_dict(v.keep_running, max_kr)
+                    if v.keep_running
+                    else None,
+                    "decision": None
+                    if d is None
+                    else {
+                        "action": d.action,
+                        "reasons": list(d.reasons),
+                        "suspend_at": _t(d.suspend_at),
+                    },
+                    "warning": warning,
+                    "operation": None if op is None else op.to_dict(prefix),
+                }
+            )
+        self.write_json(
+            {
+                "as_of": _t(snap.time),
+                "metrics": {"ok": snap.plan.metrics.ok, "reason": snap.plan.metrics.reason},
+                "servers": out,
+            }
+        )
+
+
+ACTIONS = ("suspend", "resume", "checkpoint", "keep-running")
+
+
+class ServerActionHandler(BaseHandler):
+    """``servers/{user}[/{server_name}]/{action}``."""
+
+    def _target(self, user: str, *rest: str) -> tuple[str, str, str]:
+        if len(rest) == 2:
+            server_name, action = rest
+        else:
+            server_name, action = "", rest[0]
+        self.require_owner(user)
+        return user, server_name, action
+
+    def _accepted(self, op: Any) -> None:
+        url = f"{self.service.service_prefix}api/operations/{op.id}"
+        self.set_header("Location", url)
+        self.write_json(
+            {"operation": op.to_dict(self.service.service_prefix), "status_url": url}, 202
+        )
+
+    async def post(self, user: str, *rest: str) -> None:
+        user, server_name, action = self._target(user, *rest)
+        if action == "suspend":
+            op = await self.act(self.service.actions.suspend(user, server_name, self.name))
+        elif action == "resume":
+            op = await self.act(self.service.actions.resume(user, server_name, self.name))
+        else:
+            raise web.HTTPError(405, f"POST is not allowed on {action}")
+        self._accepted(op)
+
+    async def delete(self, user: str, *rest: str) -> None:
+        user, server_name, action = self._target(user, *rest)
+        if action != "checkpoint":
+            raise web.HTTPError(405, f"DELETE is not allowed on {action}")
+        result = await self.act(self.service.actions.discard(user, server_name, self.name))
+        self.write_json(result)
+
+    async def put(self, user: str, *rest: str) -> None:
+        user, server_name, action = self._target(user, *rest)
+        if action != "keep-running":
+            raise web.HTTPError(405, f"PUT is not allowed on {action}")
+        body = self.json_body()
+        if not isinstance(body, dict) or not isinstance(body.get("enabled"), bool):
+            raise web.HTTPError(400, 'send {"enabled": true|false, "hours": optional number}')
+        unknown = set(body) - {"enabled", "hours"}
+        if unknown:
+            raise web.HTTPError(400, f"unknown fields {sorted(unknown)}")
+        hours = body.get("hours")
+        if hours is not None:
+            if isinstance(hours, bool) or not isinstance(hours, int | float):
+                raise web.HTTPError(400, f"hours must be a number, not {hours!r}")
+            if not math.isfinite(hours) or hours <= 0 or hours > 24 * 366:
+                raise web.HTTPError(400, f"hours must be > 0 and at most a year, got {hours!r}")
+        result = await self.act(
+            self.service.actions.keep_running(
+                user, server_name, body["enabled"], float(hours) if hours else None, self.name
+            )
+        )
+        self.write_json(result)
+
+
+class OperationHandler(BaseHandler):
+    def get(self, op_id: str) -> None:
+        op = self.service.operations.get(op_id)
+        if op is None:
+            raise web.HTTPError(404, f"no operation {op_id!r}")
+        self.require_owner(op.user)
+        self.write_json(op.to_dict(self.service.service_prefix))
+
+
+class PolicyHandler(BaseHandler):
+    def get(self) -> None:
+        svc = self.service
+        cfg = svc.policy_config.to_dict()
+        if not self.is_admin:
+            # who is exempt is the admins' business
+            for key in ("exempt_users", "exempt_groups"):
+                cfg[key] = len(cfg[key])
+        data: dict[str, Any] = {"policy": cfg, "cycle_interval": svc.cycle_interval}
+        if self.is_admin:
+            data["queries"] = svc.queries.all()
+            data["loop"] = svc.loop.health.to_dict()
+        self.write_json(data)
+
+
+class PlanHandler(BaseHandler):
+    async def get(self) -> None:
+        self.require_admin()
+        if self.get_argument("fresh", "") in ("1", "true"):
+            try:
+                snap = await self.service.loop.observe(record=False)
+            except HubError as e:
+                raise web.HTTPError(502, f"the hub API failed: {e.message}") from None
+        else:
+            last = self.service.loop.snapshot
+            if last is None:
+                raise web.HTTPError(503, "the first policy cycle has not completed yet")
+            snap = last
+        plan = snap.plan.to_dict()
+        plan["pending_pods"] = [p.full_name for p in snap.pending]
+        plan["prometheus_queries"] = snap.queries
+        plan["hub_pages"] = snap.hub_pages
+        if not snap.plan.metrics.ok:
+            self.set_status(503)
+            self.finish(
+                json.dumps(
+                    {
+                        "message": f"Prometheus is unusable ({snap.plan.metrics.reason}); "
+                        "nothing is suspended",
+                        "plan": plan,
+                    }
+                )
+            )
+            return
+        self.write_json(plan)
+
+
+class MetricsHandler(web.RequestHandler):
+    """Prometheus text; aggregates only, no user names, so no authentication."""
+
+    def initialize(self, service: SuspendService) -> None:
+        self.service = service
+
+    def get(self) -> None:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(self.service.metrics.render())
+
+
+class HealthHandler(web.RequestHandler):
+    """Liveness: 200 while the loop runs and cycles complete, else 503. No user data."""
+
+    def initialize(self, service: SuspendService) -> None:
+        self.service = service
+
+    def get(self) -> None:
+        svc = self.service
+        h = svc.loop.health
+        ok = svc.loop.alive
+        if ok and h.last_cycle is not None:
+            age = (svc.now() - h.last_cycle).total_seconds()
+            ok = age < 3 * svc.cycle_interval + svc.cycle_timeout
+        self.set_header("Content-Type", JSON)
+        self.set_status(200 if ok else 503)
+        self.finish(
+            json.dumps(
+                {
+                    "ok": ok,
+                    "last_cycle": _t(h.last_cycle),
+                    "last_success": _t(h.last_success),
+                    "failsafe": h.failsafe is not None,
+                }
+            )
+        )
+
+
+class OAuthCallbackHandler(HubOAuthCallbackHandler):
+    """Finishes the hub's OAuth login for browsers, with this service's HubOAuth."""
+
+    def initialize(self, service: SuspendService) -> None:
+        self.hub_auth = service.hub_auth
+
+
+class NotFoundHandler(BaseHandler):
+    async def prepare(self) -> None:
+        raise web.HTTPError(404, f"no such API endpoint: {self.request.path}")
+
+
+def routes(service: SuspendService) -> list[tuple]:
+    p = service.service_prefix
+    api = f"{p}api/"
+    seg = r"([^/]+)"
+    act = r"(suspend|resume|checkpoint|keep-running)"
+    kw = {"service": service}
+    return [
+        (p.rstrip("/") + "/?", IndexHandler, kw),
+        (f"{p}oauth_callback", OAuthCallbackHandler, kw),
+        (f"{p}metrics", MetricsHandler, kw),
+        (f"{p}health", HealthHandler, kw),
+        (f"{api}servers", ServersHandler, kw),
+        (f"{api}servers/{seg}/{act}", ServerActionHandler, kw),
+        (f"{api}servers/{seg}/{seg}/{act}", ServerActionHandler, kw),
+        (f"{api}operations/{seg}", OperationHandler, kw),
+        (f"{api}policy", PolicyHandler, kw),
+        (f"{api}plan", PlanHandler, kw),
+        (f"{api}.*", NotFoundHandler, kw),
+    ]

@@ -1,0 +1,351 @@
+"""The policy loop: every cycle, observe every server at once, decide, and act.
+
+One cycle reads, concurrently and independently of the number of users (beyond paging):
+
+* the hub's users with all their servers and spawner state (paginated),
+* the pods of the notebooks' namespace (one list; Pending pods come from it, or from one
+  cluster-wide list of Pending pods),
+* the discard markers (one list),
+* the Prometheus signals (a constant number of queries, :mod:`jhub_suspend.promql`),
+
+then calls :func:`jhub_suspend.policy.decide` and asks for the suspensions of
+:attr:`Plan.to_suspend` unless the policy is in dry-run mode. Prometheus being unreachable,
+stale or malformed makes the cycle fail safe (nothing is suspended, the reason is logged and
+exported). Any other error fails the cycle, which is logged, exported and retried next cycle;
+the task itself is supervised and restarted if it ever dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .. import policy
+from ..policy import MetricsHealth, PendingPod, Plan, Resources
+from . import observe
+from .kube import marker_digest
+from .observe import ServerView
+from .prom import MetricsUnavailable, Readings, freshness_health
+
+if TYPE_CHECKING:
+    from .app import SuspendService
+
+
+@dataclass
+class Snapshot:
+    """What one cycle saw and decided."""
+
+    time: datetime
+    views: list[ServerView]
+    plan: Plan
+    failsafe: str | None  # fail-safe category, None when the metrics were usable
+    pending: list[PendingPod]
+    markers: dict[str, dict[str, Any]]  # digest -> marker Secret
+    queries: int
+    hub_pages: int
+    duration: float = 0.0
+    decisions: dict[tuple[str, str], policy.Decision] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.decisions = {(d.user, d.server_name): d for d in self.plan.decisions}
+
+    def view(self, user: str, server_name: str) -> ServerView | None:
+        return next((v for v in self.views if v.key == (user, server_name)), None)
+
+
+@dataclass
+class LoopHealth:
+    started: datetime | None = None
+    last_cycle: datetime | None = None
+    last_success: datetime | None = None
+    last_error: str | None = None
+    last_error_time: datetime | None = None
+    failsafe: str | None = None
+    cycles: int = 0
+    restarts: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        def t(v: datetime | None) -> str | None:
+            return observe.rfc3339(v) if v else None
+
+        return {
+            "started": t(self.started),
+            "last_cycle": t(self.last_cycle),
+            "last_success": t(self.last_success),
+            "last_error": self.last_error,
+            "last_error_time": t(self.last_error_time),
+            "failsafe": self.failsafe,
+            "cycles": self.cycles,
+            "restarts": self.restarts,
+        }
+
+
+class PolicyLoop:
+    """Observes, decides and acts every ``cycle_interval`` seconds."""
+
+    def __init__(self, service: SuspendService) -> None:
+        self.service = service
+        self.log = service.log
+        self.snapshot: Snapshot | None = None
+        self.health = LoopHealth()
+        self.known_requests: dict[tuple[str, str], Resources] = {}
+        self._task: asyncio.Task | None = None
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+
+    # ---- one cycle -------------------------------------------------------------------------
+
+    async def _readings(self) -> tuple[Readings | None, str | None, str]:
+        svc = self.service
+        try:
+            readings = await svc.prometheus.read(svc.queries, svc.names, time.time())
+        except MetricsUnavailable as e:
+            return None, e.category, e.message
+        return readings, None, ""
+
+    async def observe(self, *, record: bool = True) -> Snapshot:
+        """Read everything and decide; act on nothing. ``record`` updates metrics and state."""
+        svc = self.service
+        t0 = time.monotonic()
+        now = svc.now()
+        pages_before = svc.hub.requests_made
+        queries_before = svc.prometheus.queries_total
+        users_task = svc.hub.users()
+        pods_task = svc.kube.list_pods(svc.namespace)
+        markers_task = svc.kube.list_markers(svc.namespace)
+        pending_task = (
+            svc.kube.list_pods(None) if svc.pending_pods_all_namespaces else asyncio.sleep(0)
+        )
+        (
+            (users, _pages),
+            pods,
+            markers,
+            all_pending,
+            (readings, category, reason),
+        ) = await asyncio.gather(
+            users_task, pods_task, markers_task, pending_task, self._readings()
+        )
+        pods_by_key = {
+            (p["metadata"].get("namespace", svc.namespace), p["metadata"]["name"]): p for p in pods
+        }
+        for key, pod in pods_by_key.items():
+            if pod.get("status", {}).get("phase") in ("Running", "Pending"):
+                self.known_requests[key] = observe.pod_requests(pod, svc.gpu_resources)
+        marker_map = {marker_digest(m): m for m in markers}
+        marker_map.pop("", None)
+        views = observe.build_views(
+            users,
+            pods_by_key,
+            default_namespace=svc.namespace,
+            gpu_resources=svc.gpu_resources,
+            discarded_digests=frozenset(marker_map),
+            operations=svc.operations.by_server(),
+            known_requests=self.known_requests,
+        )
+        pending = observe.pending_pods(
+            all_pending if isinstance(all_pending, list) else pods, svc.gpu_resources
+        )
+        health = self._health(views, readings, category, reason)
+        if readings is not None:
+            self._attach(views, readings)
+        if not health.ok and category is None:
+            category = "stale"
+        node_labels = None
+        if pending and any(p.node_selector for p in pending):
+            node_labels = await svc.kube.node_labels()
+        observations = [o for o in (v.observation() for v in views) if o is not None]
+        plan = policy.decide(
+            observations,
+            pending,
+            svc.policy_config,
+            now,
+            health,
+            in_flight=len(svc.operations.running("suspend")),
+            node_labels=node_labels,
+        )
+        snap = Snapshot(
+            time=now,
+            views=views,
+            plan=plan,
+            failsafe=category,
+            pending=pending,
+            markers=marker_map,
+            queries=svc.prometheus.queries_total - queries_before,
+            hub_pages=svc.hub.requests_made - pages_before,
+            duration=time.monotonic() - t0,
+        )
+        if record:
+            self._record(snap)
+        return snap
+
+    def _health(
+        self,
+        views: list[ServerView],
+        readings: Readings | None,
+        category: str | None,
+        reason: str,
+    ) -> MetricsHealth:
+        if readings is None:
+            return MetricsHealth(False, reason)
+        running = [v for v in views if v.state == "running" and v.pod_name]
+        required: set[str] = set()
+        if running:
+            required |= {"cpu", "memory", "requests"}
+        if any(v.requests and v.requests.gpu > 0 for v in running):
+            required.add("gpu")
+        return freshness_health(readings.ages, required, self.service.max_metrics_age)
+
+    def _attach(self, views: list[ServerView], readings: Readings) -> None:
+        for v in views:
+            if not v.pod_name:
+                continue
+            key = (v.namespace, v.pod_name)
+            is_gpu = bool(v.requests and v.requests.gpu > 0)
+            cpu = readings.cpu_gpu_window if is_gpu and readings.cpu_gpu_window else readings.cpu
+            v.cpu = cpu.get(key)
+            v.gpu = readings.gpu.get(key) if is_gpu else None
+            v.memory_ratio = readings.memory_ratio.get(key)
+
+    def _record(self, snap: Snapshot) -> None:
+        """Update metrics, health and restore accounting from a cycle."""
+        m = self.service.metrics
+        old = {v.key: v.state for v in self.snapshot.views} if self.snapshot else {}
+        ours = self.service.operations.by_server()
+        for v in snap.views:
+            before = old.get(v.key)
+            restored = before in ("suspended", "restoring") and v.state in ("running", "failed")
+            if restored and ours.get(v.key) != "resume":
+                fresh = (v.checkpoint or {}).get("status") == "restore_failed"
+                m.restores.labels("login", "fresh" if fresh else "success").inc()
+        self.snapshot = snap
+        counts: dict[str, int] = dict.fromkeys(observe.API_STATES, 0)
+        cpu = mem = gpu = stored = 0.0
+        unknown = 0
+        for v in snap.views:
+            counts[v.state] = counts.get(v.state, 0) + 1
+            if v.state == "suspended":
+                stored += float((v.checkpoint or {}).get("size") or 0)
+                if v.requests is None:
+                    unknown += 1
+                else:
+                    cpu += v.requests.cpu
+                    mem += v.requests.memory
+                    gpu += v.requests.gpu
+        for state, n in counts.items():
+            m.servers.labels(state).set(n)
+        m.suspended.set(counts.get("suspended", 0))
+        m.reclaimed_cpu.set(cpu)
+        m.reclaimed_memory.set(mem)
+        m.reclaimed_gpus.set(gpu)
+        m.reclaimed_unknown.set(unknown)
+        m.stored_checkpoint_bytes.set(stored)
+        for action, n in snap.plan.counts.items():
+            m.decisions.labels(action).set(n)
+        m.prometheus_queries.set(snap.queries)
+        m.prometheus_queries_total.inc(snap.queries)
+        m.hub_pages.set(snap.hub_pages)
+        m.set_failsafe(snap.failsafe if not snap.plan.metrics.ok else None)
+        self.health.last_cycle = snap.time
+        self.health.cycles += 1
+        if snap.plan.metrics.ok:
+            self.health.failsafe = None
+            self.health.last_success = snap.time
+            m.last_success.set(time.time())
+        else:
+            self.health.failsafe = snap.plan.metrics.reason
+            self.log.warning(
+                "Fail-safe: metrics unusable (%s); nothing is suspended this cycle",
+                snap.plan.metrics.reason,
+            )
+
+    async def cycle(self) -> Snapshot:
+        """One full cycle: observe, decide, act (unless dry-run), sweep retention when due."""
+        t0 = time.monotonic()
+        m = self.service.metrics
+        try:
+            snap = await self.observe()
+            plan = snap.plan
+            if plan.to_suspend:
+                self.log.info(
+                    "Policy%s: suspending %s",
+                    " (dry run, acting on none)" if plan.dry_run else "",
+                    ", ".join(f"{d.user}/{d.server_name}" for d in plan.to_suspend),
+                )
+            if not plan.dry_run:
+                for d in plan.to_suspend:
+                    reason = "capacity" if d.frees else "idle"
+                    self.service.actions.start_suspension(d.user, d.server_name, "policy", reason)
+            await self.service.retention.maybe_sweep(snap)
+        except Exception as e:
+            m.cycles.labels("error").inc()
+            self.health.last_error = f"{type(e).__name__}: {e}"
+            self.health.last_error_time = self.service.now()
+            self.log.exception("Policy cycle failed; retrying next cycle")
+            raise
+        finally:
+            m.cycle_duration.observe(time.monotonic() - t0)
+        m.cycles.labels("ok" if plan.metrics.ok else "failsafe").inc()
+        return snap
+
+    # ---- the supervised task ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self.health.started = self.service.now()
+        self._stopping.clear()
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="jhub-suspend policy loop")
+        self._task.add_done_callback(self._supervise)
+
+    def _supervise(self, task: asyncio.Task) -> None:
+        if task.cancelled() or self._stopping.is_set():
+            return
+        exc = task.exception()
+        self.health.restarts += 1
+        self.service.metrics.loop_restarts.inc()
+        self.log.error("The policy loop died (%r); restarting it", exc)
+        asyncio.get_running_loop().call_later(1.0, self._spawn)
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def wake(self) -> None:
+        """Run the next cycle now."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        interval = self.service.cycle_interval
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self.cycle(), self.service.cycle_timeout)
+            except TimeoutError:
+                self.health.last_error = f"cycle took longer than {self.service.cycle_timeout} s"
+                self.health.last_error_time = self.service.now()
+                self.service.metrics.cycles.labels("error").inc()
+                self.log.error("Policy cycle timed out after %s s", self.service.cycle_timeout)
+            except Exception:
+                pass  # logged and exported by cycle()
+            self._wake.clear()
+            # a little jitter so that replicas or restarts do not synchronise
+            delay = interval * random.uniform(0.95, 1.05)
+            wake = asyncio.create_task(self._wake.wait())
+            stop = asyncio.create_task(self._stopping.wait())
+            try:
+                await asyncio.wait({wake, stop}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                wake.cancel()
+                stop.cancel()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task

@@ -1,0 +1,310 @@
+"""Pure translation of what the hub and Kubernetes say into the policy's inputs.
+
+Nothing here does IO or reads a clock: the policy loop fetches hub users, pods and Prometheus
+signals, and these functions turn them into :class:`jhub_suspend.policy.ServerObservation`,
+:class:`jhub_suspend.policy.PendingPod` and the per-server view the REST API shows.
+
+Server states. The policy knows ``running``, ``suspending``, ``suspended``, ``restoring`` and
+``failed``; the API adds ``starting``, ``stopping`` and ``stopped`` for servers that are none of
+those (they are never candidates and have no observation):
+
+* ``running``: the hub says ready and no suspension is under way;
+* ``suspending``: the pod carries the suspend-request annotation, or this service is suspending it;
+* ``suspended``: stopped, with a verified or suspended checkpoint that was not discarded;
+* ``restoring``: starting from a checkpoint (status ``restoring``, or a resume under way);
+* ``failed``: stopped, and the last restore failed (checkpoint ``restore_failed``) or the last
+  operation left an error and no restorable checkpoint;
+* ``starting``/``stopping``: the hub's pending spawn or stop of a server without a checkpoint;
+* ``stopped``: stopped, nothing to restore.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from ..checkpoints import ANNOTATION_PREFIX, SUSPEND_REQUEST_ANNOTATION
+from ..policy import (
+    KeepRunning,
+    PendingPod,
+    Resources,
+    ServerObservation,
+    Signal,
+    insufficient_resources,
+)
+
+KEEP_RUNNING_SINCE = f"{ANNOTATION_PREFIX}/keep-running-since"
+KEEP_RUNNING_UNTIL = f"{ANNOTATION_PREFIX}/keep-running-until"
+MANAGED_BY = ("app.kubernetes.io/managed-by", "jhub-suspend")
+RESTORABLE = frozenset({"verified", "suspended"})
+API_STATES = frozenset(
+    {"running", "suspending", "suspended", "restoring", "failed", "starting", "stopping", "stopped"}
+)
+POLICY_STATES = frozenset({"running", "suspending", "suspended", "restoring", "failed"})
+
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
+_SUFFIX = {
+    "": 1,
+    "m": Decimal("0.001"),
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
+
+
+def parse_quantity(value: Any) -> float:
+    """A Kubernetes quantity (``500m``, ``512M``, ``1Gi``, ``2``) as a float; bad text is 0."""
+    m = _QUANTITY.match(str(value).strip())
+    if not m or m.group(2) not in _SUFFIX:
+        return 0.0
+    try:
+        number = Decimal(m.group(1)) * Decimal(str(_SUFFIX[m.group(2)]))
+    except InvalidOperation:
+        return 0.0
+    result = float(number)
+    return result if math.isfinite(result) and result >= 0 else 0.0
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An RFC 3339 / ISO 8601 time as an aware datetime (naive ones are UTC); None if absent
+    or unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def rfc3339(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def pod_requests(pod: Mapping[str, Any], gpu_resources: Iterable[str]) -> Resources:
+    """What the pod's containers request (for extended resources such as GPUs the limit counts
+    when no request is given, as Kubernetes defaults it)."""
+    gpu_names = frozenset(gpu_resources)
+    cpu = memory = gpu = 0.0
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        res = c.get("resources") or {}
+        asked = {**(res.get("limits") or {}), **(res.get("requests") or {})}
+        requests = res.get("requests") or {}
+        cpu += parse_quantity(requests.get("cpu", 0))
+        memory += parse_quantity(requests.get("memory", 0))
+        gpu += sum(parse_quantity(v) for k, v in asked.items() if k in gpu_names)
+    return Resources(cpu=cpu, memory=memory, gpu=gpu)
+
+
+def pod_annotations(pod: Mapping[str, Any] | None) -> Mapping[str, str]:
+    return ((pod or {}).get("metadata") or {}).get("annotations") or {}
+
+
+def keep_running_of(pod: Mapping[str, Any] | None) -> KeepRunning | None:
+    """The keep-running opt-out stored on the pod, or None (also when unreadable)."""
+    ann = pod_annotations(pod)
+    since = parse_time(ann.get(KEEP_RUNNING_SINCE))
+    if since is None:
+        return None
+    until = parse_time(ann.get(KEEP_RUNNING_UNTIL))
+    return KeepRunning(since=since, until=until)
+
+
+def keep_running_annotations(
+    enabled: bool, now: datetime, hours: float | None
+) -> dict[str, str | None]:
+    """The pod annotations (a merge patch: None removes) that set or clear the opt-out."""
+    if not enabled:
+        return {KEEP_RUNNING_SINCE: None, KEEP_RUNNING_UNTIL: None}
+    until = rfc3339(now + timedelta(hours=hours)) if hours is not None else None
+    return {KEEP_RUNNING_SINCE: rfc3339(now), KEEP_RUNNING_UNTIL: until}
+
+
+def is_unschedulable(pod: Mapping[str, Any]) -> tuple[bool, str]:
+    """Whether a Pending pod was refused by the scheduler, and the scheduler's message."""
+    status = pod.get("status") or {}
+    if status.get("phase") != "Pending":
+        return False, ""
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return cond.get("reason") == "Unschedulable", cond.get("message") or ""
+    return False, ""
+
+
+def pending_pods(
+    pods: Iterable[Mapping[str, Any]], gpu_resources: Iterable[str]
+) -> list[PendingPod]:
+    """The unschedulable pods, with the resources the scheduler said they lack."""
+    gpu_names = tuple(gpu_resources)
+    out = []
+    for pod in pods:
+        unschedulable, message = is_unschedulable(pod)
+        if not unschedulable:
+            continue
+        meta = pod.get("metadata") or {}
+        out.append(
+            PendingPod(
+                namespace=meta.get("namespace", ""),
+                name=meta.get("name", ""),
+                requests=pod_requests(pod, gpu_names),
+                reasons=insufficient_resources(message),
+                node_selector=dict((pod.get("spec") or {}).get("nodeSelector") or {}),
+            )
+        )
+    return out
+
+
+def server_state(
+    server: Mapping[str, Any],
+    pod: Mapping[str, Any] | None,
+    *,
+    discarded: bool = False,
+    operation: str | None = None,
+) -> str:
+    """The API state of one hub server (see the module docstring).
+
+    ``discarded``: its checkpoint has a discard marker. ``operation``: the kind of this
+    service's operation under way for it (``suspend`` or ``resume``), if any.
+    """
+    ours = ((server.get("state") or {}).get("jhub_suspend")) or {}
+    checkpoint = ours.get("checkpoint") or {}
+    status = checkpoint.get("status")
+    pending = server.get("pending")
+    if operation == "suspend" or (
+        pending == "stop" and SUSPEND_REQUEST_ANNOTATION in pod_annotations(pod)
+    ):
+        return "suspending"
+    if status == "restoring" or (operation == "resume" and not server.get("ready")):
+        return "restoring"
+    if pending == "spawn":
+        return "restoring" if status in RESTORABLE and not discarded else "starting"
+    if pending == "stop":
+        return "stopping"
+    if server.get("ready"):
+        return "suspending" if SUSPEND_REQUEST_ANNOTATION in pod_annotations(pod) else "running"
+    if status in RESTORABLE and not discarded:
+        return "suspended"
+    if status == "restore_failed" or (ours.get("last_error") and status not in RESTORABLE):
+        return "failed"
+    return "stopped"
+
+
+@dataclass
+class ServerView:
+    """One hub server as this service sees it in one cycle."""
+
+    user: str
+    server_name: str
+    state: str
+    groups: frozenset[str] = frozenset()
+    started: datetime | None = None
+    last_activity: datetime | None = None
+    namespace: str = ""
+    pod_name: str = ""
+    node: str | None = None
+    requests: Resources | None = None
+    checkpoint: dict[str, Any] | None = None
+    last_error: dict[str, Any] | None = None
+    keep_running: KeepRunning | None = None
+    cpu: Signal | None = None
+    gpu: Signal | None = None
+    memory_ratio: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.user, self.server_name)
+
+    def observation(self) -> ServerObservation | None:
+        """The policy's input, for servers in one of the policy's states with a start time."""
+        if self.state not in POLICY_STATES or self.started is None:
+            return None
+        return ServerObservation(
+            user=self.user,
+            server_name=self.server_name,
+            state=self.state,  # type: ignore[arg-type]
+            started=self.started,
+            requests=self.requests or Resources(),
+            groups=self.groups,
+            namespace=self.namespace,
+            pod=self.pod_name,
+            node=self.node,
+            cpu=self.cpu,
+            gpu=self.gpu,
+            memory_ratio=self.memory_ratio,
+            last_activity=self.last_activity,
+            keep_running=self.keep_running,
+        )
+
+
+def build_views(
+    users: Iterable[Mapping[str, Any]],
+    pods: Mapping[tuple[str, str], Mapping[str, Any]],
+    *,
+    default_namespace: str,
+    gpu_resources: Iterable[str],
+    discarded_digests: frozenset[str] = frozenset(),
+    operations: Mapping[tuple[str, str], str] | None = None,
+    known_requests: Mapping[tuple[str, str], Resources] | None = None,
+) -> list[ServerView]:
+    """One view per hub server (stopped ones included), joined to its pod by the pod name
+    the spawner keeps in its state. ``known_requests`` gives requests of pods seen earlier
+    (for suspended servers, whose pod is gone)."""
+    gpu_names = tuple(gpu_resources)
+    operations = operations or {}
+    known_requests = known_requests or {}
+    views = []
+    for user in users:
+        name = user.get("name", "")
+        groups = frozenset(user.get("groups") or ())
+        for server_name, server in (user.get("servers") or {}).items():
+            state = server.get("state") or {}
+            ours = state.get("jhub_suspend") or {}
+            namespace = state.get("namespace") or default_namespace
+            pod_name = state.get("pod_name") or ""
+            pod = pods.get((namespace, pod_name)) if pod_name else None
+            checkpoint = ours.get("checkpoint")
+            digest = (checkpoint or {}).get("digest", "")
+            api_state = server_state(
+                server,
+                pod,
+                discarded=bool(digest) and digest in discarded_digests,
+                operation=operations.get((name, server_name)),
+            )
+            requests = (
+                pod_requests(pod, gpu_names)
+                if pod is not None
+                else known_requests.get((namespace, pod_name))
+            )
+            views.append(
+                ServerView(
+                    user=name,
+                    server_name=server_name,
+                    state=api_state,
+                    groups=groups,
+                    started=parse_time(server.get("started")),
+                    last_activity=parse_time(server.get("last_activity")),
+                    namespace=namespace,
+                    pod_name=pod_name,
+                    node=((pod or {}).get("spec") or {}).get("nodeName"),
+                    requests=requests,
+                    checkpoint=checkpoint,
+                    last_error=ours.get("last_error"),
+                    keep_running=keep_running_of(pod),
+                )
+            )
+    return views

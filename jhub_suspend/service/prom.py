@@ -1,0 +1,157 @@
+"""Reading the policy's signals from Prometheus, for all notebook pods at once.
+
+prometheus-api-client is synchronous (requests), so each query runs in a thread of a small
+executor, bounded by a timeout; the queries of one cycle run concurrently and their number does
+not depend on the number of servers (see :func:`jhub_suspend.promql.build_queries`).
+Any failure (unreachable, timeout, an error status, an answer :func:`promql.parse_vector`
+rejects) raises :class:`MetricsUnavailable`, which the loop turns into a fail-safe cycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_api_client import PrometheusConnect
+from urllib3.util.retry import Retry
+
+from .. import promql
+from ..policy import MetricsHealth, Signal, signals_from_vectors
+
+Key = tuple[str, ...]
+
+
+class MetricsUnavailable(Exception):
+    """The metrics cannot be used this cycle. ``category`` is a short label value for the
+    fail-safe metric (unreachable, timeout, error, malformed, stale); the message says more."""
+
+    def __init__(self, category: str, message: str) -> None:
+        super().__init__(message)
+        self.category = category
+        self.message = message
+
+
+@dataclass
+class Readings:
+    """One cycle's signals, keyed by (namespace, pod)."""
+
+    cpu: dict[Key, Signal] = field(default_factory=dict)
+    cpu_gpu_window: dict[Key, Signal] | None = None
+    gpu: dict[Key, Signal] = field(default_factory=dict)
+    memory_ratio: dict[Key, float] = field(default_factory=dict)
+    ages: dict[str, float] = field(default_factory=dict)
+    queries: int = 0
+
+
+def freshness_health(
+    ages: Mapping[str, float], required: Iterable[str], max_age: float
+) -> MetricsHealth:
+    """Whether every required source has a sample no older than ``max_age`` seconds."""
+    for source in sorted(required):
+        age = ages.get(source)
+        if age is None:
+            return MetricsHealth(False, f"stale: no recent {source} samples in Prometheus")
+        if not math.isfinite(age) or age > max_age:
+            return MetricsHealth(
+                False, f"stale: newest {source} sample is {age:.0f} s old (limit {max_age:.0f} s)"
+            )
+    return MetricsHealth(True)
+
+
+class PrometheusReader:
+    """Runs a cycle's queries against ``url``; counts them in :attr:`queries_total`."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        verify_tls: bool = True,
+        timeout: float = 10.0,
+        workers: int = 4,
+    ) -> None:
+        self.url = url
+        self.timeout = timeout
+        # No retries inside requests: a cycle fails safe and the next one tries again.
+        self._client = PrometheusConnect(
+            url=url,
+            headers=dict(headers or {}),
+            disable_ssl=not verify_tls,
+            retry=Retry(total=0),
+            timeout=timeout,
+        )
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="promql")
+        self.queries_total = 0
+
+    def __repr__(self) -> str:  # headers may hold credentials
+        return f"PrometheusReader({self.url!r})"
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._client.close()
+
+    async def query(self, name: str, text: str, at: float | None = None) -> Any:
+        """One instant query; its raw result list."""
+        self.queries_total += 1
+        params = {"time": f"{at:.3f}"} if at is not None else None
+        loop = asyncio.get_running_loop()
+        call = loop.run_in_executor(
+            self._executor, lambda: self._client.custom_query(text, params=params)
+        )
+        try:
+            return await asyncio.wait_for(call, self.timeout + 1)
+        except TimeoutError:
+            raise MetricsUnavailable(
+                "timeout", f"Prometheus did not answer query {name} within {self.timeout:.0f} s"
+            ) from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise MetricsUnavailable("malformed", f"query {name}: unreadable answer: {e}") from e
+        except Exception as e:
+            kind = type(e).__name__
+            if "ApiClientException" in kind:
+                raise MetricsUnavailable("error", f"query {name}: Prometheus said {e}") from e
+            if "Timeout" in kind:
+                raise MetricsUnavailable("timeout", f"query {name}: {kind}") from e
+            raise MetricsUnavailable(
+                "unreachable", f"Prometheus at {self.url} is unreachable ({kind})"
+            ) from e
+
+    async def read(self, queries: promql.Queries, names: promql.MetricNames, at: float) -> Readings:
+        """Run every query of the cycle concurrently and parse them."""
+        texts = queries.all()
+        texts.pop("requests", None)  # requests come from the pod specs, which are exact
+        results = await asyncio.gather(*(self.query(n, q, at) for n, q in texts.items()))
+        raw = dict(zip(texts, results, strict=True))
+        key = (names.namespace, names.pod)
+        try:
+            out = Readings(queries=len(texts))
+            out.cpu = signals_from_vectors(
+                promql.parse_vector(raw["cpu_max"], key),
+                promql.parse_vector(raw["cpu_count"], key),
+                queries.cpu.expected_samples,
+                queries.cpu.window_seconds,
+            )
+            if queries.cpu_gpu_window is not None:
+                out.cpu_gpu_window = signals_from_vectors(
+                    promql.parse_vector(raw["cpu_gpu_window_max"], key),
+                    promql.parse_vector(raw["cpu_gpu_window_count"], key),
+                    queries.cpu_gpu_window.expected_samples,
+                    queries.cpu_gpu_window.window_seconds,
+                )
+            out.gpu = signals_from_vectors(
+                promql.parse_vector(raw["gpu_max"], key),
+                promql.parse_vector(raw["gpu_count"], key),
+                queries.gpu.expected_samples,
+                queries.gpu.window_seconds,
+            )
+            out.memory_ratio = promql.parse_vector(raw["memory_ratio"], key)
+            out.ages = {
+                k[0]: v for k, v in promql.parse_vector(raw["freshness"], ("source",)).items()
+            }
+        except promql.MalformedResponse as e:
+            raise MetricsUnavailable("malformed", f"malformed answer from Prometheus: {e}") from e
+        return out

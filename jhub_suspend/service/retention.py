@@ -1,0 +1,104 @@
+"""Retention: delete what checkpoints leave behind once it is no longer needed.
+
+Every ``retention_interval`` seconds, from the last cycle's snapshot:
+
+1. images of checkpoints that were **restored** or **discarded** (the spawner keeps their record
+   when its ``checkpoint_retention`` is above 0) and were created more than
+   ``checkpoint_retention`` seconds ago are deleted through a node agent (idempotent: an image
+   already gone counts as deleted);
+2. images whose deletion failed earlier (a discard while the registry was down) are tried again;
+3. **discard markers** older than ``checkpoint_retention`` that no server's restorable
+   checkpoint refers to any more (the server was deleted, or restored some other way) are
+   deleted; a marker that still names a server's checkpoint stays until the spawner consumes it;
+4. with ``max_suspended_age`` set, checkpoints of servers suspended for longer are discarded
+   (marker + image): the next start is fresh.
+
+What is left: images of servers deleted from the hub while suspended (no record remains to name
+them), and checkpoints whose restore failed (kept for the admin, as the spawner does). Run the
+registry's garbage collection for the first, and discard the second through the API.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from . import observe
+from .actions import checkpoint_image_ref
+
+if TYPE_CHECKING:
+    from .app import SuspendService
+    from .loop import Snapshot
+
+
+class Retention:
+    def __init__(self, service: SuspendService) -> None:
+        self.service = service
+        self.log = service.log
+        self._last = 0.0
+        self._deleted: set[str] = set()  # digests whose images are gone
+
+    async def maybe_sweep(self, snap: Snapshot) -> None:
+        if time.monotonic() - self._last < self.service.retention_interval:
+            return
+        self._last = time.monotonic()
+        try:
+            await self.sweep(snap)
+        except Exception:
+            self.log.exception("Retention sweep failed; trying again later")
+
+    def _old(self, created: str | None, now: datetime, age: float) -> bool:
+        t = observe.parse_time(created)
+        return t is not None and (now - t).total_seconds() > age
+
+    async def sweep(self, snap: Snapshot) -> dict[str, int]:
+        svc = self.service
+        actions = svc.actions
+        now = snap.time
+        keep = svc.checkpoint_retention
+        stats = {"images": 0, "markers": 0, "discarded": 0, "orphans": 0}
+        live: set[str] = set()
+        for v in snap.views:
+            ck = v.checkpoint or {}
+            digest, status = ck.get("digest"), ck.get("status")
+            if not digest:
+                continue
+            if status in observe.RESTORABLE:
+                live.add(digest)
+                age = svc.max_suspended_age
+                if (
+                    age is not None
+                    and v.state == "suspended"
+                    and digest not in snap.markers
+                    and self._old(ck.get("created"), now, age)
+                ):
+                    try:
+                        await actions.discard(v.user, v.server_name, "retention")
+                        stats["discarded"] += 1
+                    except Exception as e:
+                        self.log.warning(
+                            "Retention could not discard %s/%s: %s", v.user, v.server_name, e
+                        )
+                continue
+            done = status in ("restored", "discarded") and digest not in self._deleted
+            if done and v.pod_name and self._old(ck.get("created"), now, keep):
+                ref = checkpoint_image_ref(
+                    svc.checkpoint_repository, v.namespace, v.pod_name, digest
+                )
+                deleted, _ = await actions.delete_image(ref)
+                if deleted:
+                    self._deleted.add(digest)
+                    stats["images"] += 1
+        for ref in list(actions.orphans):
+            deleted, _ = await actions.delete_image(ref)
+            stats["orphans"] += int(deleted)
+        for digest, marker in snap.markers.items():
+            meta = marker.get("metadata") or {}
+            if digest in live or not self._old(meta.get("creationTimestamp"), now, keep):
+                continue
+            await svc.kube.delete_secret(meta.get("namespace") or svc.namespace, meta["name"])
+            stats["markers"] += 1
+        if any(stats.values()):
+            self.log.info("Retention sweep: %s", stats)
+        return stats

@@ -1,0 +1,596 @@
+"""The suspend service end to end: a real hub running the hub-managed service `suspend`, real
+pods on the local cluster, and the cluster's real Prometheus scraping their CPU and GPU.
+
+Windows are short (20 s, sampled every 2 s) so the policy can be watched deciding. Two kinds of
+service instance are used:
+
+* the hub-managed one (``hub.service_url``), whose loop really suspends idle servers; it
+  exempts the group ``pinned`` so it leaves the other tests' servers alone;
+* in-process ``SuspendService`` instances in dry-run mode, reading the same hub, cluster and
+  Prometheus, whose ``loop.observe()`` shows the plan at a chosen moment (GPU thresholds,
+  exemptions, keep-running, capacity pressure, fail-safe).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from jupyterhub.utils import exponential_backoff
+from kubernetes_asyncio import client, config
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from traitlets.config import Config
+
+from jhub_suspend import images
+from jhub_suspend.demo.hub import start_hub
+from jhub_suspend.localcluster.services import PrometheusProcess
+from jhub_suspend.service import SuspendService
+from jhub_suspend.suspension import server_model
+from jhub_suspend.testing.hubapi import HubAPI
+from jhub_suspend.testing.kernel import KernelClient
+
+pytestmark = pytest.mark.slow
+
+PINNED = ["gus", "kim", "eve", "cy", "fay"]
+TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+WINDOWS = {
+    "idle_window": 20,
+    "gpu_idle_window": 20,
+    "query_step": 2,
+    "rate_window": 6,
+    "activity_timeout": 8,
+    "gpu_activity_timeout": 8,
+    "min_coverage": 0.7,
+    "max_metrics_age": 20,
+    "warn_before": 0,
+}
+HUB_CONFIG = f"""
+c.JupyterHub.load_groups = {{"pinned": {{"users": {PINNED!r}}}}}
+c.KubeSpawner.profile_list = [
+    {{
+        "display_name": "CPU", "slug": "cpu", "default": True,
+        "kubespawner_override": {{"node_selector": {{"kubernetes.io/hostname": "node-1"}}}},
+    }},
+    {{
+        "display_name": "CPU on the GPU node", "slug": "gpunode",
+        "kubespawner_override": {{
+            "tolerations": [{TOLERATION!r}],
+            "node_selector": {{"kubernetes.io/hostname": "gpu-node-1"}},
+        }},
+    }},
+    {{
+        "display_name": "One GPU", "slug": "gpu",
+        "kubespawner_override": {{
+            "tolerations": [{TOLERATION!r}],
+            "extra_resource_limits": {{"nvidia.com/gpu": "1"}},
+        }},
+    }},
+]
+"""
+SERVICE_CONFIG = "\n".join(
+    [f"c.SuspendService.{k} = {v!r}" for k, v in WINDOWS.items()]
+    + ["c.SuspendService.cycle_interval = 3", 'c.SuspendService.exempt_groups = {"pinned"}']
+)
+
+
+# ---- fixtures and helpers --------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture(scope="module")
+async def hub(cluster, tmp_path_factory):
+    h = await start_hub(
+        cluster.describe(),
+        str(tmp_path_factory.mktemp("hub")),
+        extra_config=HUB_CONFIG,
+        service_config=SERVICE_CONFIG,
+    )
+    try:
+        await wait_for(lambda: service_healthy(h), "the suspend service never became healthy", 60)
+        yield h
+    finally:
+        await h.stop()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def core(cluster):
+    api = await config.new_client_from_config(config_file=cluster.kubeconfig_path)
+    try:
+        yield client.CoreV1Api(api)
+    finally:
+        await api.close()
+
+
+@pytest.fixture
+def api(hub):
+    return HubAPI(hub.api_url, hub.service_token)
+
+
+async def wait_for(predicate, message, timeout=60):
+    return await exponential_backoff(predicate, message, timeout=timeout, max_wait=1)
+
+
+async def call(
+    hub,
+    method: str,
+    path: str,
+    token: str | None = None,
+    body: Any = None,
+    raw: bytes | None = None,
+) -> tuple[int, Any]:
+    """A request to the suspend service through the hub's proxy: (status, JSON or text)."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"token {token}"
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    if data is None and method in ("POST", "PUT"):
+        data = b""
+    resp = await AsyncHTTPClient().fetch(
+        HTTPRequest(
+            hub.service_url + path,
+            method=method,
+            headers=headers,
+            body=data,
+            allow_nonstandard_methods=True,
+            follow_redirects=False,
+            request_timeout=60,
+        ),
+        raise_error=False,
+    )
+    text = resp.body.decode() if resp.body else ""
+    try:
+        return resp.code, json.loads(text) if text else None
+    except ValueError:
+        return resp.code, text
+
+
+async def service_healthy(hub) -> bool:
+    status, _ = await call(hub, "GET", "health")
+    return status == 200
+
+
+async def user_token(api: HubAPI, user: str) -> str:
+    await api.ensure_user(user)
+    return (await api.request("POST", f"users/{user}/tokens", {"note": "test"}))["token"]
+
+
+async def start(api: HubAPI, user: str, name: str = "", profile: str | None = None) -> dict:
+    await api.ensure_user(user)
+    path = f"users/{user}/servers/{name}" if name else f"users/{user}/server"
+    await api.request("POST", path, {"profile": profile} if profile else None)
+
+    async def ready():
+        s = await api.server(user, name)
+        return s if s and s.get("ready") else False
+
+    return await wait_for(ready, f"{user}/{name} never became ready", 120)
+
+
+async def stop(api: HubAPI, user: str, name: str = "") -> None:
+    if await api.server(user, name):
+        await api.stop_server(user, name)
+
+
+def ours(server: dict) -> dict:
+    return (server.get("state") or {}).get("jhub_suspend") or {}
+
+
+def server_url(hub, user, name=""):
+    return f"{hub.url}/user/{user}/{name + '/' if name else ''}"
+
+
+async def metrics(hub) -> dict[str, float]:
+    """The service's metrics, keyed ``name{label="value",...}`` with labels sorted by name."""
+    status, text = await call(hub, "GET", "metrics")
+    assert status == 200
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            name, _, labels = key.partition("{")
+            if labels:
+                pairs = sorted(re.findall(r'(\w+)="([^"]*)"', labels))
+                name += "{" + ",".join(f'{k}="{v}"' for k, v in pairs) + "}"
+            out[name] = float(value)
+    return out
+
+
+async def local_service(cluster, hub, **settings) -> SuspendService:
+    """An in-process service on the same hub, cluster and Prometheus (dry run by default)."""
+    cfg = Config()
+    values = {
+        "prometheus_url": cluster.prometheus_url,
+        "hub_api_url": hub.api_url,
+        "hub_api_token": hub.service_token,
+        "kubeconfig": cluster.kubeconfig_path,
+        "namespace": "default",
+        "checkpoint_repository": cluster.checkpoint_repository,
+        "agent_urls": dict(cluster.agent_urls),
+        "agent_token": cluster.agent_token,
+        "dry_run": True,
+        **WINDOWS,
+        **settings,
+    }
+    for k, v in values.items():
+        setattr(cfg.SuspendService, k, v)
+    svc = SuspendService(config=cfg)
+    await svc.setup()
+    return svc
+
+
+async def plan_when(svc: SuspendService, predicate, message: str, timeout: float = 90):
+    """Observe (no acting) until ``predicate(snapshot)`` holds; return that snapshot."""
+
+    last = []
+
+    async def check():
+        snap = await svc.loop.observe(record=False)
+        last[:] = [snap]
+        return snap if predicate(snap) else False
+
+    try:
+        return await wait_for(check, message, timeout)
+    except TimeoutError:
+        plan = last[0].plan.to_dict() if last else None
+        raise AssertionError(f"{message}; last plan: {json.dumps(plan, indent=1)}") from None
+
+
+def decision(snap, user, name=""):
+    return snap.decisions.get((user, name))
+
+
+def eligible(d) -> bool:
+    """Suspended this cycle, or eligible but held back by the per-cycle limit."""
+    return d is not None and (d.action == "suspend" or says(d, "suspension limit reached"))
+
+
+def says(d, text: str) -> bool:
+    return d is not None and any(text in r for r in d.reasons)
+
+
+async def set_gpu(cluster, utilization: float) -> None:
+    k = cluster.kubelet("gpu-node-1")
+    await AsyncHTTPClient().fetch(
+        f"http://{k.address}:{k.port}/debug/gpus/0",
+        method="PUT",
+        headers={"Authorization": f"Bearer {cluster.admin_token}"},
+        body=json.dumps({"utilization": utilization}),
+    )
+
+
+# ---- the stories -----------------------------------------------------------------------------
+
+
+async def test_the_loop_suspends_an_idle_server_and_keeps_a_busy_one(hub, api):
+    # The busy server starts first, so its kernel burns CPU before any window could be idle.
+    await start(api, "bea")
+    busy = KernelClient(server_url(hub, "bea"), hub.service_token)
+    await busy.start()
+    await busy.execute(
+        "import threading\n"
+        "def _spin():\n    while True:\n        pass\n"
+        "threading.Thread(target=_spin, daemon=True).start()"
+    )
+    await start(api, "ida")
+
+    async def suspended():
+        s = await server_model(api.request, "ida")
+        ck = ours(s or {}).get("checkpoint") or {}
+        return s if s and not s.get("ready") and ck.get("status") == "suspended" else False
+
+    after = await wait_for(suspended, "the idle server was never suspended", 150)
+    assert ours(after)["checkpoint"]["reason"] == "idle"
+    bea = await api.server("bea")
+    assert bea and bea.get("ready"), "the busy server was suspended"
+
+    admin = hub.service_token
+    status, plan = await call(hub, "GET", "api/plan?fresh=1", admin)
+    assert status == 200, plan
+    d = next(d for d in plan["decisions"] if d["user"] == "bea")
+    assert d["action"] == "keep"
+    assert any("CPU reached" in r for r in d["reasons"]), d
+    assert plan["prometheus_queries"] == 6  # constant: CPU, GPU (max+count), memory, freshness
+
+    async def listed():  # the listing is as of the last cycle
+        status, listing = await call(hub, "GET", "api/servers?state=suspended", admin)
+        assert status == 200, listing
+        return [s for s in listing["servers"] if s["user"] == "ida"]
+
+    (ida,) = await wait_for(listed, "the suspended server was never listed", 30)
+    assert ida["checkpoint"]["size"] > 1_000_000 and ida["checkpoint"]["created"]
+    assert ida["requests"]["cpu"] == 0.5
+
+    m = await metrics(hub)
+    assert m['jhub_suspend_suspensions_total{outcome="success",reason="idle"}'] >= 1
+    assert m["jhub_suspend_servers_suspended"] >= 1
+    assert m["jhub_suspend_reclaimed_cpu_cores"] >= 0.5
+    assert m["jhub_suspend_failsafe"] == 0
+    assert m["jhub_suspend_prometheus_queries_per_cycle"] == 6
+    await stop(api, "bea")
+
+
+async def test_an_admin_discards_a_checkpoint_and_the_next_start_is_fresh(hub, api, cluster):
+    server = await server_model(api.request, "ida")
+    ck = ours(server)["checkpoint"]
+    assert ck and ck["status"] == "suspended", "needs the server suspended by the loop"
+    ref = f"{cluster.checkpoint_repository}/default/jupyter-ida@{ck['digest']}"
+    await images.inspect(ref)
+
+    status, body = await call(hub, "DELETE", "api/servers/ida/checkpoint", hub.service_token)
+    assert status == 200, body
+    assert body["image_deleted"] is True
+    with pytest.raises(images.ImageNotFound):
+        await images.inspect(ref)
+    status, body = await call(hub, "DELETE", "api/servers/ida/checkpoint", hub.service_token)
+    assert status == 409 and "already discarded" in body["message"]
+
+    await start(api, "ida")
+    server = await server_model(api.request, "ida")
+    assert ours(server)["checkpoint"] is None  # started fresh; the spawner consumed the marker
+    await stop(api, "ida")
+
+
+async def test_gpu_thresholds_exemptions_keep_running_and_capacity_pressure(
+    hub, api, cluster, core
+):
+    await set_gpu(cluster, 80)
+    for user, profile in (("gus", "gpu"), ("kim", "gpunode"), ("eve", "gpunode"), ("cy", None)):
+        await start(api, user, profile=profile)
+    gus = await core.read_namespaced_pod("jupyter-gus", "default")
+    assert gus.spec.node_name == "gpu-node-1"
+    assert (await core.read_namespaced_pod("jupyter-cy", "default")).spec.node_name == "node-1"
+
+    kim = await user_token(api, "kim")
+    status, body = await call(
+        hub, "PUT", "api/servers/kim/keep-running", kim, {"enabled": True, "hours": 2}
+    )
+    assert status == 200, body
+    assert body["keep_running"]["until"]
+
+    svc = await local_service(cluster, hub, exempt_users={"eve"}, max_suspensions_per_cycle=1)
+    try:
+        # A GPU server whose CPU is idle is kept while its GPU works (real DCGM samples).
+        def cpu_idle(snap, user):
+            cpu = snap.view(user, "").cpu
+            return cpu is not None and cpu.coverage >= 0.7 and cpu.max_value < 0.05
+
+        snap = await plan_when(
+            svc,
+            lambda s: says(decision(s, "gus"), "GPU reached 80%") and cpu_idle(s, "gus"),
+            "the busy GPU never showed in the plan",
+        )
+        assert decision(snap, "gus").action == "keep"
+        assert not says(decision(snap, "gus"), "CPU")  # the GPU alone holds it
+        await set_gpu(cluster, 0)
+        snap = await plan_when(
+            svc,
+            lambda s: (
+                decision(s, "gus").action == "suspend"
+                and eligible(decision(s, "cy"))
+                and says(decision(s, "kim"), "CPU at most")
+            ),
+            "the idle GPU server never became eligible",
+        )
+        assert says(decision(snap, "gus"), "GPU at most 0%")
+        # Exempt and opted-out servers are kept although idle.
+        assert decision(snap, "eve").action == "keep"
+        assert says(decision(snap, "eve"), "user eve is exempt")
+        assert decision(snap, "kim").action == "keep"
+        assert says(decision(snap, "kim"), "keep-running opt-out until")
+        # Without anyone waiting, the most wasteful idle server goes first: the idle GPU.
+        assert [d.user for d in snap.plan.to_suspend] == ["gus"]
+
+        # A pod waits for CPU on node-1: the idle server there is the right victim.
+        pod = client.V1Pod(
+            metadata=client.V1ObjectMeta(name="waiting-big"),
+            spec=client.V1PodSpec(
+                termination_grace_period_seconds=0,
+                node_selector={"kubernetes.io/hostname": "node-1"},
+                containers=[
+                    client.V1Container(
+                        name="main",
+                        image="busybox",
+                        command=["sleep", "600"],
+                        resources=client.V1ResourceRequirements(requests={"cpu": "1500m"}),
+                    )
+                ],
+            ),
+        )
+        await core.create_namespaced_pod("default", pod)
+        try:
+            snap = await plan_when(
+                svc,
+                lambda s: s.plan.pending >= 1 and bool(s.plan.to_suspend),
+                "the Pending pod never showed in the plan",
+            )
+            (victim,) = snap.plan.to_suspend
+            assert victim.user == "cy", snap.plan.to_dict()
+            assert "default/waiting-big" in victim.frees
+            assert says(decision(snap, "gus"), "limit reached")
+        finally:
+            await core.delete_namespaced_pod("waiting-big", "default", grace_period_seconds=0)
+
+        # Clearing the opt-out makes the idle server eligible again.
+        status, body = await call(
+            hub, "PUT", "api/servers/kim/keep-running", kim, {"enabled": False}
+        )
+        assert status == 200 and body["keep_running"] is None
+        await plan_when(
+            svc,
+            lambda s: eligible(decision(s, "kim")),
+            "kim never became eligible after clearing keep-running",
+        )
+    finally:
+        await svc.close()
+        await set_gpu(cluster, 0)
+        for user in ("gus", "eve", "cy"):
+            await stop(api, user)
+
+
+async def test_users_act_on_their_own_servers_only(hub, api):
+    kim = await user_token(api, "kim")
+    if not await api.server("kim"):
+        await start(api, "kim", profile="gpunode")
+    kernel = KernelClient(server_url(hub, "kim"), hub.service_token)
+    await kernel.start()
+    await kernel.execute("answer = 42")
+
+    status, body = await call(hub, "GET", "api/servers", kim)
+    assert status == 200
+    assert {s["user"] for s in body["servers"]} == {"kim"}
+    assert (await call(hub, "GET", "api/servers?user=gus", kim))[0] == 403
+    assert (await call(hub, "POST", "api/servers/gus/suspend", kim))[0] == 403
+    assert (await call(hub, "DELETE", "api/servers/gus/checkpoint", kim))[0] == 403
+    assert (await call(hub, "PUT", "api/servers/gus/keep-running", kim, {"enabled": True}))[
+        0
+    ] == 403
+    status, body = await call(hub, "GET", "api/plan", kim)
+    assert status == 403 and "custom:jhub-suspend:admin" in body["message"]
+    status, body = await call(hub, "GET", "api/policy", kim)
+    assert status == 200
+    assert body["policy"]["exempt_groups"] == 1  # who is exempt is not shown to users
+
+    status, body = await call(hub, "POST", "api/servers/kim/suspend", kim)
+    assert status == 202, body
+    op_url = body["status_url"].split("/services/suspend/", 1)[1]
+    status, again = await call(hub, "POST", "api/servers/kim/suspend", kim)
+    assert status == 409, again
+
+    async def finished(url=op_url):
+        status, op = await call(hub, "GET", url, kim)
+        assert status == 200, op
+        return op if op["status"] != "running" else False
+
+    op = await wait_for(finished, "the suspension never finished", 120)
+    assert op["status"] == "succeeded", op
+    assert op["result"]["checkpoint"]["size"] > 1_000_000
+
+    status, body = await call(hub, "POST", "api/servers/kim/resume", kim)
+    assert status == 202, body
+    op = await wait_for(
+        lambda: finished(body["status_url"].split("/services/suspend/", 1)[1]),
+        "the resume never finished",
+        120,
+    )
+    assert op["status"] == "succeeded", op
+    assert await kernel.execute("print(answer)") == "42\n"
+    status, body = await call(hub, "POST", "api/servers/kim/resume", kim)
+    assert status == 409 and "already running" in body["message"]
+    m = await metrics(hub)
+    assert m['jhub_suspend_suspensions_total{outcome="success",reason="manual"}'] >= 1
+    assert m['jhub_suspend_restores_total{outcome="success",reason="manual"}'] >= 1
+    await stop(api, "kim")
+
+
+async def test_authentication_and_bad_input(hub, api):
+    admin = hub.service_token
+    for path in ("api/servers", "api/plan", "api/policy"):
+        status, body = await call(hub, "GET", path)
+        assert status == 401, (path, body)
+        assert "token" in body["message"]
+    status, body = await call(hub, "GET", "api/servers", "not-a-token")
+    assert status == 401
+    status, body = await call(hub, "POST", "api/servers/kim/suspend")
+    assert status == 401
+
+    status, body = await call(hub, "GET", "api/servers?state=sleeping", admin)
+    assert status == 400 and "unknown state" in body["message"]
+    await api.ensure_user("kim")
+    for raw, text in (
+        (b"{not json", "not valid JSON"),
+        (b'{"enabled": "yes"}', "enabled"),
+        (b'{"enabled": true, "hours": "two"}', "hours must be a number"),
+        (b'{"enabled": true, "hours": -1}', "hours must be > 0"),
+        (b'{"enabled": true, "colour": "red"}', "unknown fields"),
+    ):
+        status, body = await call(hub, "PUT", "api/servers/kim/keep-running", admin, raw=raw)
+        assert status == 400, (raw, body)
+        assert text in body["message"]
+        assert "Traceback" not in json.dumps(body)
+
+    status, body = await call(hub, "POST", "api/servers/nobody-here/suspend", admin)
+    assert status == 404 and "nobody-here" in body["message"]
+    status, body = await call(hub, "POST", "api/servers/kim/nosuch/suspend", admin)
+    assert status == 404
+    status, body = await call(hub, "GET", "api/operations/ffff", admin)
+    assert status == 404
+    status, body = await call(hub, "GET", "api/nothing", admin)
+    assert status == 404
+    # kim's server is stopped and has no checkpoint
+    status, body = await call(hub, "POST", "api/servers/kim/suspend", admin)
+    assert status == 409 and "not running" in body["message"]
+    status, body = await call(hub, "DELETE", "api/servers/kim/checkpoint", admin)
+    assert status == 409 and "no checkpoint" in body["message"]
+    status, body = await call(hub, "POST", "api/servers/kim/resume", admin)
+    assert status == 409 and "no checkpoint" in body["message"]
+    status, body = await call(hub, "GET", "api/policy", admin)
+    assert status == 200 and body["policy"]["exempt_groups"] == ["pinned"]
+
+
+def _prometheus(cluster) -> PrometheusProcess:
+    return next(p for p in cluster.processes if isinstance(p, PrometheusProcess))
+
+
+async def test_with_prometheus_stopped_nothing_is_suspended(hub, api, cluster):
+    await start(api, "fay")
+    svc = await local_service(cluster, hub, dry_run=False)
+    try:
+        dry = await local_service(cluster, hub)
+        try:
+            await plan_when(
+                dry,
+                lambda s: decision(s, "fay") is not None and decision(s, "fay").action == "suspend",
+                "the idle server never became eligible",
+            )
+        finally:
+            await dry.close()
+
+        old = _prometheus(cluster)
+        await old.stop()
+        try:
+            snap = await svc.loop.cycle()  # would suspend fay if it could read the metrics
+            assert not snap.plan.metrics.ok
+            assert "unreachable" in snap.plan.metrics.reason
+            assert snap.failsafe == "unreachable"
+            assert snap.plan.to_suspend == ()
+            assert svc.operations.running() == []
+            assert says(decision(snap, "fay"), "fail-safe")
+
+            async def failsafe_exported():
+                m = await metrics(hub)
+                return m if m["jhub_suspend_failsafe"] == 1 else False
+
+            m = await wait_for(failsafe_exported, "the fail-safe metric was never set", 30)
+            assert m['jhub_suspend_failsafe_reason{reason="unreachable"}'] == 1
+            status, body = await call(hub, "GET", "api/plan", hub.service_token)
+            assert status == 503 and "Prometheus" in body["message"]
+            assert (await api.server("fay")).get("ready")
+        finally:
+            new = PrometheusProcess(
+                old.name,
+                old.argv,
+                log_path=old.log_path,
+                env=old.env,
+                cwd=old.cwd,
+                url=old.url,
+                ready_url=old.ready_url,
+                group=old.group,
+                config_path=old.config_path,
+                scrape_interval=old.scrape_interval,
+                evaluation_interval=old.evaluation_interval,
+            )
+            await new.start()
+            await new.wait_ready(timeout=60)
+
+        async def recovered():
+            m = await metrics(hub)
+            return m["jhub_suspend_failsafe"] == 0
+
+        await wait_for(recovered, "the fail-safe never cleared after Prometheus came back", 60)
+        text = (await call(hub, "GET", "metrics"))[1]
+        assert re.search(r'jhub_suspend_policy_cycles_total\{outcome="failsafe"\} [1-9]', text)
+    finally:
+        await svc.close()
+        await stop(api, "fay")

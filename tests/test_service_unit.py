@@ -1,0 +1,399 @@
+"""The suspend service's pieces without a cluster: translation of hub and pod data, settings,
+the Prometheus reader's fail-safe on bad answers, hub pagination, loop supervision, the CLI and
+the benchmark's smoke run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from jupyterhub.utils import exponential_backoff
+from tornado import web
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+from traitlets import TraitError
+from traitlets.config import Config
+
+from jhub_suspend import promql
+from jhub_suspend.policy import PolicyConfig, Resources
+from jhub_suspend.service import SuspendService, cli, observe
+from jhub_suspend.service.hubclient import HubClient
+from jhub_suspend.service.loop import PolicyLoop
+from jhub_suspend.service.prom import MetricsUnavailable, PrometheusReader, freshness_health
+from jhub_suspend.testing import fakes
+
+NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
+
+
+def service(**settings) -> SuspendService:
+    cfg = Config()
+    cfg.SuspendService.prometheus_url = "http://127.0.0.1:9"
+    for k, v in settings.items():
+        setattr(cfg.SuspendService, k, v)
+    svc = SuspendService(config=cfg)
+    svc.prepare()
+    return svc
+
+
+# ---- observe ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [("500m", 0.5), ("2", 2.0), ("512M", 512e6), ("1Gi", 2**30), ("1.5", 1.5), ("bad", 0.0)],
+)
+def test_quantities(text, value):
+    assert observe.parse_quantity(text) == pytest.approx(value)
+
+
+def test_pod_requests_count_gpu_limits():
+    pod = fakes.synthetic_pods(1)[0]
+    assert observe.pod_requests(pod, {"nvidia.com/gpu"}) == Resources(0.5, 512e6, 1.0)
+
+
+def _server(ready=False, pending=None, status=None, last_error=None):
+    ck = {"status": status, "digest": "sha256:ab"} if status else None
+    return {
+        "ready": ready,
+        "pending": pending,
+        "state": {"jhub_suspend": {"checkpoint": ck, "last_error": last_error}},
+    }
+
+
+MARKED = {"metadata": {"annotations": {"jhub-suspend.jupyter.org/suspend-requested": "idle"}}}
+
+
+@pytest.mark.parametrize(
+    "server, pod, kwargs, state",
+    [
+        (_server(ready=True), {}, {}, "running"),
+        (_server(ready=True), MARKED, {}, "suspending"),
+        (_server(pending="stop"), MARKED, {}, "suspending"),
+        (_server(pending="stop"), {}, {}, "stopping"),
+        (_server(status="suspended"), None, {}, "suspended"),
+        (_server(status="suspended"), None, {"discarded": True}, "stopped"),
+        (_server(pending="spawn", status="suspended"), None, {}, "restoring"),
+        (_server(pending="spawn"), None, {}, "starting"),
+        (_server(status="restore_failed"), None, {}, "failed"),
+        (_server(last_error={"operation": "restore"}), None, {}, "failed"),
+        (_server(), None, {}, "stopped"),
+        (_server(ready=True), {}, {"operation": "suspend"}, "suspending"),
+        (_server(status="suspended"), None, {"operation": "resume"}, "restoring"),
+    ],
+)
+def test_server_states(server, pod, kwargs, state):
+    assert observe.server_state(server, pod, **kwargs) == state
+
+
+def test_keep_running_round_trip():
+    patch = observe.keep_running_annotations(True, NOW, 2)
+    kr = observe.keep_running_of({"metadata": {"annotations": patch}})
+    assert kr is not None and kr.since == NOW and kr.until == NOW + timedelta(hours=2)
+    forever = observe.keep_running_annotations(True, NOW, None)
+    assert observe.keep_running_of({"metadata": {"annotations": forever}}).until is None
+    cleared = observe.keep_running_annotations(False, NOW, None)
+    assert set(cleared.values()) == {None}
+
+
+def test_pending_pods_come_from_the_scheduler_message():
+    pod = {
+        "metadata": {"name": "w", "namespace": "ns"},
+        "spec": {
+            "nodeSelector": {"a": "b"},
+            "containers": [{"resources": {"requests": {"cpu": "2"}}}],
+        },
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/2 nodes are available: 1 Insufficient cpu, 1 Insufficient nvidia.com/gpu.",
+                }
+            ],
+        },
+    }
+    waiting = {**pod, "status": {"phase": "Pending"}}  # not yet tried: not unschedulable
+    (p,) = observe.pending_pods([pod, waiting], {"nvidia.com/gpu"})
+    assert p.full_name == "ns/w" and p.reasons == {"cpu", "nvidia.com/gpu"}
+    assert p.requests.cpu == 2 and p.node_selector == {"a": "b"}
+
+
+def test_views_join_hub_servers_to_pods():
+    users = fakes.synthetic_users(3, NOW)
+    users[1]["servers"][""].update(ready=False, state={"pod_name": "jupyter-user00001"})
+    pods = {("default", p["metadata"]["name"]): p for p in fakes.synthetic_pods(3)}
+    del pods[("default", "jupyter-user00001")]
+    known = {("default", "jupyter-user00001"): Resources(cpu=0.5)}
+    views = observe.build_views(
+        users, pods, default_namespace="default", gpu_resources={"nvidia.com/gpu"},
+        known_requests=known,
+    )  # fmt: skip
+    assert [v.state for v in views] == ["running", "stopped", "running"]
+    assert views[0].requests.gpu == 1 and views[0].node == "node-0"
+    assert views[1].requests == Resources(cpu=0.5)  # remembered from an earlier cycle
+    assert views[0].observation().last_activity == NOW
+
+
+def test_freshness():
+    assert freshness_health({"cpu": 3, "memory": 3}, {"cpu", "memory"}, 60).ok
+    stale = freshness_health({"cpu": 300, "memory": 3}, {"cpu", "memory"}, 60)
+    assert not stale.ok and "cpu" in stale.reason and "300 s" in stale.reason
+    missing = freshness_health({"cpu": 3}, {"cpu", "gpu"}, 60)
+    assert not missing.ok and "no recent gpu" in missing.reason
+    assert freshness_health({}, set(), 60).ok  # nothing running, nothing required
+
+
+# ---- settings --------------------------------------------------------------------------------
+
+
+def test_policy_settings_become_one_policy_config():
+    svc = service(cpu_threshold=0.1, exempt_users={"ann"}, dry_run=True, max_keep_running=None)
+    cfg = svc.policy_config
+    assert isinstance(cfg, PolicyConfig)
+    assert cfg.cpu_threshold == 0.1 and cfg.exempt_users == {"ann"} and cfg.dry_run
+    assert cfg.max_keep_running is None
+    assert set(cfg.to_dict()) == {
+        name for name in PolicyConfig.__dataclass_fields__
+    }  # every field has a trait
+    for name in PolicyConfig.__dataclass_fields__:
+        trait = SuspendService.class_traits()[name]
+        assert trait.metadata.get("config") and trait.help
+
+
+@pytest.mark.parametrize(
+    "settings, text",
+    [
+        ({"cpu_threshold": 2.0}, "cpu_threshold"),
+        ({"min_coverage": 0}, "min_coverage"),
+        ({"waste_weights": {"disk": 1}}, "waste_weights"),
+        ({"metric_names": {"nonsense": "x"}}, "unknown keys"),
+        ({"metric_names": {"pod": "not a label"}}, "label name"),
+    ],
+)
+def test_bad_settings_are_refused(settings, text):
+    with pytest.raises(TraitError, match=text):
+        service(**settings)
+
+
+def test_prometheus_url_is_required():
+    with pytest.raises(TraitError, match="prometheus_url"):
+        SuspendService(config=Config()).prepare()
+
+
+def test_queries_are_constant_and_use_the_configured_names():
+    svc = service(metric_names={"gpu_pod": "exported_pod"}, pod_regex="nb-.*")
+    texts = svc.queries.all()
+    assert len(texts) == 9  # the GPU window differs from the CPU window by default
+    assert 'pod=~"nb-.*"' in texts["cpu_max"] and "exported_pod" in texts["gpu_max"]
+
+
+# ---- Prometheus ------------------------------------------------------------------------------
+
+
+async def test_the_reader_parses_signals_and_counts_queries():
+    keys = [("default", "jupyter-a"), ("default", "jupyter-b")]
+    prom = fakes.FakePrometheus(keys, gpu_pods=keys[:1])
+    prom.start()
+    reader = PrometheusReader(prom.url, timeout=5)
+    try:
+        svc = service()
+        r = await reader.read(svc.queries, svc.names, NOW.timestamp())
+        assert r.queries == 8 == prom.queries
+        assert r.cpu[keys[0]].max_value == 0.01 and r.cpu[keys[0]].samples == 60
+        assert set(r.gpu) == {keys[0]} and r.ages["cpu"] == 3
+        prom.malformed = True
+        with pytest.raises(MetricsUnavailable) as err:
+            await reader.read(svc.queries, svc.names, NOW.timestamp())
+        assert err.value.category == "malformed"
+    finally:
+        reader.close()
+        prom.stop()
+
+
+async def test_an_unreachable_prometheus_is_reported_as_such():
+    reader = PrometheusReader("http://127.0.0.1:9", timeout=2)
+    try:
+        with pytest.raises(MetricsUnavailable) as err:
+            await reader.query("cpu_max", "up")
+        assert err.value.category == "unreachable"
+    finally:
+        reader.close()
+
+
+# ---- hub -------------------------------------------------------------------------------------
+
+
+async def test_hub_users_are_read_page_by_page():
+    hub = fakes.FakeHub(fakes.synthetic_users(450, NOW), max_limit=100)
+    hub.start()
+    try:
+        client = HubClient(hub.url, "token", page_size=200)
+        users, pages = await client.users()
+        assert len(users) == 450 and pages == 5 == hub.requests
+        assert len({u["name"] for u in users}) == 450
+    finally:
+        hub.stop()
+
+
+async def test_hub_reads_are_retried_on_a_proxy_error():
+    calls = []
+
+    class Flaky(web.RequestHandler):
+        def get(self):
+            calls.append(1)
+            if len(calls) < 3:
+                raise web.HTTPError(503)
+            self.finish(json.dumps({"name": "ann"}))
+
+    sockets = bind_sockets(0, "127.0.0.1")
+    server = HTTPServer(web.Application([(r"/hub/api/users/ann", Flaky)]))
+    server.add_sockets(sockets)
+    try:
+        client = HubClient(f"http://127.0.0.1:{sockets[0].getsockname()[1]}/hub/api", "t")
+        assert (await client.request("GET", "users/ann"))["name"] == "ann"
+        assert len(calls) == 3
+    finally:
+        server.stop()
+
+
+# ---- the loop --------------------------------------------------------------------------------
+
+
+async def test_a_failing_cycle_is_logged_and_the_loop_goes_on():
+    svc = service(cycle_interval=0.05)
+    svc.loop = PolicyLoop(svc)
+    attempts = []
+
+    async def broken():
+        attempts.append(1)
+        raise RuntimeError("hub exploded")
+
+    svc.loop.observe = broken  # type: ignore[method-assign]
+    svc.loop.start()
+    try:
+        await _until(lambda: len(attempts) >= 3)
+    finally:
+        await svc.loop.stop()
+    assert "hub exploded" in svc.loop.health.last_error
+    assert svc.metrics.cycles.labels("error")._value.get() >= 3
+
+
+async def test_a_dead_loop_task_is_restarted():
+    svc = service(cycle_interval=0.05)
+    svc.loop = PolicyLoop(svc)
+    runs = []
+    real_run = svc.loop._run
+
+    async def dies_once():
+        runs.append(1)
+        if len(runs) == 1:
+            raise SystemError("bug outside the cycle")
+        await real_run()
+
+    svc.loop._run = dies_once  # type: ignore[method-assign]
+    svc.loop.observe = _never  # type: ignore[method-assign]
+    svc.loop.start()
+    try:
+        await _until(lambda: len(runs) >= 2)
+    finally:
+        await svc.loop.stop()
+    assert svc.loop.health.restarts == 1
+
+
+async def _never():
+    raise RuntimeError("not in this test")
+
+
+async def _until(predicate):
+    await exponential_backoff(predicate, "the loop never got there", timeout=10, max_wait=0.1)
+
+
+# ---- CLI -------------------------------------------------------------------------------------
+
+
+def test_cli_exit_codes_and_messages(capsys):
+    assert cli.main(["--url", "http://127.0.0.1:9/services/suspend/", "--token", "t", "list"]) == 3
+    assert "cannot reach" in capsys.readouterr().err
+    assert cli.main(["--url", "", "--token", "t", "list"]) == 2
+    assert cli.main(["--url", "http://x/", "--token", "t", "suspend", "a/b/c"]) == 2
+    with pytest.raises(SystemExit):
+        cli.main(["frobnicate"])
+
+
+async def test_cli_against_a_service(capsys):
+    seen = []
+
+    class Api(web.RequestHandler):
+        def prepare(self):
+            seen.append((self.request.method, self.request.path, self.request.body))
+            if self.request.headers.get("Authorization") != "token good":
+                raise web.HTTPError(401)
+
+        def write_error(self, status_code, **kwargs):
+            self.finish(json.dumps({"message": "bad token"}))
+
+        def get(self, path):
+            self.finish(
+                json.dumps(
+                    {
+                        "metrics": {"ok": True, "reason": ""},
+                        "servers": [
+                            {
+                                "user": "ann", "server_name": "", "state": "running",
+                                "utilisation": {"cpu_percent_of_request": {"max": 1.5}},
+                                "idle_seconds": 600, "checkpoint": None, "decision": None,
+                            }
+                        ],
+                    }
+                )
+            )  # fmt: skip
+
+        def delete(self, path):
+            self.finish(json.dumps({"message": "discarded; the next start is a fresh server"}))
+
+    sockets = bind_sockets(0, "127.0.0.1")
+    server = HTTPServer(web.Application([(r"/services/suspend/(.*)", Api)]))
+    server.add_sockets(sockets)
+    url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}/services/suspend/"
+    loop = asyncio.get_running_loop()
+
+    def run(*args):
+        return loop.run_in_executor(None, cli.main, ["--url", url, *args])
+
+    try:
+        assert await run("--token", "good", "list") == 0
+        out = capsys.readouterr().out
+        assert "ann" in out and "running" in out and "1.5" in out
+        assert await run("--token", "good", "discard", "ann/lab") == 0
+        assert seen[-1][:2] == ("DELETE", "/services/suspend/api/servers/ann/lab/checkpoint")
+        assert await run("--token", "bad", "list") == 1
+        assert "401: bad token" in capsys.readouterr().err
+    finally:
+        server.stop()
+
+
+# ---- benchmark smoke -------------------------------------------------------------------------
+
+
+async def test_the_benchmark_runs(tmp_path):
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    try:
+        import policy_cycle
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "r.json"
+    report = await policy_cycle.run([20], 1, str(out))
+    (r,) = report["results"]
+    assert r["servers"] == 20 and r["prometheus_queries_per_cycle"] == 8
+    assert r["hub_pages_per_cycle"] == 1
+    assert json.loads(out.read_text())["benchmark"] == "policy_cycle"
+
+
+def test_promql_names_default():
+    assert promql.MetricNames().pod == "pod"
