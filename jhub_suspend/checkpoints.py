@@ -133,11 +133,20 @@ def rfc3339(t: datetime.datetime) -> str:
     return t.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def image_repository(repository: str, namespace: str, pod: str) -> str:
+    """The image repository of a pod's checkpoints: one per pod, under the configured one."""
+    return f"{repository.rstrip('/')}/{_path_component(namespace)}/{_path_component(pod)}"
+
+
 def image_reference(repository: str, namespace: str, pod: str, now: datetime.datetime) -> str:
-    """Where a checkpoint of ``pod`` is pushed: one repository per pod, one tag per checkpoint."""
-    repo = repository.rstrip("/")
+    """Where a checkpoint of ``pod`` is pushed: one tag per checkpoint."""
     tag = now.astimezone(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"{repo}/{_path_component(namespace)}/{_path_component(pod)}:{tag}"
+    return f"{image_repository(repository, namespace, pod)}:{tag}"
+
+
+def pinned_image(repository: str, namespace: str, pod: str, digest: str) -> str:
+    """The reference of one checkpoint by digest, as a restore and a deletion name it."""
+    return f"{image_repository(repository, namespace, pod)}@{digest}"
 
 
 def _path_component(name: str) -> str:

@@ -17,6 +17,7 @@ from kubernetes_asyncio import client, config
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from jhub_suspend import images
+from jhub_suspend.checkpoints import pinned_image
 from jhub_suspend.demo.hub import start_hub
 from jhub_suspend.suspension import request_suspension, server_model
 from jhub_suspend.testing.hubapi import HubAPI
@@ -367,9 +368,10 @@ async def test_a_hub_crash_during_a_suspension_loses_nothing(hub, api, core):
 
 def _image_ref(server, cluster):
     """The checkpoint's image reference, from the registry (the state holds it sealed)."""
-    pod = server["state"]["pod_name"]
     digest = ours(server)["checkpoint"]["digest"]
-    return f"{cluster.checkpoint_repository}/default/{pod}@{digest}"
+    return pinned_image(
+        cluster.checkpoint_repository, "default", server["state"]["pod_name"], digest
+    )
 
 
 async def test_suspending_a_stopped_server_is_refused(hub, api, core):

@@ -14,7 +14,7 @@ from jupyterhub.utils import exponential_backoff
 from kubernetes_asyncio.client.rest import ApiException
 
 from ..agent.client import AgentError
-from ..checkpoints import _path_component
+from ..checkpoints import pinned_image
 from ..policy import KeepRunning
 from ..suspension import SuspensionError, request_suspension, server_model, server_path
 from . import observe
@@ -36,12 +36,6 @@ class ActionError(Exception):
 def _name(user: str, server_name: str) -> str:
     """``alice`` for a default server, ``alice/lab`` for a named one."""
     return f"{user}/{server_name}" if server_name else user
-
-
-def checkpoint_image_ref(repository: str, namespace: str, pod: str, digest: str) -> str:
-    """Where the spawner pushed a pod's checkpoint (see checkpoints.image_reference), pinned
-    by digest: the state's own reference is sealed with the hub's key."""
-    return f"{repository.rstrip('/')}/{_path_component(namespace)}/{_path_component(pod)}@{digest}"
 
 
 class Actions:
@@ -236,9 +230,7 @@ class Actions:
             raise ActionError(
                 409, f"the checkpoint of {_name(user, server_name)} is already discarded"
             )
-        ref = checkpoint_image_ref(
-            svc.checkpoint_repository, namespace, state.get("pod_name", ""), digest
-        )
+        ref = pinned_image(svc.checkpoint_repository, namespace, state.get("pod_name", ""), digest)
         deleted, message = await self.delete_image(ref)
         self.log.info(
             "Discarded the checkpoint %s of %s/%s (by %s)", digest, user, server_name, requested_by

@@ -24,8 +24,8 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from ..checkpoints import pinned_image
 from . import observe
-from .actions import checkpoint_image_ref
 
 if TYPE_CHECKING:
     from .app import SuspendService
@@ -83,9 +83,7 @@ class Retention:
                 continue
             done = status in ("restored", "discarded") and digest not in self._deleted
             if done and v.pod_name and self._old(ck.get("created"), now, keep):
-                ref = checkpoint_image_ref(
-                    svc.checkpoint_repository, v.namespace, v.pod_name, digest
-                )
+                ref = pinned_image(svc.checkpoint_repository, v.namespace, v.pod_name, digest)
                 deleted, _ = await actions.delete_image(ref)
                 if deleted:
                     self._deleted.add(digest)
