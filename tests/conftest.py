@@ -80,6 +80,18 @@ async def cluster(tmp_path_factory):
         await lc.down()
 
 
+@pytest_asyncio.fixture(scope="module")
+async def core(cluster):
+    """The real kubernetes_asyncio client, talking to the local cluster through its kubeconfig."""
+    from kubernetes_asyncio import client, config
+
+    api = await config.new_client_from_config(config_file=cluster.kubeconfig_path)
+    try:
+        yield client.CoreV1Api(api)
+    finally:
+        await api.close()
+
+
 @pytest_asyncio.fixture(scope="module", autouse=True)
 async def clean_pods():
     """Each module leaves the shared cluster's default namespace without pods."""

@@ -13,7 +13,7 @@ import time
 import pytest
 import pytest_asyncio
 from jupyterhub.utils import exponential_backoff
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 from prometheus_api_client import PrometheusConnect
 
 from jhub_suspend import images
@@ -44,15 +44,6 @@ async def hub(cluster, tmp_path_factory):
         yield h
     finally:
         await h.stop()
-
-
-@pytest_asyncio.fixture(scope="module")
-async def core(cluster):
-    api = await config.new_client_from_config(config_file=cluster.kubeconfig_path)
-    try:
-        yield client.CoreV1Api(api)
-    finally:
-        await api.close()
 
 
 async def wait_for(predicate, message, timeout=60):

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from jupyterhub.utils import exponential_backoff
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from traitlets.config import Config
 
@@ -92,15 +92,6 @@ async def hub(cluster, tmp_path_factory):
         yield h
     finally:
         await h.stop()
-
-
-@pytest_asyncio.fixture(scope="module")
-async def core(cluster):
-    api = await config.new_client_from_config(config_file=cluster.kubeconfig_path)
-    try:
-        yield client.CoreV1Api(api)
-    finally:
-        await api.close()
 
 
 @pytest.fixture
