@@ -97,6 +97,14 @@ class SuspendingKubeSpawner(KubeSpawner):
     def _default_agent_token(self) -> str:
         return os.environ.get("JHUB_SUSPEND_AGENT_TOKEN", "")
 
+    agent_ca_file = Unicode(
+        "", help="CA bundle that signed the agents' TLS certificates (for https agent URLs)."
+    ).tag(config=True)
+    agent_client_cert = Unicode(
+        "", help="Client certificate the hub presents to agents that require mTLS."
+    ).tag(config=True)
+    agent_client_key = Unicode("", help="Key of `agent_client_cert`.").tag(config=True)
+
     checkpoint_timeout = Float(
         300,
         help="Seconds a checkpoint may take, from the agent's start to the verified push.",
@@ -232,7 +240,17 @@ class SuspendingKubeSpawner(KubeSpawner):
 
     def agent_for(self, node: str, host_ip: str) -> AgentClient:
         url = self.agent_urls.get(node) or self.agent_url.format(node=node, host_ip=host_ip)
-        return AgentClient(url, self.agent_token, timeout=self.checkpoint_timeout)
+        return self._agent_client(url)
+
+    def _agent_client(self, url: str) -> AgentClient:
+        return AgentClient(
+            url,
+            self.agent_token,
+            timeout=self.checkpoint_timeout,
+            ca_file=self.agent_ca_file or None,
+            client_cert=self.agent_client_cert or None,
+            client_key=self.agent_client_key or None,
+        )
 
     async def suspend(self, pod: dict[str, Any], reason: str) -> Checkpoint:
         """Checkpoint the running pod through its node's agent; the pod is not touched."""
@@ -412,8 +430,7 @@ class SuspendingKubeSpawner(KubeSpawner):
         if pod and pod["spec"].get("nodeName"):
             return self.agent_for(pod["spec"]["nodeName"], pod["status"].get("hostIP", ""))
         if self.agent_urls:
-            url = next(iter(self.agent_urls.values()))
-            return AgentClient(url, self.agent_token, timeout=self.checkpoint_timeout)
+            return self._agent_client(next(iter(self.agent_urls.values())))
         return None
 
     async def get_pod_manifest(self) -> Any:
