@@ -1,0 +1,126 @@
+"""SuspendingKubeSpawner's own decisions, without a hub or a cluster (KubeSpawner's _mock)."""
+
+import pytest
+from traitlets import TraitError
+from traitlets.config import Config
+
+from jhub_suspend.checkpoints import (
+    SUSPEND_REQUEST_ANNOTATION,
+    Checkpoint,
+    LastError,
+    NodeFacts,
+    Status,
+)
+from jhub_suspend.spawner import STATE_KEY, SuspendingKubeSpawner, human_size
+
+
+@pytest.fixture(autouse=True)
+def kubeconfig(tmp_path, monkeypatch):
+    """KubeSpawner makes its API client when it is created; give it a cluster it never calls."""
+    from kubernetes_asyncio.config import kube_config
+
+    from jhub_suspend.localcluster.apiserver import write_kubeconfig
+
+    path = tmp_path / "kubeconfig"
+    write_kubeconfig(str(path), "http://127.0.0.1:9", token="unused")
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
+    yield
+    # KubeSpawner keeps one client per event loop; later tests must not inherit this one.
+    from kubespawner import clients
+
+    clients._client_cache.clear()
+
+
+def spawner(**config):
+    c = Config()
+    for key, value in config.items():
+        setattr(c.SuspendingKubeSpawner, key, value)
+    return SuspendingKubeSpawner(_mock=True, config=c)
+
+
+def pod(annotations=None, deleting=False):
+    meta = {"name": "jupyter-alice", "annotations": annotations or {}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-30T00:00:00Z"
+    return {"metadata": meta, "spec": {}}
+
+
+def record(status=Status.SUSPENDED):
+    return Checkpoint(
+        image="reg/jhub-suspend/default/jupyter-alice@sha256:" + "c" * 64,
+        digest="sha256:" + "c" * 64,
+        size=10,
+        created="2026-11-30T00:00:00Z",
+        reason="idle",
+        container="notebook",
+        original_image="img",
+        node=NodeFacts("n", "amd64"),
+        status=status,
+    )
+
+
+async def test_a_stop_suspends_only_when_asked_or_configured():
+    s = spawner()
+    assert s.suspend_reason(pod()) is None
+    assert s.suspend_reason(pod({SUSPEND_REQUEST_ANNOTATION: "idle"})) == "idle"
+    # A pod that is already being deleted cannot be checkpointed.
+    assert s.suspend_reason(pod({SUSPEND_REQUEST_ANNOTATION: "idle"}, deleting=True)) is None
+    assert s.suspend_reason(None) is None
+    assert spawner(suspend_on_stop=True).suspend_reason(pod()) == "stop"
+
+
+async def test_the_checkpoint_survives_the_hubs_clear_state():
+    s = spawner()
+    s.checkpoint = record()
+    s.last_error = LastError("restore", "msg", "2026-11-30T00:00:00Z", "detail")
+    s.clear_state()  # JupyterHub calls this after every stop
+    state = s.get_state()
+    fresh = spawner()
+    fresh.load_state(state)
+    assert fresh.checkpoint == record()
+    assert fresh.last_error == s.last_error
+    assert fresh.suspended
+    assert state[STATE_KEY]["checkpoint"]["status"] == "suspended"
+
+
+async def test_only_restorable_checkpoints_make_a_server_suspended():
+    s = spawner()
+    for status in (Status.RESTORE_FAILED, Status.RESTORED, Status.DISCARDED, Status.RESTORING):
+        s.checkpoint = record(status)
+        assert not s.suspended, status
+
+
+async def test_agent_urls_and_tls_settings():
+    s = spawner(
+        agent_url="https://{host_ip}:9771",
+        agent_urls={"special": "http://10.0.0.9:1"},
+        agent_token="t0k3n",
+        agent_ca_file="/ca.pem",
+        agent_client_cert="/c.pem",
+        agent_client_key="/k.pem",
+    )
+    client = s.agent_for("node-a", "192.0.2.7")
+    assert client.base_url == "https://192.0.2.7:9771"
+    assert (client.ca_file, client.client_cert, client.client_key) == (
+        "/ca.pem",
+        "/c.pem",
+        "/k.pem",
+    )
+    assert "t0k3n" not in repr(client)
+    assert s.agent_for("special", "192.0.2.8").base_url == "http://10.0.0.9:1"
+
+
+async def test_bad_repository_is_refused_with_a_clear_message():
+    with pytest.raises(TraitError, match="without a scheme"):
+        spawner(checkpoint_repository="https://registry.example.org/ckpt")
+    assert spawner(checkpoint_repository="registry.example.org/ckpt/").checkpoint_repository == (
+        "registry.example.org/ckpt"
+    )
+
+
+async def test_human_sizes():
+    assert [human_size(n) for n in (512, 32_645_392, 1_200_000_000)] == [
+        "512 B",
+        "32.6 MB",
+        "1.2 GB",
+    ]
