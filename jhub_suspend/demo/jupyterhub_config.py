@@ -10,6 +10,8 @@ import json
 import os
 import sys
 
+import jhub_suspend
+
 c = get_config()  # type: ignore[name-defined]  # noqa: F821
 
 with open(os.environ["JHUB_SUSPEND_CLUSTER"]) as f:
@@ -42,6 +44,13 @@ c.SharedPasswordAuthenticator.admin_password = os.environ["JHUB_SUSPEND_ADMIN_PA
 c.Authenticator.admin_users = {"admin"}
 c.Authenticator.allow_all = True
 c.JupyterHub.allow_named_servers = True
+# The hub UI of jhub-suspend (templates/ of this repository, next to the jhub_suspend package):
+# Suspend/Resume/Discard on the home page, restore progress, the warning banner.
+c.JupyterHub.template_paths = [
+    os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(jhub_suspend.__file__))), "templates"
+    )
+]
 
 if token := os.environ.get("JHUB_SUSPEND_SERVICE_TOKEN"):
     # A token for the tests and the demo's self-check, with admin rights on servers and users.

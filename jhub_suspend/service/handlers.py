@@ -427,8 +427,10 @@ def routes(service: SuspendService) -> list[tuple]:
     seg = r"([^/]+)"
     act = r"(suspend|resume|checkpoint|keep-running)"
     kw = {"service": service}
+    from .ui import routes as ui_routes  # the admin page, login, session, charts, static files
+
     return [
-        (p.rstrip("/") + "/?", IndexHandler, kw),
+        *ui_routes(service),
         (f"{p}oauth_callback", OAuthCallbackHandler, kw),
         (f"{p}metrics", MetricsHandler, kw),
         (f"{p}health", HealthHandler, kw),

@@ -1,0 +1,223 @@
+"""The hub UI in a real browser: Debian's headless Chromium driven by Playwright against the demo
+hub on the local cluster.
+
+One story: a user logs in and starts a server, runs code in a kernel, clicks Suspend and sees
+Suspended while the pod is gone, clicks Resume, watches the restore's progress, and finds the
+kernel's variable back. The same run opens the admin page as the admin, and as the user (403).
+Screenshots go to test-artifacts/ and are copied to docs/screenshots/.
+
+No browser is downloaded: Chromium is /usr/bin/chromium (``JHUB_SUSPEND_CHROMIUM``). If it or
+Playwright is missing the test fails and says so; it never skips.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from jupyterhub.utils import exponential_backoff
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from jhub_suspend.demo.hub import start_hub
+from jhub_suspend.testing.hubapi import HubAPI
+from jhub_suspend.testing.kernel import KernelClient
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+DOCS_SCREENSHOTS = ROOT / "docs" / "screenshots"
+CHROMIUM = os.environ.get("JHUB_SUSPEND_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+USER = "ana"
+# The pending page is shown at once (not after 10 s), so a restore of a few seconds shows on it.
+HUB_CONFIG = 'c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}'
+SERVICE_CONFIG = "c.SuspendService.cycle_interval = 3"
+
+
+def _playwright():
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        pytest.fail("playwright is missing: install the test extras (pip install -e '.[test]')")
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (no browser is downloaded)")
+    return async_playwright
+
+
+@pytest_asyncio.fixture(scope="module")
+async def hub(cluster, tmp_path_factory):
+    h = await start_hub(
+        cluster.describe(),
+        str(tmp_path_factory.mktemp("hub")),
+        extra_config=HUB_CONFIG,
+        service_config=SERVICE_CONFIG,
+    )
+    try:
+        yield h
+    finally:
+        await h.stop()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def core(cluster):
+    api = await config.new_client_from_config(config_file=cluster.kubeconfig_path)
+    try:
+        yield client.CoreV1Api(api)
+    finally:
+        await api.close()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def browser():
+    async_playwright = _playwright()
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+async def wait_for(predicate, message, timeout=60):
+    return await exponential_backoff(predicate, message, timeout=timeout, max_wait=1)
+
+
+async def login(browser, hub, user: str, password: str, width: int = 1100):
+    context = await browser.new_context(viewport={"width": width, "height": 680})
+    context.set_default_timeout(60_000)
+    page = await context.new_page()
+    page.on("pageerror", lambda e: errors.append(f"{page.url}: {e}"))
+    # next=home: without it the hub starts the user's server right after the login
+    await page.goto(f"{hub.url}/hub/login?next=%2Fhub%2Fhome")
+    await page.fill("#username_input", user)
+    await page.fill("#password_input", password)
+    await page.click("#login_submit")
+    await page.wait_for_url("**/hub/home")
+    # The home page logs in to the service once (a navigation through the hub's OAuth).
+    await page.wait_for_selector("body[data-jhs-ready]")
+    return context, page
+
+
+errors: list[str] = []
+
+
+async def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+async def pod_gone(core, name: str) -> bool:
+    try:
+        await core.read_namespaced_pod(name, "default")
+    except ApiException as e:
+        if e.status == 404:
+            return True
+        raise
+    return False
+
+
+async def test_suspend_and_resume_in_the_browser(hub, core, browser):
+    errors.clear()
+    api = HubAPI(hub.api_url, hub.service_token)
+    await api.ensure_user(USER)
+    context, page = await login(browser, hub, USER, hub.user_password)
+
+    # 1. Start a server from the home page.
+    await page.goto(f"{hub.url}/hub/home")
+    await page.click("#start")
+    await page.wait_for_url(f"**/user/{USER}/**", timeout=120_000)
+
+    # 2. Run code in its kernel, through the server's own API.
+    kernel = KernelClient(f"{hub.url}/user/{USER}/", hub.service_token)
+    await kernel.start()
+    await kernel.execute("secret = 6 * 7")
+
+    # 3. Suspend from the home page; the pod goes, the page says Suspended.
+    await page.goto(f"{hub.url}/hub/home")
+    # The first visit logs in to the service (one navigation through the hub's OAuth).
+    await page.wait_for_url(f"{hub.url}/hub/home")
+    suspend = page.locator("#jhs-alerts ~ .container .jhs-suspend, .jhs-suspend").first
+    await suspend.wait_for(state="visible")
+    await page.wait_for_selector("body[data-jhs-ready=true]")
+    assert await suspend.is_enabled()
+
+    # The keep-running switch shows once the service's cycle has listed the server.
+    switch = page.locator(".jhs-keep-running input")
+
+    async def switch_shown():
+        if await switch.is_visible():
+            return True
+        await page.reload()
+        await page.wait_for_selector("body[data-jhs-ready]")
+        return False
+
+    await wait_for(switch_shown, "the keep-running switch never showed", 30)
+    await switch.check()
+    await page.wait_for_selector("#jhs-alerts .alert-success")
+    assert "kept running" in (await page.text_content("#jhs-alerts .alert-success") or "")
+    await shot(page, "home-running")
+    await switch.uncheck()
+    await page.wait_for_selector("#jhs-alerts .alert-success >> text=may be suspended")
+    await suspend.click()
+    await page.wait_for_selector(".jhs-suspended-badge", state="visible", timeout=150_000)
+    assert await pod_gone(core, f"jupyter-{USER}"), "the pod still exists after Suspend"
+    checkpoint = await page.text_content(".jhs-checkpoint")
+    assert "MB" in (checkpoint or ""), checkpoint
+    start = page.locator("#start")
+    assert "Resume" in (await start.text_content() or "")
+    assert await page.locator(".jhs-discard").is_visible()
+    await page.wait_for_selector("body[data-jhs-ready=true]")
+    await shot(page, "home-suspended")
+
+    # 4. Resume: the pending page shows the restore, then the kernel has its variable.
+    await start.click()
+    await page.wait_for_url("**/hub/spawn-pending/**")
+    step = page.locator(".jhs-restore-step").first
+    await step.wait_for(state="visible", timeout=60_000)
+    text = await step.text_content() or ""
+    assert text.startswith("Restoring your saved session: pulling a checkpoint of"), text
+    assert "MB" in text, text
+    with contextlib.suppress(Exception):  # the page may already be on its way to the server
+        await shot(page, "spawn-pending-restore")
+    await page.wait_for_url(f"**/user/{USER}/**", timeout=120_000)
+    assert (await kernel.execute("print(secret)")).strip() == "42"
+    assert not await page.locator(".jhs-restore-failed").count()
+
+    # The admin page: a user gets the hub-styled 403 page.
+    resp = await page.goto(f"{hub.url}/services/suspend/")
+    await page.wait_for_url(f"{hub.url}/services/suspend/")
+    resp = await page.reload()
+    assert resp is not None and resp.status == 403
+    assert "403" in (await page.text_content("#jhs-forbidden") or "")
+    assert await page.locator("nav.navbar").count() == 1
+    await shot(page, "admin-forbidden")
+    await context.close()
+
+    # ... and the admin sees every server.
+    context, page = await login(browser, hub, "admin", hub.admin_password, width=1400)
+    await page.goto(f"{hub.url}/services/suspend/")
+    await page.wait_for_url(f"{hub.url}/services/suspend/")
+    row = page.locator(f'#jhs-servers tbody tr[data-user="{USER}"]')
+    await row.wait_for(state="visible")
+    await page.wait_for_selector("#jhs-chart-cpu .uplot, #jhs-chart-cpu .jhs-chart-empty")
+    await shot(page, "admin")
+    await context.close()
+
+    assert not errors, f"JavaScript errors: {errors}"
+    DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for png in ARTIFACTS.glob("*.png"):
+        shutil.copy(png, DOCS_SCREENSHOTS / png.name)
+    await api.stop_server(USER)
