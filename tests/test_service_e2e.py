@@ -455,7 +455,7 @@ async def test_users_act_on_their_own_servers_only(hub, api):
         return op if op["status"] != "running" else False
 
     op = await wait_for(finished, "the suspension never finished", 120)
-    assert op["status"] == "succeeded", op
+    assert op["status"] == "succeeded", json.dumps(op)
     assert op["result"]["checkpoint"]["size"] > 1_000_000
 
     status, body = await call(hub, "POST", "api/servers/kim/resume", kim)

@@ -54,8 +54,13 @@ class KernelClient:
         self.kernel_id = kernel["id"]
         return kernel["id"]
 
-    async def execute(self, code: str) -> str:
-        """Run ``code`` in the kernel and return what it printed (stdout and results)."""
+    async def execute(self, code: str, store_history: bool = True) -> str:
+        """Run ``code`` in the kernel and return what it printed (stdout and results).
+
+        With ``store_history=False`` the kernel does not write the cell to its history
+        database, which a probe must not do on a server whose checkpoint is to be restored:
+        the restored kernel would write the same history line again.
+        """
         if not self.kernel_id:
             raise KernelError("no kernel: call start() first or pass kernel_id")
         ws_url = self.server_url.replace("http", "ws", 1).rstrip("/")
@@ -67,15 +72,15 @@ class KernelClient:
             )
         )
         try:
-            return await self._run(conn, code)
+            return await self._run(conn, code, store_history)
         finally:
             conn.close()
 
-    async def _run(self, conn, code: str) -> str:
+    async def _run(self, conn, code: str, store_history: bool) -> str:
         import asyncio
 
         msg_id = uuid.uuid4().hex
-        conn.write_message(json.dumps(_execute_request(msg_id, code)))
+        conn.write_message(json.dumps(_execute_request(msg_id, code, store_history)))
         out: list[str] = []
         done_reply = done_idle = False
         async with asyncio.timeout(self.timeout):
@@ -100,7 +105,7 @@ class KernelClient:
         return "".join(out)
 
 
-def _execute_request(msg_id: str, code: str) -> dict:
+def _execute_request(msg_id: str, code: str, store_history: bool) -> dict:
     return {
         "header": {
             "msg_id": msg_id,
@@ -115,7 +120,7 @@ def _execute_request(msg_id: str, code: str) -> dict:
         "content": {
             "code": code,
             "silent": False,
-            "store_history": True,
+            "store_history": store_history,
             "user_expressions": {},
             "allow_stdin": False,
             "stop_on_error": True,
