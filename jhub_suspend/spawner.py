@@ -359,7 +359,16 @@ class SuspendingKubeSpawner(KubeSpawner):
         return True
 
     def _discard_requested(self) -> bool:
-        return bool((self.user_options or {}).get("discard_checkpoint"))
+        """Whether this start was asked to discard the checkpoint. The flag is consumed:
+        JupyterHub keeps a start's options as the default for later starts, and a later
+        resume must not discard a newer checkpoint."""
+        options: dict[str, Any] = dict(self.user_options or {})  # type: ignore[has-type]
+        requested = bool(options.pop("discard_checkpoint", False))
+        if requested:
+            self.user_options = options
+            if self.orm_spawner is not None:
+                self.orm_spawner.user_options = options
+        return requested
 
     async def _adopt_running_pod(self) -> tuple[str, int] | str | None:
         """A pod that kept running (a suspension that failed, or a hub that restarted) is the

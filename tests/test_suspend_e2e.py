@@ -320,6 +320,7 @@ async def test_discarding_the_checkpoint_starts_fresh(hub, api, core, cluster):
     await start_with_progress(hub, api, user, options={"discard_checkpoint": True})
     server = await server_model(api.request, user)
     assert ours(server)["checkpoint"] is None
+    assert "discard_checkpoint" not in (server.get("user_options") or {})  # consumed
     with pytest.raises(images.ImageNotFound):
         await images.inspect(ref)
     assert kernel.kernel_id not in [k["id"] for k in await kernel.kernels()]
