@@ -58,6 +58,15 @@ class Demo(Application):
                 user_password=self.user_password,
                 admin_password=self.admin_password,
             )
+            # The admin page's charts of reclaimed capacity and suspensions come from the
+            # service's own metrics, through Prometheus.
+            await cluster.add_scrape_job(
+                {
+                    "job": "jhub-suspend-service",
+                    "targets": [hub.url.split("://", 1)[1]],
+                    "metrics_path": "/services/suspend/metrics",
+                }
+            )
             print(
                 f"\njhub-suspend demo is running at {hub.url}/\n"
                 f"  users: any name (e.g. alice, bob), password {self.user_password}\n"

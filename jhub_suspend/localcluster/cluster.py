@@ -163,6 +163,8 @@ class LocalCluster(Application):
         }
         self.tokens = tokens
         self.agent_urls: dict[str, str] = {}
+        self._prometheus: services.PrometheusProcess | None = None
+        self._extra_scrape_jobs: list[dict] = []
         self.store = Store()
         self.kubelets: list[Kubelet] = []
         self.network = PodNetwork(
@@ -238,6 +240,7 @@ class LocalCluster(Application):
                 timeout=self.ready_timeout,
             )
             self.prometheus_url = prom.url
+            self._prometheus = prom
 
         if self.start_agents and self.registry_host:
             await self._start_agents()
@@ -343,6 +346,12 @@ class LocalCluster(Application):
     def kubelet(self, node: str) -> Kubelet:
         return next(k for k in self.kubelets if k.node.name == node)
 
+    async def add_scrape_job(self, job: dict) -> None:
+        """Have Prometheus also scrape ``job`` (e.g. the hub's suspend service)."""
+        self._extra_scrape_jobs.append(job)
+        if self._prometheus is not None:
+            await self._prometheus.set_targets(self.scrape_targets())
+
     def scrape_targets(self) -> list[dict]:
         kubelets = [f"{k.address}:{k.port}" for k in self.kubelets]
         return [
@@ -358,6 +367,7 @@ class LocalCluster(Application):
                 "targets": [self.ksm_url.split("://", 1)[1]],
                 "metrics_path": "/metrics",
             },
+            *self._extra_scrape_jobs,
         ]
 
     def describe(self) -> dict:
