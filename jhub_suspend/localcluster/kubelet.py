@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import json
 import logging
 import os
@@ -39,7 +38,7 @@ from . import metrics
 from .network import NetnsInfo, PodNetwork
 from .podstatus import set_condition
 from .runtime import ContainerProcess, Runtime
-from .store import ApiError, Store
+from .store import ApiError, Store, rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +47,6 @@ RUNTIME_NAME = "jhub-suspend-localcluster"
 
 # authorize(token, verb, resource, subresource) -> username, or None when not allowed.
 Authorizer = Callable[[str | None, str, str, str], str | None]
-
-
-def rfc3339(t: float) -> str:
-    return (
-        datetime.datetime.fromtimestamp(t, datetime.UTC).replace(microsecond=0).isoformat()
-    ).replace("+00:00", "Z")
 
 
 def machine_arch() -> str:
