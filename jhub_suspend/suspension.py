@@ -15,7 +15,7 @@ from jupyterhub.utils import exponential_backoff
 from kubernetes_asyncio.client import CoreV1Api
 from kubernetes_asyncio.client.rest import ApiException
 
-from .checkpoints import SUSPEND_REQUEST_ANNOTATION
+from .checkpoints import SUSPEND_REQUEST_ANNOTATION, Status
 
 # request(method, path, body) -> parsed JSON, against the hub's REST API (e.g. /hub/api)
 HubRequest = Callable[[str, str, Any], Awaitable[Any]]
@@ -53,7 +53,8 @@ async def request_suspension(
     """Suspend a running server and wait until the hub has stopped it.
 
     Returns the server's model afterwards: its state says whether it was checkpointed
-    (``state.jhub_suspend.checkpoint``) or why not (``state.jhub_suspend.last_error``).
+    (``state.jhub_suspend.checkpoint``) or why not (``state.jhub_suspend.last_error``). When
+    the checkpoint failed, the server is running again when this returns.
     """
     server = await server_model(hub, user, server_name)
     if not server or not server.get("ready"):
@@ -77,6 +78,32 @@ async def request_suspension(
         s = await server_model(hub, user, server_name)
         return s if s is not None and not s.get("ready") and not s.get("pending") else False
 
-    return await exponential_backoff(
+    after = await exponential_backoff(
         stopped, f"server {user}/{server_name} did not stop within {timeout}s", timeout=timeout
     )
+    if not kept_running(after):
+        return after
+
+    # The checkpoint failed and the spawner left the pod running, but JupyterHub ends a server
+    # whenever stop() returns. Start it again at once: the spawner adopts the live pod (nothing
+    # restarts), so the hub routes to it and the user keeps a running server.
+    await hub("POST", server_path(user, server_name), None)
+
+    async def running_again() -> dict | bool:
+        s = await server_model(hub, user, server_name)
+        return s if s is not None and s.get("ready") else False
+
+    return await exponential_backoff(
+        running_again,
+        f"server {user}/{server_name} was kept running but the hub did not take it back",
+        timeout=timeout,
+    )
+
+
+def kept_running(server: dict) -> bool:
+    """Whether a stopped server's suspension failed and its pod was left running."""
+    ours = (server.get("state") or {}).get("jhub_suspend") or {}
+    checkpoint = ours.get("checkpoint") or {}
+    error = ours.get("last_error") or {}
+    restorable = checkpoint.get("status") in (Status.VERIFIED, Status.SUSPENDED)
+    return error.get("operation") == "suspend" and not restorable

@@ -228,6 +228,7 @@ async def test_a_failed_checkpoint_leaves_the_server_running(hub, api, core, tmp
     kernel = KernelClient(server_url(hub, user), hub.service_token)
     await kernel.start()
     await kernel.execute("y = 'still here'")
+    uid = (await core.read_namespaced_pod("jupyter-dave", "default")).metadata.uid
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     path = str(tmp_path / "host.sock")
     listener.bind(path)
@@ -239,6 +240,8 @@ async def test_a_failed_checkpoint_leaves_the_server_running(hub, api, core, tmp
         after = await suspend(hub, api, core, user)
     finally:
         listener.close()
+    # The hub has the live server back at once; the user never had to start anything.
+    assert after["ready"], after
     error = ours(after)["last_error"]
     assert error["operation"] == "suspend"
     assert "Suspending failed, the server keeps running" in error["message"]
@@ -247,8 +250,8 @@ async def test_a_failed_checkpoint_leaves_the_server_running(hub, api, core, tmp
     pod = await core.read_namespaced_pod("jupyter-dave", "default")
     assert pod.status.phase == "Running"
     assert pod.metadata.deletion_timestamp is None
+    assert pod.metadata.uid == uid  # the same pod, adopted, not a new one
 
-    await api.start_server(user)
     assert await kernel.execute("print(y)") == "still here\n"
     await api.stop_server(user)
 
