@@ -559,19 +559,7 @@ async def test_with_prometheus_stopped_nothing_is_suspended(hub, api, cluster):
             assert status == 503 and "Prometheus" in body["message"]
             assert (await api.server("fay")).get("ready")
         finally:
-            new = PrometheusProcess(
-                old.name,
-                old.argv,
-                log_path=old.log_path,
-                env=old.env,
-                cwd=old.cwd,
-                url=old.url,
-                ready_url=old.ready_url,
-                group=old.group,
-                config_path=old.config_path,
-                scrape_interval=old.scrape_interval,
-                evaluation_interval=old.evaluation_interval,
-            )
+            new = old.respawn()
             await new.start()
             await new.wait_ready(timeout=60)
 

@@ -41,16 +41,7 @@ class Hub:
         # process when this process runs pods (a child subreaper), and must be reaped here,
         # or its zombie looks alive and the new hub refuses to start.
         reaper = asyncio.ensure_future(_reap_when_dead(self._proxy_pid()))
-        self.process = services.ManagedProcess(
-            old.name,
-            old.argv,
-            log_path=old.log_path,
-            env=old.env,
-            cwd=old.cwd,
-            url=old.url,
-            ready_url=old.ready_url,
-            group=old.group,
-        )
+        self.process = old.respawn()
         await self.process.start()
         try:
             await self.process.wait_ready(timeout=timeout)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import copy
 import ctypes
 import inspect
 import json
@@ -281,6 +282,14 @@ class ManagedProcess:
 
     def log_tail(self, lines: int = 30) -> str:
         return log_tail(self.log_path, lines)
+
+    def respawn(self) -> ManagedProcess:
+        """A new, unstarted process like this one (same command, log, URLs, group): for
+        starting a server again after it stopped or was killed."""
+        twin = copy.copy(self)
+        twin._proc = None
+        twin._stopping = None
+        return twin
 
     async def start(self) -> ManagedProcess:
         if self._proc is not None:
