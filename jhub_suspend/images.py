@@ -38,6 +38,10 @@ class ImageNotFound(ImageError):
     """The registry has no such image (manifest or repository unknown)."""
 
 
+class ImagePushFailed(ImageError):
+    """The image was built but the registry did not take it."""
+
+
 @dataclass
 class ImageConfig:
     """Where buildah keeps its working containers and images, and command time limits."""
@@ -71,7 +75,8 @@ class ImageConfig:
 #: the configuration used when a call does not pass one (the cluster may replace it)
 default_config = ImageConfig()
 
-_NOT_FOUND_MARKERS = ("manifest unknown", "name unknown", "not found")
+# skopeo delete says "Image may not exist" for an image that is already gone.
+_NOT_FOUND_MARKERS = ("manifest unknown", "name unknown", "not found", "may not exist")
 
 
 def _is_not_found(message: str) -> bool:
@@ -111,6 +116,8 @@ def _error(action: str, ref: str, e: CommandError) -> ImageError:
         return ImageError(f"{action} {ref} timed out: {reason}")
     if _is_not_found(reason):
         return ImageNotFound(f"{action} {ref}: image not found ({reason})")
+    if action == "pushing":
+        return ImagePushFailed(f"{action} {ref} failed: {reason}")
     return ImageError(f"{action} {ref} failed: {reason}")
 
 

@@ -158,7 +158,7 @@ async def test_checkpoint_pushes_verifies_then_deletes_the_archive(fakes, ckpt_d
 @pytest.mark.parametrize(
     ("error", "expected"),
     [
-        (images.ImageError("pushing x failed: connection refused"), RegistryUnavailable),
+        (images.ImagePushFailed("pushing x failed: connection refused"), RegistryUnavailable),
         (images.ImageError("building checkpoint image x failed: disk full"), ImageBuildFailed),
     ],
 )

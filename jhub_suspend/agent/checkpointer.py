@@ -306,9 +306,9 @@ class Checkpointer:
     async def _push(self, archive: str, ref: str, annotations: Mapping[str, str]) -> str:
         try:
             return await self.images.build_and_push(archive, ref, annotations)
+        except images.ImagePushFailed as e:
+            raise RegistryUnavailable(f"registry: {e}") from e
         except images.ImageError as e:
-            if str(e).startswith("pushing"):
-                raise RegistryUnavailable(f"registry: {e}") from e
             raise ImageBuildFailed(f"building the checkpoint image failed: {e}") from e
 
     async def _verify(self, ref: str, digest: str, annotations: Mapping[str, str]) -> int:
