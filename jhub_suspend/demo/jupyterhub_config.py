@@ -44,6 +44,9 @@ c.SharedPasswordAuthenticator.admin_password = os.environ["JHUB_SUSPEND_ADMIN_PA
 c.Authenticator.admin_users = {"admin"}
 c.Authenticator.allow_all = True
 c.JupyterHub.allow_named_servers = True
+# A restore takes a few seconds; show the spawn page at once so its progress (pulling the
+# checkpoint, restoring, or why it fell back to a fresh server) is seen, not skipped.
+c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}
 # The hub UI of jhub-suspend (templates/ of this repository, next to the jhub_suspend package):
 # Suspend/Resume/Discard on the home page, restore progress, the warning banner.
 c.JupyterHub.template_paths = [
