@@ -4,7 +4,8 @@ hub on the local cluster.
 One story: a user logs in and starts a server, runs code in a kernel, clicks Suspend and sees
 Suspended while the pod is gone, clicks Resume, watches the restore's progress, and finds the
 kernel's variable back. The same run opens the admin page as the admin, and as the user (403).
-Screenshots go to test-artifacts/ and are copied to docs/screenshots/.
+Screenshots go to test-artifacts/; with JHUB_SUSPEND_UPDATE_DOCS=1 they also replace the ones
+in docs/screenshots/ (a test run does not otherwise change tracked files).
 
 No browser is downloaded: Chromium is /usr/bin/chromium (``JHUB_SUSPEND_CHROMIUM``). If it or
 Playwright is missing the test fails and says so; it never skips.
@@ -217,7 +218,8 @@ async def test_suspend_and_resume_in_the_browser(hub, core, browser):
     await context.close()
 
     assert not errors, f"JavaScript errors: {errors}"
-    DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    for png in ARTIFACTS.glob("*.png"):
-        shutil.copy(png, DOCS_SCREENSHOTS / png.name)
+    if os.environ.get("JHUB_SUSPEND_UPDATE_DOCS") == "1":
+        DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        for png in ARTIFACTS.glob("*.png"):
+            shutil.copy(png, DOCS_SCREENSHOTS / png.name)
     await api.stop_server(USER)
