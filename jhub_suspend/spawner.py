@@ -203,9 +203,23 @@ class SuspendingKubeSpawner(KubeSpawner):
             self.log.exception("Stopping %s failed", self._log_name)
             raise
 
+    async def _current_pod(self) -> dict[str, Any] | None:
+        """The pod as the API has it now. The reflector may lag behind a suspension mark set a
+        moment ago, and a stop that missed the mark would delete the pod without a checkpoint."""
+        try:
+            pod = await self.api.read_namespaced_pod(self.pod_name, self.namespace)
+            return self.api.api_client.sanitize_for_serialization(pod)  # the API's JSON shape
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            self.log.warning(
+                "Reading pod %s failed (%s); using the reflector's copy", self.pod_name, e
+            )
+            return self.pod_reflector.pods.get(self._ref_key())
+
     async def _stop(self, now: bool) -> None:
         await self._start_watching_pods()
-        pod = self.pod_reflector.pods.get(self._ref_key())
+        pod = await self._current_pod()
         reason = None if now else self.suspend_reason(pod)
         if pod is None or reason is None:
             self.will_resume = self.suspended

@@ -577,7 +577,8 @@ def free_port() -> int:
 
 def holder_pod(name: str) -> dict:
     """A pod whose process holds some memory, so the checkpoint has something in it."""
-    script = "import time\ndata = bytearray(16 << 20)\nwhile True:\n    time.sleep(1)\n"
+    # Non-zero bytes: pages of zeros are never touched, so they would not be in the dump.
+    script = "import time\ndata = b'x' * (16 << 20)\nwhile True:\n    time.sleep(1)\n"
     return {
         "metadata": {"name": name, "labels": {"app": "agent-test"}},
         "spec": {
@@ -607,7 +608,18 @@ async def pod(cluster) -> AsyncIterator[dict]:
     name = f"agent-{secrets.token_hex(3)}"
     cluster.store.create("pods", "default", holder_pod(name))
     try:
-        yield await wait_running(cluster.store, name)
+        running = await wait_running(cluster.store, name)
+        kubelet = cluster.kubelet(running["spec"]["nodeName"])
+
+        def holding_memory():
+            # Running means started; the checkpoint needs the program to have its memory.
+            used = [u.working_set_bytes for u in kubelet.usage() if u.pod == name]
+            return bool(used) and used[0] > 16 << 20
+
+        await exponential_backoff(
+            holding_memory, f"pod {name} never held its memory", timeout=30, max_wait=0.5
+        )
+        yield running
     finally:
         cluster.store.delete("pods", "default", name, grace_period_seconds=0)
         await exponential_backoff(
