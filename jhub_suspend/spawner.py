@@ -388,7 +388,9 @@ class SuspendingKubeSpawner(KubeSpawner):
         """A pod that kept running (a suspension that failed, or a hub that restarted) is the
         user's live server: start returns it instead of replacing it."""
         await self._start_watching_pods()
-        pod = self.pod_reflector.pods.get(self._ref_key())
+        # From the API, not the reflector: the mark was set moments ago by the failed stop,
+        # and missing it would make KubeSpawner replace the live pod.
+        pod = await self._current_pod()
         annotations = (pod or {}).get("metadata", {}).get("annotations") or {}
         if ck.SUSPEND_FAILED_ANNOTATION not in annotations or not self.is_pod_running(pod):
             return None
