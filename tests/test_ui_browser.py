@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from jupyterhub.utils import exponential_backoff
-from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from jhub_suspend.demo.hub import start_hub
@@ -70,15 +69,6 @@ async def hub(cluster, tmp_path_factory):
         yield h
     finally:
         await h.stop()
-
-
-@pytest_asyncio.fixture(scope="module")
-async def core(cluster):
-    api = await config.new_client_from_config(config_file=cluster.kubeconfig_path)
-    try:
-        yield client.CoreV1Api(api)
-    finally:
-        await api.close()
 
 
 @pytest_asyncio.fixture(scope="module")
