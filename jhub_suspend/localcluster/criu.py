@@ -80,34 +80,38 @@ def dump_args(
     """
     if pid <= 0:
         raise ValueError(f"invalid pid {pid}")
-    if tcp_established and tcp_close:
-        raise ValueError("tcp_established and tcp_close are mutually exclusive")
-    argv = [
-        criu_path,
-        "dump",
-        "--tree",
-        str(pid),
-        "--images-dir",
-        images_dir,
-        "--log-file",
-        log_file,
-        f"-v{LOG_LEVEL}",
-    ]
-    if work_dir is not None:
-        argv += ["--work-dir", work_dir]
+    argv = [criu_path, "dump", "--tree", str(pid)]
+    argv += _common_options(images_dir, log_file, work_dir, tcp_established, tcp_close, file_locks)
     if leave_running:
         argv.append("--leave-running")
+    if ghost_limit is not None:
+        argv += ["--ghost-limit", str(ghost_limit)]
+    if external_netns is not None:
+        argv += ["--external", external_netns_option(*external_netns)]
+    argv += list(extra)
+    return argv
+
+
+def _common_options(
+    images_dir: str,
+    log_file: str,
+    work_dir: str | None,
+    tcp_established: bool,
+    tcp_close: bool,
+    file_locks: bool,
+) -> list[str]:
+    """The options a dump and its restore must agree on."""
+    if tcp_established and tcp_close:
+        raise ValueError("tcp_established and tcp_close are mutually exclusive")
+    argv = ["--images-dir", images_dir, "--log-file", log_file, f"-v{LOG_LEVEL}"]
+    if work_dir is not None:
+        argv += ["--work-dir", work_dir]
     if tcp_established:
         argv.append("--tcp-established")
     if tcp_close:
         argv.append("--tcp-close")
     if file_locks:
         argv.append("--file-locks")
-    if ghost_limit is not None:
-        argv += ["--ghost-limit", str(ghost_limit)]
-    if external_netns is not None:
-        argv += ["--external", external_netns_option(*external_netns)]
-    argv += list(extra)
     return argv
 
 
@@ -130,29 +134,10 @@ def restore_args(
     ``inherit_fds`` maps our fd numbers to the resource each replaces: the external network
     namespace's key, or ``pipe:[old inode]`` for the container's stdout/stderr pipe.
     """
-    if tcp_established and tcp_close:
-        raise ValueError("tcp_established and tcp_close are mutually exclusive")
-    argv = [
-        criu_path,
-        "restore",
-        "--images-dir",
-        images_dir,
-        "--log-file",
-        log_file,
-        f"-v{LOG_LEVEL}",
-        "--pidfile",
-        pidfile,
-    ]
-    if work_dir is not None:
-        argv += ["--work-dir", work_dir]
+    argv = [criu_path, "restore", "--pidfile", pidfile]
+    argv += _common_options(images_dir, log_file, work_dir, tcp_established, tcp_close, file_locks)
     if detached:
         argv.append("--restore-detached")
-    if tcp_established:
-        argv.append("--tcp-established")
-    if tcp_close:
-        argv.append("--tcp-close")
-    if file_locks:
-        argv.append("--file-locks")
     pairs = inherit_fds.items() if isinstance(inherit_fds, Mapping) else inherit_fds
     for fd, resource in sorted(pairs):
         argv += ["--inherit-fd", inherit_fd_option(fd, resource)]
