@@ -50,6 +50,15 @@ async def wait_for(predicate, message, timeout=60):
     return await exponential_backoff(predicate, message, timeout=timeout, max_wait=1)
 
 
+async def server_with_kernel(hub, api, user, name=""):
+    """A user with a running server and a kernel in it: each story starts here."""
+    await api.ensure_user(user)
+    await api.start_server(user, name)
+    kernel = KernelClient(server_url(hub, user, name), hub.service_token)
+    await kernel.start()
+    return kernel
+
+
 def server_url(hub, user, name=""):
     return f"{hub.url}/user/{user}/{name + '/' if name else ''}"
 
@@ -136,10 +145,7 @@ def waiting_pod(name, cpu):
 
 async def test_suspend_frees_the_node_and_restore_brings_the_kernel_back(hub, api, core, cluster):
     user = "bob"
-    await api.ensure_user(user)
-    await api.start_server(user)
-    kernel = KernelClient(server_url(hub, user), hub.service_token)
-    await kernel.start()
+    kernel = await server_with_kernel(hub, api, user)
     assert await kernel.execute("x = 41 + 1\nprint(x)") == "42\n"
     token = (await kernel.execute("import os\nprint(os.environ['JUPYTERHUB_API_TOKEN'])")).strip()
     state = (await server_model(api.request, user))["state"]
@@ -204,10 +210,7 @@ async def test_suspend_frees_the_node_and_restore_brings_the_kernel_back(hub, ap
 
 async def test_named_server_suspends_and_restores(hub, api, core):
     user, name = "carol", "analysis"
-    await api.ensure_user(user)
-    await api.start_server(user, name)
-    kernel = KernelClient(server_url(hub, user, name), hub.service_token)
-    await kernel.start()
+    kernel = await server_with_kernel(hub, api, user, name)
     await kernel.execute("data = {'rows': 3}")
     after = await suspend(hub, api, core, user, name)
     assert ours(after)["checkpoint"]["status"] == "suspended"
@@ -223,10 +226,7 @@ async def test_a_failed_checkpoint_leaves_the_server_running(hub, api, core, tmp
     """A notebook connected to a socket outside its pod cannot be checkpointed: the pod stays,
     the reason is kept, and the next start gives the same live server back."""
     user = "dave"
-    await api.ensure_user(user)
-    await api.start_server(user)
-    kernel = KernelClient(server_url(hub, user), hub.service_token)
-    await kernel.start()
+    kernel = await server_with_kernel(hub, api, user)
     await kernel.execute("y = 'still here'")
     uid = (await core.read_namespaced_pod("jupyter-dave", "default")).metadata.uid
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -258,10 +258,7 @@ async def test_a_failed_checkpoint_leaves_the_server_running(hub, api, core, tmp
 
 async def test_a_gone_checkpoint_starts_fresh_with_a_message_and_no_retry(hub, api, core, cluster):
     user = "erin"
-    await api.ensure_user(user)
-    await api.start_server(user)
-    kernel = KernelClient(server_url(hub, user), hub.service_token)
-    await kernel.start()
+    kernel = await server_with_kernel(hub, api, user)
     await kernel.execute("z = 1")
     after = await suspend(hub, api, core, user)
     # The image disappears from the registry (a retention sweep, an admin, a registry reset).
@@ -292,10 +289,7 @@ async def test_a_gone_checkpoint_starts_fresh_with_a_message_and_no_retry(hub, a
 async def test_a_file_removed_while_suspended_fails_the_restore_cleanly(hub, api, core):
     """CRIU reopens the files a process had open; if one is gone, the restore fails."""
     user = "frank"
-    await api.ensure_user(user)
-    await api.start_server(user)
-    kernel = KernelClient(server_url(hub, user), hub.service_token)
-    await kernel.start()
+    kernel = await server_with_kernel(hub, api, user)
     home = (await kernel.execute("import os\nprint(os.getcwd())")).strip()
     await kernel.execute("open('data.csv', 'w').write('a,b\\n')\nf = open('data.csv')")
     await suspend(hub, api, core, user)
@@ -313,10 +307,7 @@ async def test_a_file_removed_while_suspended_fails_the_restore_cleanly(hub, api
 
 async def test_discarding_the_checkpoint_starts_fresh(hub, api, core, cluster):
     user = "gina"
-    await api.ensure_user(user)
-    await api.start_server(user)
-    kernel = KernelClient(server_url(hub, user), hub.service_token)
-    await kernel.start()
+    kernel = await server_with_kernel(hub, api, user)
     await kernel.execute("w = 5")
     after = await suspend(hub, api, core, user)
     ref = _image_ref(after, cluster)
@@ -332,10 +323,7 @@ async def test_discarding_the_checkpoint_starts_fresh(hub, api, core, cluster):
 
 async def test_a_hub_crash_during_a_suspension_loses_nothing(hub, api, core):
     user = "hank"
-    await api.ensure_user(user)
-    await api.start_server(user)
-    kernel = KernelClient(server_url(hub, user), hub.service_token)
-    await kernel.start()
+    kernel = await server_with_kernel(hub, api, user)
     await kernel.execute("v = 'survives'")
     state = (await server_model(api.request, user))["state"]
     patch = {"metadata": {"annotations": {"jhub-suspend.jupyter.org/suspend-requested": "test"}}}
