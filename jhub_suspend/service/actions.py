@@ -140,13 +140,9 @@ class Actions:
 
     async def resume(self, user: str, server_name: str, requested_by: str) -> Operation:
         svc = self.service
-        self._busy(user, server_name)
-        model = await self.server(user, server_name)
-        if model.get("ready") or model.get("pending"):
-            raise ActionError(409, f"{_name(user, server_name)} is already running or starting")
-        checkpoint = self._restorable(model)
-        if checkpoint is None:
-            raise ActionError(409, f"{_name(user, server_name)} has no checkpoint to restore")
+        model, checkpoint = await self._stopped_with_checkpoint(
+            user, server_name, "is already running or starting", "restore"
+        )
         if await self._discarded(model, checkpoint):
             raise ActionError(409, f"the checkpoint of {_name(user, server_name)} was discarded")
         try:
@@ -211,17 +207,27 @@ class Actions:
         markers = await self.service.kube.list_markers(namespace)
         return any(marker_digest(m) == checkpoint.get("digest") for m in markers)
 
+    async def _stopped_with_checkpoint(
+        self, user: str, server_name: str, when_running: str, verb: str
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The model and restorable checkpoint of a stopped server, or the 409 that says why
+        there is none to ``verb``."""
+        self._busy(user, server_name)
+        model = await self.server(user, server_name)
+        if model.get("ready") or model.get("pending"):
+            raise ActionError(409, f"{_name(user, server_name)} {when_running}")
+        checkpoint = self._restorable(model)
+        if checkpoint is None:
+            raise ActionError(409, f"{_name(user, server_name)} has no checkpoint to {verb}")
+        return model, checkpoint
+
     async def discard(self, user: str, server_name: str, requested_by: str) -> dict[str, Any]:
         """Discard a stopped server's checkpoint: mark it (the spawner then starts fresh) and
         delete its image."""
         svc = self.service
-        self._busy(user, server_name)
-        model = await self.server(user, server_name)
-        if model.get("ready") or model.get("pending"):
-            raise ActionError(409, f"{_name(user, server_name)} is running; it has no checkpoint")
-        checkpoint = self._restorable(model)
-        if checkpoint is None:
-            raise ActionError(409, f"{_name(user, server_name)} has no checkpoint to discard")
+        model, checkpoint = await self._stopped_with_checkpoint(
+            user, server_name, "is running; it has no checkpoint", "discard"
+        )
         state = model.get("state") or {}
         namespace = state.get("namespace") or svc.namespace
         digest = checkpoint["digest"]
