@@ -40,6 +40,10 @@ class Status:
     DISCARDED = "discarded"
 
 
+# A checkpoint in one of these states is what remains of its server: a start restores it.
+RESTORABLE_STATUSES = frozenset({Status.VERIFIED, Status.SUSPENDED})
+
+
 @dataclass(frozen=True)
 class NodeFacts:
     """What a restore needs from the node the checkpoint was taken on."""
@@ -68,7 +72,7 @@ class Checkpoint:
 
     @property
     def restorable(self) -> bool:
-        return self.status in (Status.VERIFIED, Status.SUSPENDED)
+        return self.status in RESTORABLE_STATUSES
 
     def with_status(self, status: str) -> Checkpoint:
         return replace(self, status=status)

@@ -15,7 +15,7 @@ from jupyterhub.utils import exponential_backoff
 from kubernetes_asyncio.client import CoreV1Api
 from kubernetes_asyncio.client.rest import ApiException
 
-from .checkpoints import SUSPEND_REQUEST_ANNOTATION, Status
+from .checkpoints import RESTORABLE_STATUSES, SUSPEND_REQUEST_ANNOTATION
 
 # request(method, path, body) -> parsed JSON, against the hub's REST API (e.g. /hub/api)
 HubRequest = Callable[[str, str, Any], Awaitable[Any]]
@@ -105,5 +105,5 @@ def kept_running(server: dict) -> bool:
     ours = (server.get("state") or {}).get("jhub_suspend") or {}
     checkpoint = ours.get("checkpoint") or {}
     error = ours.get("last_error") or {}
-    restorable = checkpoint.get("status") in (Status.VERIFIED, Status.SUSPENDED)
+    restorable = checkpoint.get("status") in RESTORABLE_STATUSES
     return error.get("operation") == "suspend" and not restorable

@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ..checkpoints import ANNOTATION_PREFIX, SUSPEND_REQUEST_ANNOTATION
+from ..checkpoints import ANNOTATION_PREFIX, RESTORABLE_STATUSES, SUSPEND_REQUEST_ANNOTATION
 from ..policy import (
     KeepRunning,
     PendingPod,
@@ -41,7 +41,7 @@ from ..policy import (
 KEEP_RUNNING_SINCE = f"{ANNOTATION_PREFIX}/keep-running-since"
 KEEP_RUNNING_UNTIL = f"{ANNOTATION_PREFIX}/keep-running-until"
 MANAGED_BY = ("app.kubernetes.io/managed-by", "jhub-suspend")
-RESTORABLE = frozenset({"verified", "suspended"})
+RESTORABLE = RESTORABLE_STATUSES
 API_STATES = frozenset(
     {"running", "suspending", "suspended", "restoring", "failed", "starting", "stopping", "stopped"}
 )
