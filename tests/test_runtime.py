@@ -71,7 +71,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         global counter
         if self.path == "/exit":
-            print("exiting with 7", flush=True)
+            sys.stdout.write("exiting with 7\n")
             os._exit(7)
         with lock:
             counter += 1
@@ -79,7 +79,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             reply = client.recv(100).decode()
         body = json.dumps({"counter": counter, "loopback": reply, "pid": os.getpid(),
                            "sid": os.getsid(0)}).encode()
-        print("request", counter, flush=True)
+        # one write per line: under -u, print() writes each piece separately and another
+        # thread's output could land in between
+        sys.stdout.write("request %d\n" % counter)
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -88,8 +90,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+class Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        # the host's connection is closed after a restore; say so in one line
+        sys.stdout.write("connection from %s ended: %r\n" % (client_address[0], sys.exc_info()[1]))
+
 print("listening", flush=True)
-http.server.ThreadingHTTPServer(("0.0.0.0", 8888), Handler).serve_forever()
+Server(("0.0.0.0", 8888), Handler).serve_forever()
 """
 
 
