@@ -109,3 +109,16 @@ async def clean_pods():
         "pods of this module were never removed",
         timeout=60,
     )
+
+
+@pytest_asyncio.fixture(scope="session")
+async def browser():
+    """Debian's headless Chromium through Playwright (jhub_suspend.testing.browser)."""
+    from jhub_suspend.testing.browser import CHROMIUM, CHROMIUM_ARGS, async_playwright
+
+    async with async_playwright()() as pw:
+        b = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            await b.close()

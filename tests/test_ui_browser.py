@@ -4,19 +4,12 @@ hub on the local cluster.
 One story: a user logs in and starts a server, runs code in a kernel, clicks Suspend and sees
 Suspended while the pod is gone, clicks Resume, watches the restore's progress, and finds the
 kernel's variable back. The same run opens the admin page as the admin, and as the user (403).
-Screenshots go to test-artifacts/; with JHUB_SUSPEND_UPDATE_DOCS=1 they also replace the ones
-in docs/screenshots/ (a test run does not otherwise change tracked files).
-
-No browser is downloaded: Chromium is /usr/bin/chromium (``JHUB_SUSPEND_CHROMIUM``). If it or
-Playwright is missing the test fails and says so; it never skips.
+Screenshots go to test-artifacts/ (see jhub_suspend.testing.browser).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -24,37 +17,16 @@ from jupyterhub.utils import exponential_backoff
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from jhub_suspend.demo.hub import start_hub
+from jhub_suspend.testing.browser import login, publish_screenshots, shot
 from jhub_suspend.testing.hubapi import HubAPI
 from jhub_suspend.testing.kernel import KernelClient
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "test-artifacts"
-DOCS_SCREENSHOTS = ROOT / "docs" / "screenshots"
-CHROMIUM = os.environ.get("JHUB_SUSPEND_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 USER = "ana"
 # The pending page is shown at once (not after 10 s), so a restore of a few seconds shows on it.
 HUB_CONFIG = 'c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}'
 SERVICE_CONFIG = "c.SuspendService.cycle_interval = 3"
-
-
-def _playwright():
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        pytest.fail("playwright is missing: install the test extras (pip install -e '.[test]')")
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (no browser is downloaded)")
-    return async_playwright
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -71,43 +43,11 @@ async def hub(cluster, tmp_path_factory):
         await h.stop()
 
 
-@pytest_asyncio.fixture(scope="module")
-async def browser():
-    async_playwright = _playwright()
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
-
-
 async def wait_for(predicate, message, timeout=60):
     return await exponential_backoff(predicate, message, timeout=timeout, max_wait=1)
 
 
-async def login(browser, hub, user: str, password: str, width: int = 1100):
-    context = await browser.new_context(viewport={"width": width, "height": 680})
-    context.set_default_timeout(60_000)
-    page = await context.new_page()
-    page.on("pageerror", lambda e: errors.append(f"{page.url}: {e}"))
-    # next=home: without it the hub starts the user's server right after the login
-    await page.goto(f"{hub.url}/hub/login?next=%2Fhub%2Fhome")
-    await page.fill("#username_input", user)
-    await page.fill("#password_input", password)
-    await page.click("#login_submit")
-    await page.wait_for_url("**/hub/home")
-    # The home page logs in to the service once (a navigation through the hub's OAuth).
-    await page.wait_for_selector("body[data-jhs-ready]")
-    return context, page
-
-
 errors: list[str] = []
-
-
-async def shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
 async def pod_gone(core, name: str) -> bool:
@@ -124,7 +64,7 @@ async def test_suspend_and_resume_in_the_browser(hub, core, browser):
     errors.clear()
     api = HubAPI(hub.api_url, hub.service_token)
     await api.ensure_user(USER)
-    context, page = await login(browser, hub, USER, hub.user_password)
+    context, page = await login(browser, hub.url, USER, hub.user_password, errors)
 
     # 1. Start a server from the home page.
     await page.goto(f"{hub.url}/hub/home")
@@ -198,7 +138,7 @@ async def test_suspend_and_resume_in_the_browser(hub, core, browser):
     await context.close()
 
     # ... and the admin sees every server.
-    context, page = await login(browser, hub, "admin", hub.admin_password, width=1400)
+    context, page = await login(browser, hub.url, "admin", hub.admin_password, errors, width=1400)
     await page.goto(f"{hub.url}/services/suspend/")
     await page.wait_for_url(f"{hub.url}/services/suspend/")
     row = page.locator(f'#jhs-servers tbody tr[data-user="{USER}"]')
@@ -208,8 +148,7 @@ async def test_suspend_and_resume_in_the_browser(hub, core, browser):
     await context.close()
 
     assert not errors, f"JavaScript errors: {errors}"
-    if os.environ.get("JHUB_SUSPEND_UPDATE_DOCS") == "1":
-        DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        for png in ARTIFACTS.glob("*.png"):
-            shutil.copy(png, DOCS_SCREENSHOTS / png.name)
+    publish_screenshots(
+        "home-running", "home-suspended", "spawn-pending-restore", "admin-forbidden", "admin"
+    )
     await api.stop_server(USER)

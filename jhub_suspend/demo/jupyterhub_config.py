@@ -88,6 +88,17 @@ c.KubeSpawner.storage_capacity = "1Gi"
 c.KubeSpawner.volumes = [{"name": "home", "persistentVolumeClaim": {"claimName": "{pvc_name}"}}]
 c.KubeSpawner.volume_mounts = [{"name": "home", "mountPath": "/home/jovyan"}]
 c.KubeSpawner.working_dir = "/home/jovyan"
+# Users land in JupyterLab, with jhub-suspend's Lab extension (the warning before an automatic
+# suspension, and Resume after one) served from this checkout, as `pip install jhub-suspend`
+# would install it into a user image's share/jupyter/labextensions.
+c.KubeSpawner.default_url = "/lab"
+# The local cluster has no internet, so Lab's news announcements are turned off
+# (demo/jupyter-config/labconfig/page_config.json).
+package_dir = os.path.dirname(os.path.abspath(jhub_suspend.__file__))
+c.KubeSpawner.environment = {
+    "JUPYTER_PATH": os.path.join(package_dir, "jupyter"),
+    "JUPYTER_CONFIG_PATH": os.path.join(package_dir, "demo", "jupyter-config"),
+}
 c.KubeSpawner.start_timeout = 120
 c.KubeSpawner.http_timeout = 60
 c.KubeSpawner.delete_grace_period = 1

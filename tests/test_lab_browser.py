@@ -1,0 +1,154 @@
+"""jhub-suspend inside JupyterLab, in a real browser (Debian's headless Chromium, Playwright).
+
+One story on the demo hub, with a policy that warns an idle server at once: the user works in
+JupyterLab, sees the warning as a Lab notification and clicks "Keep it running"; the service
+records the opt-out and the warning goes away. Then the server is suspended (by the service's
+API, as the policy would), Lab says so and offers "Resume", and Resume brings the server back
+with its kernel's variables.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_asyncio
+from jupyterhub.utils import exponential_backoff
+from tornado.httpclient import HTTPClientError
+
+from jhub_suspend.demo.hub import start_hub
+from jhub_suspend.testing.browser import login, publish_screenshots, shot
+from jhub_suspend.testing.hubapi import HubAPI
+from jhub_suspend.testing.kernel import KernelClient
+
+pytestmark = pytest.mark.slow
+
+USER = "lea"
+# Short windows, so a quiet server counts as idle within seconds; the activity timeout is long
+# (no automatic suspension during the test) and inside warn_before, so the idle server is warned.
+POLICY = {
+    "cycle_interval": 3,
+    "idle_window": 12,
+    "query_step": 2,
+    "rate_window": 6,
+    "min_coverage": 0.7,
+    "max_metrics_age": 20,
+    "activity_timeout": 900,
+    "warn_before": 3600,
+}
+SERVICE_CONFIG = "\n".join(f"c.SuspendService.{k} = {v!r}" for k, v in POLICY.items())
+LAB_EXTENSION = "labextensions/jhub-suspend/"
+
+
+@pytest_asyncio.fixture(scope="module")
+async def hub(cluster, tmp_path_factory):
+    h = await start_hub(
+        cluster.describe(), str(tmp_path_factory.mktemp("hub")), service_config=SERVICE_CONFIG
+    )
+    try:
+        yield h
+    finally:
+        await h.stop()
+
+
+async def wait_for(predicate, message, timeout=60):
+    return await exponential_backoff(predicate, message, timeout=timeout, max_wait=1)
+
+
+def toast(page, text: str):
+    """A JupyterLab notification toast that contains ``text``."""
+    return page.locator(".Toastify__toast", has_text=text)
+
+
+async def test_warning_keep_running_and_resume_inside_jupyterlab(hub, browser):
+    hubapi = HubAPI(hub.api_url, hub.service_token)
+    service = HubAPI(f"{hub.url}/services/suspend/api", hub.service_token)
+    await hubapi.ensure_user(USER)
+    errors: list[str] = []
+    context, page = await login(browser, hub.url, USER, hub.user_password, errors)
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    await hubapi.start_server(USER)
+    kernel = KernelClient(f"{hub.url}/user/{USER}/", hub.service_token)
+    await kernel.start()
+    await kernel.execute("answer = 6 * 7")
+
+    # JupyterLab loads the extension from the server's labextensions (page config).
+    await page.goto(f"{hub.url}/user/{USER}/lab")
+    await page.wait_for_selector(".jp-LabShell")
+    config = await page.evaluate(
+        "JSON.parse(document.getElementById('jupyter-config-data').textContent)"
+    )
+    assert "jhub-suspend" in [e["name"] for e in config["federated_extensions"]]
+
+    # 1. The policy warns; Lab shows it, with the time left and "Keep it running".
+    warning = toast(page, "will be suspended in")
+    try:
+        await warning.wait_for(state="visible", timeout=120_000)
+    except Exception as e:
+        listed = await service.request("GET", f"servers?user={USER}")
+        raise AssertionError(
+            f"no warning in Lab; the service lists {listed}; console: {console}"
+        ) from e
+    text = await warning.text_content() or ""
+    assert "This server is idle and will be suspended in about" in text, text
+    assert "Its kernels are saved and come back when you resume it." in text, text
+    keep = warning.get_by_role("button", name="Keep it running")
+    await keep.click(trial=True)  # waits until the toast has stopped sliding in
+    await shot(page, "lab-warning")
+    listed = (await service.request("GET", f"servers?user={USER}"))["servers"][0]
+    assert listed["warning"] and listed["keep_running"] is None
+
+    # 2. Keep it running: the service records the opt-out, and the warning goes away.
+    await keep.click()
+    await toast(page, "will be kept running").wait_for(state="visible")
+
+    async def kept_and_no_longer_warned() -> bool:
+        # the listing is the last policy cycle's: it shows the opt-out from the next cycle on
+        s = (await service.request("GET", f"servers?user={USER}"))["servers"][0]
+        return bool(s["keep_running"] and s["keep_running"]["since"]) and s["warning"] is None
+
+    await wait_for(kept_and_no_longer_warned, "the service did not record Keep it running")
+    await warning.wait_for(state="hidden", timeout=60_000)
+
+    # 3. The server is suspended (as the policy would, through the service's API): Lab says so
+    # and offers Resume.
+    accepted = await service.request("POST", f"servers/{USER}/suspend")
+    op_path = accepted["status_url"].split("/services/suspend/api/", 1)[1]
+
+    async def suspended() -> bool:
+        op = await service.request("GET", op_path)
+        assert op["status"] in ("running", "succeeded"), op
+        return op["status"] == "succeeded"
+
+    await wait_for(suspended, "the suspension did not finish", 180)
+    # Lab loses its server: instead of the hub's modal "not running, restart it?" dialog, it
+    # says the server was suspended and offers Resume.
+    notice = toast(page, "This server was suspended")
+    await notice.wait_for(state="visible", timeout=90_000)
+    assert "resume it to carry on where you left off" in (await notice.text_content() or "")
+
+    async def lab_noticed() -> bool:
+        return any("lost the server, which is suspended" in line for line in console)
+
+    await wait_for(lab_noticed, "Lab never reported the lost connection", 90)
+    assert not await page.locator(".jp-Dialog").count()
+    resume = notice.get_by_role("button", name="Resume")
+    await resume.click(trial=True)
+    await shot(page, "lab-suspended")
+
+    # 4. Resume: through the hub's spawn (the restore), back into Lab, the variable is there.
+    await resume.click()
+    await page.wait_for_url(f"**/user/{USER}/lab**", timeout=180_000)
+    await page.wait_for_selector(".jp-LabShell")
+    model = await hubapi.server(USER)
+    assert model and model["ready"], model
+    assert await kernel.execute("print(answer)") == "42\n"
+
+    ours = [e for e in errors if LAB_EXTENSION in e]
+    assert not ours, f"errors from the jhub-suspend Lab extension: {ours}"
+    await context.close()
+    publish_screenshots("lab-warning", "lab-suspended")
+    try:
+        await hubapi.stop_server(USER)
+    except HTTPClientError as e:
+        if e.code != 404:
+            raise
