@@ -58,6 +58,19 @@ def toast(page, text: str):
     return page.locator(".Toastify__toast", has_text=text)
 
 
+async def suspend(service: HubAPI) -> None:
+    """Suspend USER's server through the service's API (as the policy would), and wait."""
+    accepted = await service.request("POST", f"servers/{USER}/suspend")
+    path = accepted["status_url"].split("/services/suspend/api/", 1)[1]
+
+    async def finished() -> bool:
+        op = await service.request("GET", path)
+        assert op["status"] in ("running", "succeeded"), op
+        return op["status"] == "succeeded"
+
+    await wait_for(finished, f"the suspension of {USER}'s server did not finish", 180)
+
+
 async def test_warning_keep_running_and_resume_inside_jupyterlab(hub, browser):
     hubapi = HubAPI(hub.api_url, hub.service_token)
     service = HubAPI(f"{hub.url}/services/suspend/api", hub.service_token)
@@ -71,6 +84,21 @@ async def test_warning_keep_running_and_resume_inside_jupyterlab(hub, browser):
     await kernel.start()
     await kernel.execute("answer = 6 * 7")
 
+    # 1. The policy warns. The hub's pages show a banner with a countdown and Keep it running.
+    banner = page.locator("#jhs-banner .jhs-warning")
+
+    async def banner_shown() -> bool:
+        await page.goto(f"{hub.url}/hub/home")
+        await page.wait_for_selector("body[data-jhs-ready]")
+        return await banner.is_visible()
+
+    await wait_for(banner_shown, "the hub's pages never showed the warning banner", 120)
+    assert "Your server is idle and will be suspended in" in (await banner.text_content() or "")
+    left = await page.text_content("#jhs-banner .jhs-time-left") or ""
+    assert " min " in left, left  # e.g. "14 min 32 s", counting down
+    assert await banner.get_by_role("button", name="Keep it running").is_visible()
+    await shot(page, "home-warning")
+
     # JupyterLab loads the extension from the server's labextensions (page config).
     await page.goto(f"{hub.url}/user/{USER}/lab")
     await page.wait_for_selector(".jp-LabShell")
@@ -79,7 +107,7 @@ async def test_warning_keep_running_and_resume_inside_jupyterlab(hub, browser):
     )
     assert "jhub-suspend" in [e["name"] for e in config["federated_extensions"]]
 
-    # 1. The policy warns; Lab shows it, with the time left and "Keep it running".
+    # ... and so does Lab, with the time left and "Keep it running".
     warning = toast(page, "will be suspended in")
     try:
         await warning.wait_for(state="visible", timeout=120_000)
@@ -111,15 +139,7 @@ async def test_warning_keep_running_and_resume_inside_jupyterlab(hub, browser):
 
     # 3. The server is suspended (as the policy would, through the service's API): Lab says so
     # and offers Resume.
-    accepted = await service.request("POST", f"servers/{USER}/suspend")
-    op_path = accepted["status_url"].split("/services/suspend/api/", 1)[1]
-
-    async def suspended() -> bool:
-        op = await service.request("GET", op_path)
-        assert op["status"] in ("running", "succeeded"), op
-        return op["status"] == "succeeded"
-
-    await wait_for(suspended, "the suspension did not finish", 180)
+    await suspend(service)
     # Lab loses its server: instead of the hub's modal "not running, restart it?" dialog, it
     # says the server was suspended and offers Resume.
     notice = toast(page, "This server was suspended")
@@ -143,10 +163,24 @@ async def test_warning_keep_running_and_resume_inside_jupyterlab(hub, browser):
     assert model and model["ready"], model
     assert await kernel.execute("print(answer)") == "42\n"
 
+    # 5. Discard, on the home page of a suspended server: after a confirmation the saved session
+    # is dropped and a fresh server starts; the old kernel and its variable are gone.
+    await suspend(service)
+    await page.goto(f"{hub.url}/hub/home")
+    await page.wait_for_selector("body[data-jhs-ready=true]")
+    await page.click(".jhs-discard")
+    await page.locator("#jhs-confirm-ok", has_text="Discard and start fresh").click()
+    await page.wait_for_url(f"**/user/{USER}/lab**", timeout=180_000)
+    model = await hubapi.server(USER)
+    assert model and model["ready"], model
+    fresh = KernelClient(f"{hub.url}/user/{USER}/", hub.service_token)
+    await fresh.start()
+    assert await fresh.execute("print('answer' in globals())") == "False\n"
+
     ours = [e for e in errors if LAB_EXTENSION in e]
     assert not ours, f"errors from the jhub-suspend Lab extension: {ours}"
     await context.close()
-    publish_screenshots("lab-warning", "lab-suspended")
+    publish_screenshots("home-warning", "lab-warning", "lab-suspended")
     try:
         await hubapi.stop_server(USER)
     except HTTPClientError as e:
