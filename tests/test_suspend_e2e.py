@@ -9,6 +9,7 @@ import json
 import os
 import re
 import socket
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -331,7 +332,14 @@ async def test_a_hub_crash_during_a_suspension_loses_nothing(hub, api, core):
     await api.request("DELETE", f"users/{user}/server")
     # The stop is under way (the agent is checkpointing) when the hub dies.
     await asyncio.sleep(0)
+    old_services = suspend_services_of(hub)
+    assert len(old_services) == 1, old_services
     await hub.crash_and_restart()
+    # The old hub's suspend service died with it (as in a hub pod); the new hub starts its own.
+    assert not set(old_services) & set(suspend_services_of(hub))
+    await wait_for(
+        lambda: len(suspend_services_of(hub)) == 1, "the new hub did not start its service", 60
+    )
 
     async def settled():
         s = await server_model(api.request, user)
@@ -348,6 +356,22 @@ async def test_a_hub_crash_during_a_suspension_loses_nothing(hub, api, core):
         await api.start_server(user)
     assert await kernel.execute("print(v)") == "survives\n"
     await api.stop_server(user)
+
+
+def suspend_services_of(hub) -> list[int]:
+    """PIDs of the suspend service processes this hub started (they run in its state dir)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+        except OSError:
+            continue
+        if b"jhub_suspend.service" in cmdline and cwd == hub.state_dir:
+            found.append(int(entry))
+    return found
 
 
 def _image_ref(server, cluster):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +36,15 @@ class Hub:
         """Kill the hub at once (no cleanup, as a crash would) and start it again on the same
         database, ports and configuration."""
         old = self.process
+        # The hub's managed services (the suspend service) run in their own sessions but in the
+        # hub's container on a real cluster, so they die with it; the proxy is another pod.
+        services_of_hub = [pid for pid in _children(old.pid) if pid != self._proxy_pid()]
         old.kill_now()
         await old.stop(grace=0)
+        for pid in services_of_hub:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        await asyncio.gather(*(_reap_when_dead(pid) for pid in services_of_hub))
         # The proxy runs in its own session and outlives the hub, as it should; the new hub
         # stops it through its pid file. Its parent is gone, so it is reparented to this
         # process when this process runs pods (a child subreaper), and must be reaped here,
@@ -54,6 +63,16 @@ class Hub:
                 return int(f.read().strip())
         except (OSError, ValueError):
             return None
+
+
+def _children(pid: int | None) -> list[int]:
+    if pid is None:
+        return []
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except FileNotFoundError:
+        return []
 
 
 async def _reap_when_dead(pid: int | None) -> None:
