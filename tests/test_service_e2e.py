@@ -13,6 +13,7 @@ service instance are used:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Any
@@ -34,7 +35,7 @@ from jhub_suspend.testing.kernel import KernelClient
 
 pytestmark = pytest.mark.slow
 
-PINNED = ["gus", "kim", "eve", "cy", "fay"]
+PINNED = ["gus", "kim", "eve", "cy", "fay", "rex"]
 TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 WINDOWS = {
     "idle_window": 20,
@@ -53,6 +54,13 @@ c.KubeSpawner.profile_list = [
     {{
         "display_name": "CPU", "slug": "cpu", "default": True,
         "kubespawner_override": {{"node_selector": {{"kubernetes.io/hostname": "node-1"}}}},
+    }},
+    {{
+        "display_name": "CPU, keeping used checkpoints", "slug": "keep",
+        "kubespawner_override": {{
+            "node_selector": {{"kubernetes.io/hostname": "node-1"}},
+            "checkpoint_retention": 3600,
+        }},
     }},
     {{
         "display_name": "CPU on the GPU node", "slug": "gpunode",
@@ -573,3 +581,71 @@ async def test_with_prometheus_stopped_nothing_is_suspended(hub, api, cluster):
     finally:
         await svc.close()
         await stop(api, "fay")
+
+
+async def test_retention_deletes_used_images_and_discards_old_suspensions(hub, api, cluster):
+    """The retention sweep against the real registry: a restored checkpoint's image (kept by
+    the spawner's checkpoint_retention) goes once older than the service's; a suspension older
+    than max_suspended_age is discarded, and the next start is fresh."""
+    user, admin = "rex", hub.service_token  # pinned: the module's policy loop leaves it alone
+    await start(api, user, profile="keep")
+    kernel = KernelClient(server_url(hub, user), admin)
+    await kernel.start()
+    await kernel.execute("kept = 1")
+
+    async def act(action: str) -> dict:
+        status, body = await call(hub, "POST", f"api/servers/{user}/{action}", admin)
+        assert status == 202, body
+        path = body["status_url"].split("/services/suspend/", 1)[1]
+
+        async def finished():
+            status, op = await call(hub, "GET", path, admin)
+            assert status == 200, op
+            return op if op["status"] != "running" else False
+
+        op = await wait_for(finished, f"the {action} never finished", 150)
+        assert op["status"] == "succeeded", op
+        return ours(await server_model(api.request, user))["checkpoint"]
+
+    def image(ck: dict) -> str:
+        return f"{cluster.checkpoint_repository}/default/jupyter-{user}@{ck['digest']}"
+
+    first = await act("suspend")
+    restored = await act("resume")
+    assert restored["status"] == "restored" and restored["digest"] == first["digest"]
+    await images.inspect(image(first))  # kept: within the spawner's retention
+
+    svc = await local_service(
+        cluster, hub, dry_run=False, checkpoint_retention=0, max_suspended_age=0
+    )
+
+    async def sweep() -> dict[str, int]:
+        # only this user's server: the sweep must not touch the other stories' checkpoints
+        snap = await svc.loop.observe(record=False)
+        views = [v for v in snap.views if v.user == user]
+        digests = {(v.checkpoint or {}).get("digest") for v in views}
+        markers = {d: m for d, m in snap.markers.items() if d in digests}
+        return await svc.retention.sweep(dataclasses.replace(snap, views=views, markers=markers))
+
+    try:
+        assert (await sweep())["images"] == 1
+        with pytest.raises(images.ImageNotFound):
+            await images.inspect(image(first))
+        assert (await sweep())["images"] == 0  # once
+
+        second = await act("suspend")
+        assert second["status"] == "suspended" and second["digest"] != first["digest"]
+        await images.inspect(image(second))
+        assert (await sweep())["discarded"] == 1
+        with pytest.raises(images.ImageNotFound):
+            await images.inspect(image(second))
+    finally:
+        await svc.close()
+
+    await start(api, user, profile="keep")
+    after = ours(await server_model(api.request, user))["checkpoint"]
+    assert after is None or after["status"] == "discarded", after
+    fresh = KernelClient(server_url(hub, user), admin)
+    await fresh.start()
+    assert await fresh.execute("print('kept' in globals())") == "False\n"
+    await stop(api, user)

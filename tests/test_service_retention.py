@@ -46,7 +46,7 @@ class Recorder:
         self.secrets.append(name)
 
 
-def service(recorder, retention_hours=24, max_suspended_hours=None):
+def service(recorder, retention_hours=24, max_suspended_hours=None, dry_run=False):
     return SimpleNamespace(
         log=logging.getLogger("test"),
         actions=recorder,
@@ -56,6 +56,7 @@ def service(recorder, retention_hours=24, max_suspended_hours=None):
         checkpoint_repository=REPO,
         namespace="jhub",
         retention_interval=3600,
+        dry_run=dry_run,
     )
 
 
@@ -130,3 +131,23 @@ async def test_max_suspended_age_discards_old_suspensions():
     stats = await r.sweep(snap)
     assert rec.discarded == ["ancient"]
     assert stats["discarded"] == 1
+
+
+async def test_a_dry_run_counts_what_it_would_delete_and_deletes_nothing(caplog):
+    rec = Recorder()
+    rec.orphans.add(f"{REPO}/jhub/jupyter-orphan@sha256:0f")
+    r = Retention(service(rec, max_suspended_hours=24, dry_run=True))
+    snap = SimpleNamespace(
+        time=NOW,
+        views=[
+            view("old", "restored", 30, "sha256:aa"),
+            view("ancient", "suspended", 48, "sha256:a1", state="suspended"),
+        ],
+        markers={"sha256:ff": marker("jhub-suspend-discard-ff", 48)},
+    )
+    with caplog.at_level(logging.INFO):
+        stats = await r.sweep(snap)
+    assert stats == {"images": 1, "markers": 1, "discarded": 1, "orphans": 1}
+    assert rec.deleted == rec.discarded == rec.secrets == []
+    assert "would delete the image reg:5000/jhub-suspend/jhub/jupyter-old@sha256:aa" in caplog.text
+    assert "would discard the checkpoint of ancient" in caplog.text

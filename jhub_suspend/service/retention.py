@@ -13,6 +13,8 @@ Every ``retention_interval`` seconds, from the last cycle's snapshot:
 4. with ``max_suspended_age`` set, checkpoints of servers suspended for longer are discarded
    (marker + image): the next start is fresh.
 
+In dry-run mode (``dry_run``) the sweep only logs and counts what it would delete.
+
 What is left: images of servers deleted from the hub while suspended (no record remains to name
 them), and checkpoints whose restore failed (kept for the admin, as the spawner does). Run the
 registry's garbage collection for the first, and discard the second through the API.
@@ -74,7 +76,8 @@ class Retention:
                     and self._old(ck.get("created"), now, age)
                 ):
                     try:
-                        await actions.discard(v.user, v.server_name, "retention")
+                        if not self._dry_run("discard the checkpoint of", v.user, v.server_name):
+                            await actions.discard(v.user, v.server_name, "retention")
                         stats["discarded"] += 1
                     except Exception as e:
                         self.log.warning(
@@ -84,19 +87,29 @@ class Retention:
             done = status in ("restored", "discarded") and digest not in self._deleted
             if done and v.pod_name and self._old(ck.get("created"), now, keep):
                 ref = pinned_image(svc.checkpoint_repository, v.namespace, v.pod_name, digest)
+                if self._dry_run("delete the image", ref):
+                    stats["images"] += 1
+                    continue
                 deleted, _ = await actions.delete_image(ref)
                 if deleted:
                     self._deleted.add(digest)
                     stats["images"] += 1
         for ref in list(actions.orphans):
-            deleted, _ = await actions.delete_image(ref)
+            deleted = self._dry_run("delete the image", ref) or (await actions.delete_image(ref))[0]
             stats["orphans"] += int(deleted)
         for digest, marker in snap.markers.items():
             meta = marker.get("metadata") or {}
             if digest in live or not self._old(meta.get("creationTimestamp"), now, keep):
                 continue
-            await svc.kube.delete_secret(meta.get("namespace") or svc.namespace, meta["name"])
+            if not self._dry_run("delete the discard marker", meta["name"]):
+                await svc.kube.delete_secret(meta.get("namespace") or svc.namespace, meta["name"])
             stats["markers"] += 1
         if any(stats.values()):
-            self.log.info("Retention sweep: %s", stats)
+            self.log.info("Retention sweep%s: %s", " (dry run)" if svc.dry_run else "", stats)
         return stats
+
+    def _dry_run(self, what: str, *names: str) -> bool:
+        """In dry-run mode, log what would be done and return True (do nothing)."""
+        if self.service.dry_run:
+            self.log.info("Retention (dry run) would %s %s", what, "/".join(n for n in names if n))
+        return self.service.dry_run
