@@ -81,6 +81,14 @@ class RestoreFailed(Exception):
         self.detail = detail or message
 
 
+def may_get_room(unschedulable_message: str) -> bool:
+    """Whether an Unschedulable pod may still be scheduled: some node is compatible (it passed
+    the taint, affinity and selector filters, which the scheduler runs before the resource fit
+    and reports first) and lacks only free CPU, memory or GPUs, e.g. ``0/3 nodes are available:
+    1 Insufficient cpu, 2 node(s) didn't match Pod's node affinity/selector.``"""
+    return "Insufficient " in unschedulable_message
+
+
 def restore_failure(pod: dict[str, Any] | None, container: str) -> RestoreFailed | None:
     """Why a restoring pod will never run, read from its status; None while it may still."""
     if not pod:
@@ -91,10 +99,10 @@ def restore_failure(pod: dict[str, Any] | None, container: str) -> RestoreFailed
         return RestoreFailed("the restored server stopped at once", why)
     for cond in status.get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
-            return RestoreFailed(
-                "no node with the same kind of CPU and GPU has room for it",
-                cond.get("message", ""),
-            )
+            message = cond.get("message", "")
+            if may_get_room(message):
+                continue  # Pending until room frees (the suspend service's capacity-pressure mode)
+            return RestoreFailed("no node has the same kind of CPU and GPU", message)
     for cs in status.get("containerStatuses") or []:
         if cs.get("name") != container:
             continue

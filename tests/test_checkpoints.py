@@ -196,12 +196,13 @@ def test_checkpoint_image_driver_swaps_the_image_and_pins_the_node_kind():
                         "type": "PodScheduled",
                         "status": "False",
                         "reason": "Unschedulable",
-                        "message": "0/2 nodes are available",
+                        "message": "0/2 nodes are available: 2 node(s) didn't match Pod's "
+                        "node affinity/selector.",
                     }
                 ]
             },
-            "no node with the same kind of CPU and GPU has room for it",
-            "0/2 nodes are available",
+            "no node has the same kind of CPU and GPU",
+            "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector.",
         ),
         (
             {
@@ -277,6 +278,18 @@ def test_restore_failure_is_read_from_the_pod_status(status, message, detail):
         {
             "containerStatuses": [
                 {"name": "sidecar", "state": {"waiting": {"reason": "ErrImagePull"}}}
+            ]
+        },
+        {
+            # a compatible node is full: wait, room may come (capacity pressure suspends)
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/3 nodes are available: 1 Insufficient nvidia.com/gpu, "
+                    "2 node(s) didn't match Pod's node affinity/selector.",
+                }
             ]
         },
     ],
