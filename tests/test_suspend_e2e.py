@@ -177,14 +177,28 @@ async def test_suspend_frees_the_node_and_restore_brings_the_kernel_back(hub, ap
         return pod if pod.status.phase == "Running" else False
 
     assert (await wait_for(waiting_runs, "the waiting pod never ran")).spec.node_name == "node-1"
+
+    # The node is full now: the resume waits for room (Pending, not a failed restore) ...
+    resume = asyncio.ensure_future(start_with_progress(hub, api, user))
+
+    async def restore_unschedulable():
+        try:
+            pod = await core.read_namespaced_pod(pod_name, "default")
+        except client.ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+        conditions = pod.status.conditions or []
+        return any(c.type == "PodScheduled" and c.reason == "Unschedulable" for c in conditions)
+
+    await wait_for(restore_unschedulable, "the restoring pod never waited for room")
+    assert not resume.done()
+    waiting = ours(await server_model(api.request, user))
+    assert waiting["checkpoint"]["status"] == "restoring" and waiting["last_error"] is None
+    # ... and goes on once the other pod leaves.
     await core.delete_namespaced_pod("waiting", "default", grace_period_seconds=0)
-
-    async def gone():
-        return not await pod_exists(core, "waiting")
-
-    await wait_for(gone, "the waiting pod was never removed")
-
-    messages = await start_with_progress(hub, api, user)
+    messages = await resume
+    assert any("Insufficient cpu" in m for m in messages), messages
     restoring = [m for m in messages if "Restoring your saved session" in m]
     assert restoring, messages
     assert re.search(r"pulling a checkpoint of \d+(\.\d)? (kB|MB|GB)", restoring[0]), restoring
