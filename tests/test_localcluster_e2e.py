@@ -12,14 +12,14 @@ import time
 
 import pytest
 import pytest_asyncio
-from jupyterhub.utils import exponential_backoff
 from kubernetes_asyncio import client
 from prometheus_api_client import PrometheusConnect
 
 from jhub_suspend import images
-from jhub_suspend.demo.hub import start_hub
+from jhub_suspend.demo.hub import running_hub
 from jhub_suspend.testing.hubapi import HubAPI
 from jhub_suspend.testing.kernel import KernelClient
+from jhub_suspend.testing.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -34,20 +34,13 @@ story: dict = {}
 
 @pytest_asyncio.fixture(scope="module")
 async def hub(cluster, tmp_path_factory):
-    h = await start_hub(
+    async with running_hub(
         cluster.describe(),
         str(tmp_path_factory.mktemp("hub")),
         extra_config=HUB_CONFIG,
         spawner="kubespawner.KubeSpawner",
-    )
-    try:
+    ) as h:
         yield h
-    finally:
-        await h.stop()
-
-
-async def wait_for(predicate, message, timeout=60):
-    return await exponential_backoff(predicate, message, timeout=timeout, max_wait=1)
 
 
 async def test_kubespawner_spawns_a_server(hub, core):

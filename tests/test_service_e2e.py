@@ -20,18 +20,18 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from jupyterhub.utils import exponential_backoff
 from kubernetes_asyncio import client
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from traitlets.config import Config
 
 from jhub_suspend import images
-from jhub_suspend.demo.hub import start_hub
+from jhub_suspend.demo.hub import running_hub
 from jhub_suspend.localcluster.services import PrometheusProcess
 from jhub_suspend.service import SuspendService
 from jhub_suspend.suspension import server_model
 from jhub_suspend.testing.hubapi import HubAPI
 from jhub_suspend.testing.kernel import KernelClient
+from jhub_suspend.testing.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -89,26 +89,19 @@ SERVICE_CONFIG = "\n".join(
 
 @pytest_asyncio.fixture(scope="module")
 async def hub(cluster, tmp_path_factory):
-    h = await start_hub(
+    async with running_hub(
         cluster.describe(),
         str(tmp_path_factory.mktemp("hub")),
         extra_config=HUB_CONFIG,
         service_config=SERVICE_CONFIG,
-    )
-    try:
+    ) as h:
         await wait_for(lambda: service_healthy(h), "the suspend service never became healthy", 60)
         yield h
-    finally:
-        await h.stop()
 
 
 @pytest.fixture
 def api(hub):
     return HubAPI(hub.api_url, hub.service_token)
-
-
-async def wait_for(predicate, message, timeout=60):
-    return await exponential_backoff(predicate, message, timeout=timeout, max_wait=1)
 
 
 async def call(

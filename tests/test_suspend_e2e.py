@@ -19,21 +19,19 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from jhub_suspend import images
 from jhub_suspend.checkpoints import pinned_image
-from jhub_suspend.demo.hub import start_hub
+from jhub_suspend.demo.hub import running_hub
 from jhub_suspend.suspension import request_suspension, server_model
 from jhub_suspend.testing.hubapi import HubAPI
 from jhub_suspend.testing.kernel import KernelClient, KernelError
+from jhub_suspend.testing.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
 
 @pytest_asyncio.fixture(scope="module")
 async def hub(cluster, tmp_path_factory):
-    h = await start_hub(cluster.describe(), str(tmp_path_factory.mktemp("hub")))
-    try:
+    async with running_hub(cluster.describe(), str(tmp_path_factory.mktemp("hub"))) as h:
         yield h
-    finally:
-        await h.stop()
 
 
 @pytest_asyncio.fixture
@@ -45,10 +43,6 @@ async def api(hub):
         for name, server in (user.get("servers") or {}).items():
             if server.get("ready") or server.get("pending"):
                 await api.stop_server(user["name"], name)
-
-
-async def wait_for(predicate, message, timeout=60):
-    return await exponential_backoff(predicate, message, timeout=timeout, max_wait=1)
 
 
 async def server_with_kernel(hub, api, user, name=""):

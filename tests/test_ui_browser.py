@@ -13,13 +13,13 @@ import contextlib
 
 import pytest
 import pytest_asyncio
-from jupyterhub.utils import exponential_backoff
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from jhub_suspend.demo.hub import start_hub
+from jhub_suspend.demo.hub import running_hub
 from jhub_suspend.testing.browser import login, publish_screenshots, shot
 from jhub_suspend.testing.hubapi import HubAPI
 from jhub_suspend.testing.kernel import KernelClient
+from jhub_suspend.testing.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -31,20 +31,13 @@ SERVICE_CONFIG = "c.SuspendService.cycle_interval = 3"
 
 @pytest_asyncio.fixture(scope="module")
 async def hub(cluster, tmp_path_factory):
-    h = await start_hub(
+    async with running_hub(
         cluster.describe(),
         str(tmp_path_factory.mktemp("hub")),
         extra_config=HUB_CONFIG,
         service_config=SERVICE_CONFIG,
-    )
-    try:
+    ) as h:
         yield h
-    finally:
-        await h.stop()
-
-
-async def wait_for(predicate, message, timeout=60):
-    return await exponential_backoff(predicate, message, timeout=timeout, max_wait=1)
 
 
 errors: list[str] = []

@@ -8,8 +8,10 @@ import os
 import secrets
 import signal
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..localcluster import services
 
@@ -87,6 +89,16 @@ async def _reap_when_dead(pid: int | None) -> None:
         if done:
             return
         await asyncio.sleep(0.05)  # a pid gives no event to wait on
+
+
+@contextlib.asynccontextmanager
+async def running_hub(cluster: dict, state_dir: str, **options: Any) -> AsyncIterator[Hub]:
+    """:func:`start_hub` for the length of an ``async with`` block, stopped at its end."""
+    hub = await start_hub(cluster, state_dir, **options)
+    try:
+        yield hub
+    finally:
+        await hub.stop()
 
 
 async def start_hub(
