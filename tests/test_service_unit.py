@@ -397,3 +397,24 @@ async def test_the_benchmark_runs(tmp_path):
 
 def test_promql_names_default():
     assert promql.MetricNames().pod == "pod"
+
+
+def test_agent_client_uses_the_tls_settings():
+    svc = service(
+        agent_url="https://agents.jhub-suspend-system:9771",
+        agent_urls={"node-a": "http://10.0.0.9:1"},
+        agent_token="t0k3n",
+        agent_ca_file="/ca.pem",
+        agent_client_cert="/c.pem",
+        agent_client_key="/k.pem",
+    )
+    client = svc.agent()
+    assert client is not None
+    assert client.base_url == "https://agents.jhub-suspend-system:9771"  # before agent_urls
+    assert (client.ca_file, client.client_cert, client.client_key) == (
+        "/ca.pem",
+        "/c.pem",
+        "/k.pem",
+    )
+    assert "t0k3n" not in repr(client)
+    assert service(agent_urls={}).agent() is None

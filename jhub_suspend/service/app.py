@@ -330,6 +330,14 @@ class SuspendService(Application):
     def _default_agent_token(self) -> str:
         return os.environ.get("JHUB_SUSPEND_AGENT_TOKEN", "")
 
+    agent_ca_file = Unicode(
+        "", help="CA bundle that signed the agents' TLS certificates (for https agent URLs)."
+    ).tag(config=True)
+    agent_client_cert = Unicode(
+        "", help="Client certificate the service presents to agents that require mTLS."
+    ).tag(config=True)
+    agent_client_key = Unicode("", help="Key of `agent_client_cert`.").tag(config=True)
+
     checkpoint_retention = Float(
         86400,
         help="Seconds after which images of restored or discarded checkpoints, and orphaned "
@@ -439,7 +447,16 @@ class SuspendService(Application):
 
     def agent(self) -> AgentClient | None:
         url = self.agent_url or next(iter(self.agent_urls.values()), "")
-        return AgentClient(url, self.agent_token, timeout=120) if url else None
+        if not url:
+            return None
+        return AgentClient(
+            url,
+            self.agent_token,
+            timeout=120,
+            ca_file=self.agent_ca_file or None,
+            client_cert=self.agent_client_cert or None,
+            client_key=self.agent_client_key or None,
+        )
 
     # ---- lifecycle --------------------------------------------------------------------------
 
