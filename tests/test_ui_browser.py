@@ -3,7 +3,9 @@ hub on the local cluster.
 
 One story: a user logs in and starts a server, runs code in a kernel, clicks Suspend and sees
 Suspended while the pod is gone, clicks Resume, watches the restore's progress, and finds the
-kernel's variable back. The same run opens the admin page as the admin, and as the user (403).
+kernel's variable back. Suspended again, its checkpoint image is deleted: Resume starts a fresh
+server and the home page says why. The same run opens the admin page as the admin, and as the
+user (403).
 Screenshots go to test-artifacts/ (see jhub_suspend.testing.browser).
 """
 
@@ -15,7 +17,10 @@ import pytest
 import pytest_asyncio
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from jhub_suspend import images
+from jhub_suspend.checkpoints import pinned_image
 from jhub_suspend.demo.hub import running_hub
+from jhub_suspend.suspension import server_model
 from jhub_suspend.testing.browser import login, publish_screenshots, shot
 from jhub_suspend.testing.hubapi import HubAPI
 from jhub_suspend.testing.kernel import KernelClient
@@ -53,7 +58,7 @@ async def pod_gone(core, name: str) -> bool:
     return False
 
 
-async def test_suspend_and_resume_in_the_browser(hub, core, browser):
+async def test_suspend_and_resume_in_the_browser(hub, core, browser, cluster):
     errors.clear()
     api = HubAPI(hub.api_url, hub.service_token)
     await api.ensure_user(USER)
@@ -120,6 +125,29 @@ async def test_suspend_and_resume_in_the_browser(hub, core, browser):
     assert (await kernel.execute("print(secret)")).strip() == "42"
     assert not await page.locator(".jhs-restore-failed").count()
 
+    # 5. A restore that cannot succeed (the checkpoint's image was deleted meanwhile) says so:
+    # a fresh server starts, and the home page tells why the saved session did not come back.
+    await page.goto(f"{hub.url}/hub/home")
+    await page.wait_for_selector("body[data-jhs-ready=true]")
+    await page.locator(".jhs-suspend").first.click()
+    await page.wait_for_selector(".jhs-suspended-badge", state="visible", timeout=150_000)
+    state = (await server_model(api.request, USER))["state"]
+    digest = state["jhub_suspend"]["checkpoint"]["digest"]
+    await images.delete(
+        pinned_image(cluster.checkpoint_repository, "default", state["pod_name"], digest)
+    )
+    await page.click("#start")
+    await page.wait_for_url(f"**/user/{USER}/**", timeout=120_000)
+    await page.goto(f"{hub.url}/hub/home")
+    last_error = page.locator(".jhs-last-error")
+    await last_error.wait_for(state="visible")
+    text = " ".join((await last_error.text_content() or "").split())
+    assert text.startswith("Last restore failed: Your saved session could not be restored"), text
+    assert "the saved checkpoint no longer exists in the registry" in text, text
+    assert "A fresh server was started on the same volume" in text, text
+    assert not await page.locator(".jhs-suspended-badge").count()
+    await shot(page, "home-restore-failed")
+
     # The admin page: a user gets the hub-styled 403 page.
     resp = await page.goto(f"{hub.url}/services/suspend/")
     await page.wait_for_url(f"{hub.url}/services/suspend/")
@@ -142,6 +170,11 @@ async def test_suspend_and_resume_in_the_browser(hub, core, browser):
 
     assert not errors, f"JavaScript errors: {errors}"
     publish_screenshots(
-        "home-running", "home-suspended", "spawn-pending-restore", "admin-forbidden", "admin"
+        "home-running",
+        "home-suspended",
+        "spawn-pending-restore",
+        "home-restore-failed",
+        "admin-forbidden",
+        "admin",
     )
     await api.stop_server(USER)
