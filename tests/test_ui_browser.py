@@ -4,7 +4,7 @@ hub on the local cluster.
 One story: a user logs in and starts a server, runs code in a kernel, clicks Suspend and sees
 Suspended while the pod is gone, clicks Resume, watches the restore's progress, and finds the
 kernel's variable back. Suspended again, its checkpoint image is deleted: Resume starts a fresh
-server and the home page says why. The same run opens the admin page as the admin, and as the
+server and the home page says why. A named server is suspended and resumed from its row. The same run opens the admin page as the admin, and as the
 user (403).
 Screenshots go to test-artifacts/ (see jhub_suspend.testing.browser).
 """
@@ -148,6 +148,25 @@ async def test_suspend_and_resume_in_the_browser(hub, core, browser, cluster):
     assert not await page.locator(".jhs-suspended-badge").count()
     await shot(page, "home-restore-failed")
 
+    # 6. A named server has the same controls in its row of the named-servers table.
+    name = "exp"
+    await api.start_server(USER, name)
+    named = KernelClient(f"{hub.url}/user/{USER}/{name}/", hub.service_token)
+    await named.start()
+    await named.execute("trial = 'named'")
+    await page.goto(f"{hub.url}/hub/home")
+    await page.wait_for_selector("body[data-jhs-ready=true]")
+    row = page.locator(f'tr.home-server-row[data-server-name="{name}"]')
+    await row.locator(".jhs-suspend").click()
+    await row.locator(".jhs-suspended-badge").wait_for(state="visible", timeout=150_000)
+    assert await pod_gone(core, f"jupyter-{USER}--{name}"), "the named server's pod still exists"
+    resume = row.locator(".start-server")
+    assert (await resume.text_content() or "").strip() == "resume"
+    await resume.click()
+    await page.wait_for_url(f"**/user/{USER}/{name}/**", timeout=120_000)
+    assert await named.execute("print(trial)") == "named\n"
+    await api.stop_server(USER, name)
+
     # The admin page: a user gets the hub-styled 403 page.
     resp = await page.goto(f"{hub.url}/services/suspend/")
     await page.wait_for_url(f"{hub.url}/services/suspend/")
@@ -162,7 +181,7 @@ async def test_suspend_and_resume_in_the_browser(hub, core, browser, cluster):
     context, page = await login(browser, hub.url, "admin", hub.admin_password, errors, width=1400)
     await page.goto(f"{hub.url}/services/suspend/")
     await page.wait_for_url(f"{hub.url}/services/suspend/")
-    row = page.locator(f'#jhs-servers tbody tr[data-user="{USER}"]')
+    row = page.locator(f'#jhs-servers tbody tr[data-user="{USER}"][data-server-name=""]')
     await row.wait_for(state="visible")
     await page.wait_for_selector("#jhs-chart-cpu .uplot, #jhs-chart-cpu .jhs-chart-empty")
     await shot(page, "admin")
