@@ -4,8 +4,8 @@ hub on the local cluster.
 One story: a user logs in and starts a server, runs code in a kernel, clicks Suspend and sees
 Suspended while the pod is gone, clicks Resume, watches the restore's progress, and finds the
 kernel's variable back. Suspended again, its checkpoint image is deleted: Resume starts a fresh
-server and the home page says why. A named server is suspended and resumed from its row. The same run opens the admin page as the admin, and as the
-user (403).
+server and the home page says why. A named server is suspended and resumed from its row. The
+same run opens the admin page as the admin, and as the user (403).
 Screenshots go to test-artifacts/ (see jhub_suspend.testing.browser).
 """
 
@@ -45,9 +45,6 @@ async def hub(cluster, tmp_path_factory):
         yield h
 
 
-errors: list[str] = []
-
-
 async def pod_gone(core, name: str) -> bool:
     try:
         await core.read_namespaced_pod(name, "default")
@@ -59,7 +56,7 @@ async def pod_gone(core, name: str) -> bool:
 
 
 async def test_suspend_and_resume_in_the_browser(hub, core, browser, cluster):
-    errors.clear()
+    errors: list[str] = []
     api = HubAPI(hub.api_url, hub.service_token)
     await api.ensure_user(USER)
     context, page = await login(browser, hub.url, USER, hub.user_password, errors)
