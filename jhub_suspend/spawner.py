@@ -31,6 +31,10 @@ from .restore import CheckpointImageDriver, RestoreDriver, RestoreFailed
 
 STATE_KEY = "jhub_suspend"
 NOTEBOOK_CONTAINER = "notebook"  # KubeSpawner's name for the notebook container
+NO_ROOM_MESSAGE = (
+    "No node had room to restore your server in time. Your saved session is kept: "
+    "start the server again later to restore it."
+)
 
 
 class SuspendFailed(Exception):
@@ -117,6 +121,27 @@ class SuspendingKubeSpawner(KubeSpawner):
         A checkpoint whose restore failed is kept for the admin regardless.
         """,
     ).tag(config=True)
+
+    restore_timeout = Float(
+        help="""Seconds a restore may take before it is given up (capped at `start_timeout`).
+
+        Shorter than the hub's `start_timeout` (by default 60 % of it), so that what follows
+        still happens while the hub waits: a restore that waited for room on a full node keeps
+        its checkpoint for the next start, and a restore that failed otherwise falls back to a
+        fresh server in the time that is left.
+        """,
+    ).tag(config=True)
+
+    @default("restore_timeout")
+    def _default_restore_timeout(self) -> float:
+        return 0.6 * self.start_timeout
+
+    @validate("restore_timeout")
+    def _validate_restore_timeout(self, proposal: Any) -> float:
+        value = float(proposal["value"])
+        if not value > 0:
+            raise TraitError(f"restore_timeout must be above 0 seconds, not {value:g}")
+        return value
 
     restore_driver_class = Type(
         CheckpointImageDriver,
@@ -409,32 +434,63 @@ class SuspendingKubeSpawner(KubeSpawner):
         self.checkpoint = checkpoint.with_status(Status.RESTORING)
         self._persist_state()
         try:
-            url = await super()._start()
-        except (RestoreFailed, TimeoutError) as e:
-            failure = (
-                e
-                if isinstance(e, RestoreFailed)
-                else RestoreFailed("the restored server did not start in time", str(e))
-            )
-            self.log.warning("Restoring %s failed: %s", self._log_name, failure.detail)
-            self._restore_failure = str(failure)
-            self._progress_news.set()
-            self._record_error(
-                "restore",
-                f"Your saved session could not be restored: {failure}. "
-                "A fresh server was started on the same volume.",
-                failure.detail,
-            )
-            self.checkpoint = checkpoint.with_status(Status.RESTORE_FAILED)
-            self._restoring = None
-            self._persist_state()
-            await super().stop(now=True)
-            return await super()._start()
+            deadline = min(self.restore_timeout, self.start_timeout)
+            url = await asyncio.wait_for(super()._start(), deadline)
+        except TimeoutError as e:
+            if not await self._waiting_for_room():
+                return await self._start_fresh(checkpoint, e)
+            await self._keep_for_later(checkpoint)
+            raise TimeoutError(NO_ROOM_MESSAGE) from e
+        except RestoreFailed as e:
+            return await self._start_fresh(checkpoint, e)
         finally:
             self._restoring = None
         self.log.info("Restored %s from %s", self._log_name, checkpoint.image)
         await self._release(checkpoint.with_status(Status.RESTORED))
         return url
+
+    async def _waiting_for_room(self) -> bool:
+        """Whether the restoring pod is still unscheduled: the cluster is full, the checkpoint
+        itself may be fine."""
+        pod = await self._current_pod()
+        conditions = ((pod or {}).get("status") or {}).get("conditions") or []
+        return any(
+            c.get("type") == "PodScheduled" and c.get("reason") == "Unschedulable"
+            for c in conditions
+        )
+
+    async def _keep_for_later(self, checkpoint: Checkpoint) -> None:
+        """Give up waiting for room: the pod goes, the checkpoint stays restorable."""
+        self.log.warning("No room to restore %s in time; its checkpoint is kept", self._log_name)
+        self._record_error("restore", NO_ROOM_MESSAGE)
+        self.checkpoint = checkpoint
+        self._restoring = None
+        self._persist_state()
+        await super().stop(now=True)
+
+    async def _start_fresh(
+        self, checkpoint: Checkpoint, e: RestoreFailed | TimeoutError
+    ) -> tuple[str, int] | str:
+        """The restore cannot succeed: keep the checkpoint for the admin, start fresh."""
+        failure = (
+            e
+            if isinstance(e, RestoreFailed)
+            else RestoreFailed("the restored server did not start in time", str(e))
+        )
+        self.log.warning("Restoring %s failed: %s", self._log_name, failure.detail)
+        self._restore_failure = str(failure)
+        self._progress_news.set()
+        self._record_error(
+            "restore",
+            f"Your saved session could not be restored: {failure}. "
+            "A fresh server was started on the same volume.",
+            failure.detail,
+        )
+        self.checkpoint = checkpoint.with_status(Status.RESTORE_FAILED)
+        self._restoring = None
+        self._persist_state()
+        await super().stop(now=True)
+        return await super()._start()
 
     async def _release(self, checkpoint: Checkpoint) -> None:
         """A checkpoint that was used or discarded: delete its image unless retention keeps it."""

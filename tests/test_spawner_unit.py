@@ -124,3 +124,11 @@ async def test_human_sizes():
         "32.6 MB",
         "1.2 GB",
     ]
+
+
+async def test_restore_timeout_defaults_below_start_timeout_and_rejects_nonsense():
+    assert spawner(start_timeout=600).restore_timeout == pytest.approx(360)
+    assert spawner(start_timeout=600, restore_timeout=100).restore_timeout == 100
+    s = spawner()
+    with pytest.raises(TraitError, match="restore_timeout must be above 0"):
+        s.restore_timeout = 0

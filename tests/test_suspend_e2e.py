@@ -20,6 +20,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from jhub_suspend import images
 from jhub_suspend.checkpoints import pinned_image
 from jhub_suspend.demo.hub import running_hub
+from jhub_suspend.spawner import NO_ROOM_MESSAGE
 from jhub_suspend.suspension import request_suspension, server_model
 from jhub_suspend.testing.hubapi import HubAPI
 from jhub_suspend.testing.kernel import KernelClient, KernelError
@@ -28,9 +29,15 @@ from jhub_suspend.testing.waiting import wait_for
 pytestmark = pytest.mark.slow
 
 
+# A restore gives up waiting for room after 30 s (the default is 60 % of start_timeout).
+HUB_CONFIG = "c.SuspendingKubeSpawner.restore_timeout = 30"
+
+
 @pytest_asyncio.fixture(scope="module")
 async def hub(cluster, tmp_path_factory):
-    async with running_hub(cluster.describe(), str(tmp_path_factory.mktemp("hub"))) as h:
+    async with running_hub(
+        cluster.describe(), str(tmp_path_factory.mktemp("hub")), extra_config=HUB_CONFIG
+    ) as h:
         yield h
 
 
@@ -192,7 +199,11 @@ async def test_suspend_frees_the_node_and_restore_brings_the_kernel_back(hub, ap
     # ... and goes on once the other pod leaves.
     await core.delete_namespaced_pod("waiting", "default", grace_period_seconds=0)
     messages = await resume
-    assert any("Insufficient cpu" in m for m in messages), messages
+    events = await core.list_namespaced_event(
+        "default", field_selector=f"involvedObject.name={pod_name}"
+    )
+    waited = [e.message for e in events.items if e.reason == "FailedScheduling"]
+    assert any("Insufficient cpu" in m for m in waited), waited
     restoring = [m for m in messages if "Restoring your saved session" in m]
     assert restoring, messages
     assert re.search(r"pulling a checkpoint of \d+(\.\d)? (kB|MB|GB)", restoring[0]), restoring
@@ -388,6 +399,44 @@ def _image_ref(server, cluster):
     return pinned_image(
         cluster.checkpoint_repository, "default", server["state"]["pod_name"], digest
     )
+
+
+async def test_a_restore_with_no_room_in_time_keeps_the_checkpoint(hub, api, core):
+    """Waiting for room ends at restore_timeout, while the hub still waits: the spawn fails
+    with a clear message, the pending pod goes, and the checkpoint stays restorable."""
+    user = "gina"
+    kernel = await server_with_kernel(hub, api, user)
+    await kernel.execute("w = 'waited'")
+    await core.create_namespaced_pod("default", waiting_pod("filler", "750m"))
+    after = await suspend(hub, api, core, user)
+    pod_name = after["state"]["pod_name"]
+
+    async def filler_runs():
+        pod = await core.read_namespaced_pod("filler", "default")
+        return pod.status.phase == "Running"
+
+    await wait_for(filler_runs, "the filler pod never took the freed room")
+    await api.request("POST", f"users/{user}/server")
+
+    async def given_up():
+        s = await server_model(api.request, user)
+        return s if s and not s.get("pending") and not s.get("ready") else False
+
+    server = await wait_for(given_up, "the restore never gave up waiting for room", 120)
+    record = ours(server)
+    assert record["checkpoint"]["status"] == "suspended", record
+    assert record["last_error"]["message"] == NO_ROOM_MESSAGE, record
+    assert not await pod_exists(core, pod_name)
+
+    await core.delete_namespaced_pod("filler", "default", grace_period_seconds=0)
+
+    async def filler_gone():
+        return not await pod_exists(core, "filler")
+
+    await wait_for(filler_gone, "the filler pod was never removed")
+    await api.start_server(user)
+    assert await kernel.execute("print(w)") == "waited\n"
+    await api.stop_server(user)
 
 
 async def test_suspending_a_stopped_server_is_refused(hub, api, core):
