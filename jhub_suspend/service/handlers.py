@@ -180,6 +180,8 @@ class ServersHandler(BaseHandler):
         if snap is None:
             raise web.HTTPError(503, "the first policy cycle has not completed yet; try again")
         ops = {(o.user, o.server_name): o for o in self.service.operations.running()}
+        # Suspensions and resumes that finished after the cycle's snapshot: their outcome wins.
+        settled = self.service.operations.succeeded_since(snap.time)
         prefix = self.service.service_prefix
         max_kr = self.service.policy_config.max_keep_running
         out = []
@@ -192,6 +194,8 @@ class ServersHandler(BaseHandler):
             view_state = v.state
             if op is not None and view_state in ("running", "suspended"):
                 view_state = "suspending" if op.kind == "suspend" else "restoring"
+            elif op is None and v.key in settled:
+                view_state = "suspended" if settled[v.key].kind == "suspend" else "running"
             if state is not None and view_state != state:
                 continue
             d = snap.decisions.get(v.key)

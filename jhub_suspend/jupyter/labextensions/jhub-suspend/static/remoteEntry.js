@@ -145,6 +145,9 @@
     this.shown = { id: null, kind: null, text: null };
     this.delay = POLL_MS;
     this.backoff = POLL_MS;
+    // Set when Lab has lost its server. The service's listing is as of its last cycle, so
+    // "suspended" can be stale just after a resume; it is believed only once Lab agrees.
+    this.lost = false;
   }
 
   Notifier.prototype.notify = function (kind, type, message, actions) {
@@ -239,7 +242,7 @@
       return true;
     }
     this.delay = POLL_MS;
-    if (state === "suspended") {
+    if (state === "suspended" && this.lost) {
       this.notify(
         "suspended",
         "info",
@@ -352,6 +355,7 @@
                 return null;
               });
             }
+            if (notifier) notifier.lost = true;
             if (server && notifier.show(server)) {
               console.info("jhub-suspend: lost the server, which is " + server.state);
               return;
