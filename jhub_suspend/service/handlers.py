@@ -194,8 +194,11 @@ class ServersHandler(BaseHandler):
             view_state = v.state
             if op is not None and view_state in ("running", "suspended"):
                 view_state = "suspending" if op.kind == "suspend" else "restoring"
-            elif op is None and v.key in settled:
-                view_state = "suspended" if settled[v.key].kind == "suspend" else "running"
+            checkpoint = _public_checkpoint(v.checkpoint) if v.checkpoint else None
+            if op is None and v.key in settled:
+                done = settled[v.key]
+                view_state = "suspended" if done.kind == "suspend" else "running"
+                checkpoint = done.result.get("checkpoint", checkpoint)
             if state is not None and view_state != state:
                 continue
             d = snap.decisions.get(v.key)
@@ -230,7 +233,7 @@ class ServersHandler(BaseHandler):
                         if v.memory_ratio is not None and math.isfinite(v.memory_ratio)
                         else None,
                     },
-                    "checkpoint": _public_checkpoint(v.checkpoint) if v.checkpoint else None,
+                    "checkpoint": checkpoint,
                     "last_error": v.last_error,
                     "keep_running": keep_running_dict(v.keep_running, max_kr)
                     if v.keep_running
