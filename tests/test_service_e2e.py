@@ -285,7 +285,7 @@ async def test_the_loop_suspends_an_idle_server_and_keeps_a_busy_one(hub, api):
     assert any("CPU reached" in r for r in d["reasons"]), d
     assert plan["prometheus_queries"] == 6  # constant: CPU, GPU (max+count), memory, freshness
 
-    async def listed():  # the listing is as of the last cycle
+    async def listed():  # the last cycle's listing, with finished operations overlaid
         status, listing = await call(hub, "GET", "api/servers?state=suspended", admin)
         assert status == 200, listing
         return [s for s in listing["servers"] if s["user"] == "ida"]
@@ -294,9 +294,12 @@ async def test_the_loop_suspends_an_idle_server_and_keeps_a_busy_one(hub, api):
     assert ida["checkpoint"]["size"] > 1_000_000 and ida["checkpoint"]["created"]
     assert ida["requests"]["cpu"] == 0.5
 
-    m = await metrics(hub)
+    async def gauges_updated():  # the gauges are set by the next cycle
+        m = await metrics(hub)
+        return m if m["jhub_suspend_servers_suspended"] >= 1 else False
+
+    m = await wait_for(gauges_updated, "the suspended-servers gauge was never updated", 30)
     assert m['jhub_suspend_suspensions_total{outcome="success",reason="idle"}'] >= 1
-    assert m["jhub_suspend_servers_suspended"] >= 1
     assert m["jhub_suspend_reclaimed_cpu_cores"] >= 0.5
     assert m["jhub_suspend_failsafe"] == 0
     assert m["jhub_suspend_prometheus_queries_per_cycle"] == 6
