@@ -12,7 +12,6 @@ from typing import Any
 
 from jupyterhub.crypto import CryptKeeper
 
-CHECKPOINT_NAME_ANNOTATION = "io.kubernetes.cri-o.annotations.checkpoint.name"
 ANNOTATION_PREFIX = "jhub-suspend.jupyter.org"
 # Set on a pod by whoever asks for a suspension (the service, an admin, the user); the
 # spawner's stop() checkpoints a pod that carries it.

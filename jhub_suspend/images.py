@@ -2,8 +2,10 @@
 
 Built and pushed with ``buildah`` (as ``checkpointctl build`` and the Kubernetes docs do),
 inspected, pulled and deleted with ``skopeo``; the registry protocol is never spoken here.
-The image carries ``io.kubernetes.cri-o.annotations.checkpoint.name=<container>`` in its
-manifest annotations, which is how CRI-O recognises a checkpoint image.
+The image carries the container's name under both ``org.criu.checkpoint.container.name``
+(which containerd looks for) and ``io.kubernetes.cri-o.annotations.checkpoint.name`` (CRI-O's)
+in its manifest annotations, with checkpointctl's other metadata: see
+:func:`jhub_suspend.archive.checkpoint_image_annotations`.
 
 buildah keeps its own storage (``vfs`` driver) under :attr:`ImageConfig.root`, chosen with
 command-line flags, so nothing under ``/etc`` needs to change.
@@ -126,18 +128,34 @@ def _read_text(path: str) -> str:
         return f.read()
 
 
-def checkpoint_name_from_archive(archive_path: str) -> str:
-    """The container name in an archive's ``config.dump`` (empty if there is none)."""
+def archive_config(archive_path: str) -> dict[str, Any]:
+    """An archive's ``config.dump`` (empty if it has none or it is unreadable)."""
     try:
         with tarfile.open(archive_path, "r:*") as tar:
             for member in tar:
                 if member.name.lstrip("./") == ckpt.CONFIG_DUMP_FILE:
                     f = tar.extractfile(member)
                     if f is not None:
-                        return str(json.load(f).get("name", ""))
+                        config = json.load(f)
+                        return config if isinstance(config, dict) else {}
     except (OSError, tarfile.TarError, ValueError):
         pass
-    return ""
+    return {}
+
+
+def complete_annotations(annotations: Mapping[str, str], config: Mapping[str, Any]) -> dict:
+    """``annotations`` with every runtime's checkpoint annotations added (pure): the container
+    is the one a name annotation gives, else the ``config.dump`` name; checkpointctl's metadata
+    comes from ``config.dump`` where the caller gave none."""
+    given = [annotations[a] for a in ckpt.CHECKPOINT_NAME_ANNOTATIONS if annotations.get(a)]
+    name = given[0] if given else str(config.get("name", ""))
+    if not name:
+        return dict(annotations)
+    return {
+        **ckpt.checkpoint_image_annotations(name, config=config),
+        **annotations,
+        **{a: name for a in ckpt.CHECKPOINT_NAME_ANNOTATIONS},
+    }
 
 
 async def build_and_push(
@@ -150,22 +168,19 @@ async def build_and_push(
 ) -> str:
     """Build a checkpoint image from ``archive_path``, push it to ``ref``; return its digest.
 
-    ``annotations`` become manifest annotations. When they do not name the checkpointed
-    container (``io.kubernetes.cri-o.annotations.checkpoint.name``), the name is taken from
-    the archive's ``config.dump``. The working container and local image are removed after.
+    ``annotations`` become manifest annotations, completed with every runtime's checkpoint
+    annotations (:func:`complete_annotations`). The working container and local image are
+    removed after.
     """
     cfg = config or default_config
     if not await asyncio.to_thread(os.path.isfile, archive_path):
         raise ImageError(f"checkpoint archive {archive_path} does not exist")
-    ann = dict(annotations)
-    if not ann.get(ckpt.CHECKPOINT_NAME_ANNOTATION):
-        name = checkpoint_name_from_archive(archive_path)
-        if not name:
-            raise ImageError(
-                f"{archive_path} has no config.dump name; pass the "
-                f"{ckpt.CHECKPOINT_NAME_ANNOTATION} annotation"
-            )
-        ann[ckpt.CHECKPOINT_NAME_ANNOTATION] = name
+    ann = complete_annotations(annotations, await asyncio.to_thread(archive_config, archive_path))
+    if not ann.get(ckpt.CRIU_CHECKPOINT_NAME_ANNOTATION):
+        raise ImageError(
+            f"{archive_path} has no config.dump name; pass the "
+            f"{ckpt.CRIU_CHECKPOINT_NAME_ANNOTATION} annotation"
+        )
     local = f"localhost/jhub-suspend-checkpoint-{uuid.uuid4().hex[:12]}:latest"
     workdir = tempfile.mkdtemp(prefix="jhs-image-")
     digestfile = os.path.join(workdir, "digest")

@@ -15,6 +15,8 @@ _session_cluster: dict = {}
 ADMIN_TOKEN = secrets.token_hex(16)
 AGENT_TOKEN = secrets.token_hex(16)
 CRIU = os.environ.get("JHUB_SUSPEND_CRIU", "/opt/jhub-suspend/bin/criu")
+CONTAINERD = "/opt/jhub-suspend/bin/containerd"
+INSTALL_HINT = "run scripts/install.sh, which installs containerd, runc and CRIU >= 4.2"
 
 
 def require_root() -> None:
@@ -41,7 +43,8 @@ def criu_path() -> str:
 async def cluster(tmp_path_factory):
     """The local cluster, with a small CPU node and a tainted GPU node."""
     require_root()
-    require_command(CRIU, "run scripts/install.sh, which installs CRIU >= 4.2")
+    require_command(CRIU, INSTALL_HINT)
+    require_command(CONTAINERD, INSTALL_HINT)
     from jhub_suspend.localcluster.cluster import LocalCluster
 
     state = str(tmp_path_factory.mktemp("cluster"))
@@ -50,7 +53,6 @@ async def cluster(tmp_path_factory):
         # Per run, so that test runs side by side on one machine do not share pods.
         bridge=f"jhst{os.getpid() % 10000}",
         pod_cidr=f"10.98.{20 + os.getpid() % 200}.0/24",
-        criu_path=CRIU,
         tokens={
             ADMIN_TOKEN: {"user": "admin", "permissions": ["*"]},
             # What the node agent's ClusterRole grants: the kubelet checkpoint call, nothing more.

@@ -575,7 +575,7 @@ def free_port() -> int:
 # ---- end to end on the local cluster ---------------------------------------------------------
 
 
-def holder_pod(name: str) -> dict:
+def holder_pod(name: str, image: str) -> dict:
     """A pod whose process holds some memory, so the checkpoint has something in it."""
     # Non-zero bytes: pages of zeros are never touched, so they would not be in the dump.
     script = "import time\ndata = b'x' * (16 << 20)\nwhile True:\n    time.sleep(1)\n"
@@ -585,8 +585,10 @@ def holder_pod(name: str) -> dict:
             "containers": [
                 {
                     "name": "notebook",
-                    "image": "python:3",
+                    "image": image,
                     "command": ["python3", "-c", script],
+                    # as root, as the demo's notebooks: see docs/localcluster.md
+                    "securityContext": {"runAsUser": 0},
                     "resources": {"requests": {"cpu": "100m"}},
                 }
             ],
@@ -606,14 +608,14 @@ async def wait_running(store, name: str, timeout: float = 30) -> dict:
 @pytest.fixture
 async def pod(cluster) -> AsyncIterator[dict]:
     name = f"agent-{secrets.token_hex(3)}"
-    cluster.store.create("pods", "default", holder_pod(name))
+    cluster.store.create("pods", "default", holder_pod(name, cluster.images["notebook"]))
     try:
         running = await wait_running(cluster.store, name)
         kubelet = cluster.kubelet(running["spec"]["nodeName"])
 
-        def holding_memory():
+        async def holding_memory():
             # Running means started; the checkpoint needs the program to have its memory.
-            used = [u.working_set_bytes for u in kubelet.usage() if u.pod == name]
+            used = [u.working_set_bytes for u in await kubelet.usage() if u.pod == name]
             return bool(used) and used[0] > 16 << 20
 
         await exponential_backoff(

@@ -1,19 +1,26 @@
-"""The kubelet's decisions, as plain functions of pods."""
+"""The kubelet's decisions, as plain functions of pods: what it asks the runtime for through
+CRI, and the statuses it reports."""
 
 import json
 
 import pytest
 
+from jhub_suspend.localcluster.cri import cri
+from jhub_suspend.localcluster.crispec import (
+    NODE_LABEL,
+    container_config,
+    container_env,
+    container_mounts,
+    run_as,
+    sandbox_config,
+    volume_dirs,
+)
 from jhub_suspend.localcluster.kubelet import (
     NodeConfig,
-    container_argv,
-    container_env,
-    host_path,
+    exit_codes,
     node_object,
-    run_as,
     running_status,
     terminated_status,
-    volume_dirs,
     waiting_status,
 )
 
@@ -50,36 +57,84 @@ def notebook_pod(**spec):
     }
 
 
-def test_command_and_environment():
+def test_environment_resolves_references_and_downward_api():
     pod = notebook_pod()
     c = pod["spec"]["containers"][0]
-    assert container_argv(c) == ["jupyterhub-singleuser"]
-    env = container_env(c, pod, {"HOME": "/h"})
-    assert (env["A"], env["B"], env["NODE"], env["HOME"]) == ("1", "1-2", "node-1", "/h")
-    with pytest.raises(ValueError, match="neither command nor args"):
-        container_argv({"name": "x", "image": "y"})
+    env = container_env(c, pod, {"CUDA_VISIBLE_DEVICES": "0"})
+    assert (env["A"], env["B"], env["NODE"]) == ("1", "1-2", "node-1")
+    assert env["CUDA_VISIBLE_DEVICES"] == "0"
+    # The image's own environment (PATH, HOME) is the runtime's to merge in, not ours.
+    assert "PATH" not in env and "HOME" not in env
 
 
-def test_volumes_map_to_host_directories():
+def test_volumes_map_to_host_directories_and_mounts():
     pod = notebook_pod()
     dirs = volume_dirs(pod, "/state")
     # A PVC outlives the pod; an emptyDir lives with it.
     assert dirs["home"] == "/state/volumes/default/claim-alice"
     assert dirs["cache"] == "/state/pods/default/jupyter-alice/volumes/cache"
-    c = pod["spec"]["containers"][0]
-    assert host_path(c, dirs, "/home/jovyan") == "/state/volumes/default/claim-alice"
-    assert host_path(c, dirs, "/home/jovyan/.cache/pip") == dirs["cache"] + "/pip"
-    assert host_path(c, dirs, "/srv") is None
+    mounts = container_mounts(pod["spec"]["containers"][0], dirs)
+    assert [(m.container_path, m.host_path, m.readonly) for m in mounts] == [
+        ("/home/jovyan", dirs["home"], False),
+        ("/home/jovyan/.cache", dirs["cache"], False),
+    ]
+    with pytest.raises(ValueError, match="names no volume"):
+        container_mounts({"volumeMounts": [{"name": "nope", "mountPath": "/x"}]}, dirs)
 
 
 def test_security_context_decides_the_user():
     pod = notebook_pod(securityContext={"fsGroup": 100, "supplementalGroups": [5]})
     c = pod["spec"]["containers"][0]
-    assert run_as(pod, c) is None
+    user = run_as(pod, c)
+    assert (user.uid, user.gid, user.groups, user.fs_group) == (None, None, (100, 5), 100)
     c["securityContext"] = {"runAsUser": 1000, "runAsGroup": 100}
     user = run_as(pod, c)
     assert (user.uid, user.gid, user.groups, user.fs_group) == (1000, 100, (100, 5), 100)
-    assert user.argv() == ["setpriv", "--reuid=1000", "--regid=100", "--groups=100,5", "--"]
+    sec = container_config(pod, c, image="sha256:abc", volumes=volume_dirs(pod, "/s"),
+                           extra_env={}).linux.security_context  # fmt: skip
+    assert (sec.run_as_user.value, sec.run_as_group.value) == (1000, 100)
+    assert list(sec.supplemental_groups) == [100, 5]
+
+
+def test_without_run_as_user_the_image_user_applies():
+    pod = notebook_pod()
+    c = pod["spec"]["containers"][0]
+    sec = container_config(pod, c, image="x", volumes=volume_dirs(pod, "/s"), extra_env={})
+    assert not sec.linux.security_context.HasField("run_as_user")
+
+
+def test_sandbox_and_container_identify_the_pod():
+    pod = notebook_pod()
+    pod["metadata"]["labels"] = {"app": "jupyterhub"}
+    pod["metadata"]["annotations"] = {"org.criu.config": "/etc/criu/other.conf"}
+    sb = sandbox_config(pod, "node-1", "/state/pods/default/jupyter-alice/logs")
+    assert (sb.metadata.name, sb.metadata.namespace, sb.metadata.uid) == (
+        "jupyter-alice",
+        "default",
+        "u1",
+    )
+    assert sb.labels[NODE_LABEL] == "node-1" and sb.labels["app"] == "jupyterhub"
+    assert sb.annotations["org.criu.config"] == "/etc/criu/other.conf"
+    assert sb.log_directory.endswith("/logs")
+    c = pod["spec"]["containers"][0]
+    cc = container_config(pod, c, image="sha256:abc", volumes=volume_dirs(pod, "/s"), extra_env={})
+    assert cc.image.image == "sha256:abc" and cc.image.user_specified_image == "jupyter/base"
+    assert list(cc.args) == ["jupyterhub-singleuser"] and list(cc.command) == []
+    assert cc.working_dir == "/home/jovyan"
+    assert cc.log_path == "notebook/0.log"
+    assert cc.labels["io.kubernetes.container.name"] == "notebook"
+
+
+def test_exit_codes_only_once_every_container_exited():
+    def status(name, state, code=0):
+        return cri.ContainerStatus(
+            metadata=cri.ContainerMetadata(name=name), state=state, exit_code=code
+        )
+
+    running = status("a", cri.CONTAINER_RUNNING)
+    exited = status("b", cri.CONTAINER_EXITED, 3)
+    assert exit_codes([running, exited]) is None
+    assert exit_codes([exited, status("a", cri.CONTAINER_EXITED)]) == {"b": 3, "a": 0}
 
 
 def test_statuses_have_what_kubespawner_and_the_client_read():

@@ -1,6 +1,7 @@
 """The local cluster end to end, with real parts: JupyterHub, KubeSpawner (unmodified), a real
 jupyterhub-singleuser and kernel in a pod, CRIU through the kubelet checkpoint contract, the
-registry and Prometheus.
+registry and Prometheus, on containerd: the checkpoint is containerd's ``CheckpointContainer``
+and the restore its ``CreateContainer`` from the checkpoint image.
 
 One hub and one user's server carry the whole story, in order, because a spawn is expensive;
 each step is its own test so a failure names the step.
@@ -126,17 +127,19 @@ async def test_checkpoint_image_is_pushed(cluster):
     facts = await images.inspect(ref)
     assert facts["digest"] == digest
     assert facts["annotations"]["io.kubernetes.cri-o.annotations.checkpoint.name"] == "notebook"
+    # containerd looks for checkpointctl's name: the image gets it even when only CRI-O's is asked.
+    assert facts["annotations"]["org.criu.checkpoint.container.name"] == "notebook"
     story["image"] = f"{ref}@{digest}"
 
 
-async def test_deleting_the_pod_frees_room_for_a_waiting_pod(core):
+async def test_deleting_the_pod_frees_room_for_a_waiting_pod(core, cluster):
     waiting = client.V1Pod(
         metadata=client.V1ObjectMeta(name="waiting"),
         spec=client.V1PodSpec(
             containers=[
                 client.V1Container(
                     name="main",
-                    image="busybox",
+                    image=cluster.images["busybox"],
                     command=["sleep", "600"],
                     resources=client.V1ResourceRequirements(requests={"cpu": "750m"}),
                 )

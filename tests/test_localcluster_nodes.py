@@ -9,22 +9,21 @@ from prometheus_api_client import PrometheusConnect
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from jhub_suspend.localcluster.cluster import LocalCluster
-from jhub_suspend.localcluster.network import PodNetwork
-from jhub_suspend.localcluster.runtime import Runtime
+from jhub_suspend.localcluster.containerd import _shim_pids
 
 pytestmark = pytest.mark.slow
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
-def sleeper(name, **resources):
+def sleeper(name, image, **resources):
     return {
         "metadata": {"name": name, "labels": {"app": "test"}},
         "spec": {
             "containers": [
                 {
                     "name": "main",
-                    "image": "busybox",
+                    "image": image,
                     "command": ["sleep", "600"],
                     "resources": {"requests": resources, "limits": resources},
                 }
@@ -64,7 +63,9 @@ async def test_nodes_register_with_capacity_and_labels(cluster):
 
 async def test_gpu_pod_gets_a_gpu_and_its_utilisation_is_exported(cluster):
     store = cluster.store
-    store.create("pods", "default", sleeper("gpu-user", **{"nvidia.com/gpu": "1"}))
+    store.create(
+        "pods", "default", sleeper("gpu-user", cluster.images["busybox"], **{"nvidia.com/gpu": "1"})
+    )
     pod = await wait_running(store, "gpu-user")
     assert pod["spec"]["nodeName"] == "gpu-node-1"
     kubelet = cluster.kubelet("gpu-node-1")
@@ -107,9 +108,13 @@ async def test_gpu_pod_gets_a_gpu_and_its_utilisation_is_exported(cluster):
 
 async def test_a_second_gpu_pod_waits_for_the_first(cluster):
     store = cluster.store
-    store.create("pods", "default", sleeper("gpu-a", **{"nvidia.com/gpu": "1"}))
+    store.create(
+        "pods", "default", sleeper("gpu-a", cluster.images["busybox"], **{"nvidia.com/gpu": "1"})
+    )
     await wait_running(store, "gpu-a")
-    store.create("pods", "default", sleeper("gpu-b", **{"nvidia.com/gpu": "1"}))
+    store.create(
+        "pods", "default", sleeper("gpu-b", cluster.images["busybox"], **{"nvidia.com/gpu": "1"})
+    )
     try:
 
         def unschedulable():
@@ -140,39 +145,53 @@ def alive(pid):
         return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-async def test_stopping_a_cluster_leaves_nothing_behind(tmp_path, criu_path):
-    """A cluster that dies leaves pods behind; the next start on its bridge removes them, and a
-    clean stop leaves no process, namespace or server."""
-    bridge, cidr = "jhsc0", "10.98.2.0/24"
-    # A pod left behind by a cluster that was killed: a process in one of the bridge's netns.
-    network = PodNetwork(bridge=bridge, cidr=cidr, netns_prefix=f"{bridge}-")
-    await network.setup()
-    netns = await network.create_netns(f"{bridge}-orphan")
-    orphan = await Runtime(criu_path=criu_path, state_dir=str(tmp_path / "rt")).start(
-        netns, ["sleep", "600"], {"PATH": os.environ["PATH"]}, str(tmp_path), str(tmp_path / "log")
-    )
-    assert alive(orphan.pid)
+async def container_pid(lc, pod, container="main"):
+    kubelet = next(k for k in lc.kubelets if k.find("default", pod))
+    return await kubelet.runtime.container_pid(kubelet.find("default", pod).containers[container])
 
-    lc = LocalCluster(
-        state_dir=str(tmp_path / "state"),
-        bridge=bridge,
-        pod_cidr=cidr,
-        criu_path=criu_path,
-        nodes=[{"name": "solo", "cpu": "1", "memory": "1Gi"}],
-    )
-    lc.initialize([])
+
+async def test_stopping_a_cluster_leaves_nothing_behind(tmp_path):
+    """A cluster that dies leaves its pods running (their shims outlive containerd, as on a
+    node); the next start on the same state removes them, and a clean stop leaves no process,
+    container or network behind."""
+    bridge, cidr = "jhsc0", "10.98.2.0/24"
+
+    def make():
+        lc = LocalCluster(
+            state_dir=str(tmp_path / "state"),
+            bridge=bridge,
+            pod_cidr=cidr,
+            nodes=[{"name": "solo", "cpu": "1", "memory": "1Gi"}],
+        )
+        lc.initialize([])
+        return lc
+
+    dead = make()
+    await dead.up()
+    dead.store.create("pods", "default", sleeper("left", dead.images["busybox"], cpu="100m"))
+    await wait_running(dead.store, "left")
+    orphan = await container_pid(dead, "left")
+    # The cluster is killed: its servers die at once, nothing is cleaned up.
+    dead.processes.kill_all_now()
+    dead.containerd = None
+    await dead.down()
+    assert alive(orphan), "the pod should outlive its killed cluster, as on a real node"
+
+    lc = make()
     await lc.up()
     try:
-        assert not alive(orphan.pid), "the leftover pod survived a new cluster's start"
-        lc.store.create("pods", "default", sleeper("s1", cpu="100m"))
+        assert not alive(orphan), "the leftover pod survived a new cluster's start"
+        lc.store.create("pods", "default", sleeper("s1", lc.images["busybox"], cpu="100m"))
         await wait_running(lc.store, "s1")
-        pod_pid = lc.kubelet("solo").find("default", "s1").containers["main"].pid
+        pod_pid = await container_pid(lc, "s1")
+        assert alive(pod_pid)
         servers = [p.pid for p in lc.processes]
         names = sorted(p.name for p in lc.processes)
-        assert names == ["agent-solo", "docker-registry", "prometheus"]
+        assert names == ["agent-solo", "containerd", "docker-registry", "prometheus"]
+        address = lc.containerd.address
     finally:
         await lc.down()
     assert not alive(pod_pid)
     assert not any(alive(pid) for pid in servers)
-    assert await network._our_namespaces() == []
+    assert _shim_pids(address) == []
     assert not os.path.exists(f"/sys/class/net/{bridge}")

@@ -386,7 +386,7 @@ async def test_gpu_thresholds_exemptions_keep_running_and_capacity_pressure(
                 containers=[
                     client.V1Container(
                         name="main",
-                        image="busybox",
+                        image=cluster.images["busybox"],
                         command=["sleep", "600"],
                         resources=client.V1ResourceRequirements(requests={"cpu": "1500m"}),
                     )

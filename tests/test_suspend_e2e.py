@@ -128,7 +128,7 @@ async def pod_exists(core, name):
     return True
 
 
-def waiting_pod(name, cpu):
+def waiting_pod(name, cpu, image):
     return client.V1Pod(
         metadata=client.V1ObjectMeta(name=name),
         spec=client.V1PodSpec(
@@ -136,7 +136,7 @@ def waiting_pod(name, cpu):
             containers=[
                 client.V1Container(
                     name="main",
-                    image="busybox",
+                    image=image,
                     command=["sleep", "600"],
                     resources=client.V1ResourceRequirements(requests={"cpu": cpu}),
                 )
@@ -155,7 +155,9 @@ async def test_suspend_frees_the_node_and_restore_brings_the_kernel_back(hub, ap
     assert pod_name == "jupyter-bob"
 
     # Someone waits for the room the idle notebook holds.
-    await core.create_namespaced_pod("default", waiting_pod("waiting", "750m"))
+    await core.create_namespaced_pod(
+        "default", waiting_pod("waiting", "750m", cluster.images["busybox"])
+    )
     after = await suspend(hub, api, core, user)
 
     record = ours(after)["checkpoint"]
@@ -401,13 +403,15 @@ def _image_ref(server, cluster):
     )
 
 
-async def test_a_restore_with_no_room_in_time_keeps_the_checkpoint(hub, api, core):
+async def test_a_restore_with_no_room_in_time_keeps_the_checkpoint(hub, api, core, cluster):
     """Waiting for room ends at restore_timeout, while the hub still waits: the spawn fails
     with a clear message, the pending pod goes, and the checkpoint stays restorable."""
     user = "gina"
     kernel = await server_with_kernel(hub, api, user)
     await kernel.execute("w = 'waited'")
-    await core.create_namespaced_pod("default", waiting_pod("filler", "750m"))
+    await core.create_namespaced_pod(
+        "default", waiting_pod("filler", "750m", cluster.images["busybox"])
+    )
     after = await suspend(hub, api, core, user)
     pod_name = after["state"]["pod_name"]
 

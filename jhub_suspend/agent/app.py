@@ -46,7 +46,7 @@ from traitlets import Bool, Float, Integer, TraitError, Unicode, default, valida
 from traitlets.config import Application
 
 from .. import images
-from ..archive import CHECKPOINT_NAME_ANNOTATION
+from ..archive import CHECKPOINT_NAME_ANNOTATIONS
 from .checkpointer import (
     FAILURE_REASONS,
     Checkpointer,
@@ -131,8 +131,9 @@ def check_annotations(value: Any, container: str) -> dict[str, str]:
             raise ApiError(400, f"annotation key {k!r} is not valid")
     if len(json.dumps(value)) > MAX_ANNOTATION_BYTES:
         raise ApiError(400, f"annotations exceed {MAX_ANNOTATION_BYTES} bytes")
-    if value.get(CHECKPOINT_NAME_ANNOTATION, container) != container:
-        raise ApiError(400, f"annotation {CHECKPOINT_NAME_ANNOTATION} must name the container")
+    for name in CHECKPOINT_NAME_ANNOTATIONS:
+        if value.get(name, container) != container:
+            raise ApiError(400, f"annotation {name} must name the container")
     return dict(value)
 
 

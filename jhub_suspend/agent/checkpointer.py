@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .. import images
-from ..archive import CHECKPOINT_NAME_ANNOTATION
+from ..archive import checkpoint_image_annotations
 from .kubelet import KubeletError
 
 log = logging.getLogger(__name__)
@@ -244,7 +244,10 @@ class Checkpointer:
         self.archives_in_use.add(archive)
         try:
             archive_bytes = await self._archive_size(archive)
-            annotations = {**req.annotations, CHECKPOINT_NAME_ANNOTATION: req.container}
+            annotations = {
+                **req.annotations,
+                **checkpoint_image_annotations(req.container, pod=req.pod, namespace=req.namespace),
+            }
             t = self.clock()
             digest = await self._push(archive, req.image, annotations)
             timings["push"] = self.clock() - t
@@ -301,7 +304,10 @@ class Checkpointer:
                     f"the kubelet refused the agent's credentials ({e.status}: {e.message}); "
                     "the agent's service account needs create on nodes/checkpoint"
                 ) from e
-            raise KubeletFailed(f"checkpointing {where} failed: {e}") from e
+            hint = node_setting_hint(e.message)
+            raise KubeletFailed(
+                f"checkpointing {where} failed: {e}" + (f". {hint}" if hint else "")
+            ) from e
 
     async def _push(self, archive: str, ref: str, annotations: Mapping[str, str]) -> str:
         try:
@@ -324,6 +330,22 @@ class Checkpointer:
                 f"the pushed image {ref} does not verify: {'; '.join(problems)}"
             )
         return int(facts["size"])
+
+
+#: what CRIU says when a container holds a TCP connection and was not told to dump it
+TCP_ESTABLISHED_MISSING = "consider using --tcp-established"
+
+
+def node_setting_hint(message: str) -> str:
+    """What a node admin must change, when a checkpoint failed for lack of a node setting."""
+    if TCP_ESTABLISHED_MISSING in message:
+        return (
+            "The node's CRIU configuration lacks tcp-established, which every notebook "
+            "needs (its kernels talk over TCP): add a line 'tcp-established' to "
+            "/etc/criu/runc.conf (runc) or /etc/criu/crun.conf (crun) on the node; "
+            "see docs/deploy.md"
+        )
+    return ""
 
 
 def verification_problems(

@@ -17,7 +17,6 @@ c = get_config()  # type: ignore[name-defined]  # noqa: F821
 with open(os.environ["JHUB_SUSPEND_CLUSTER"]) as f:
     cluster = json.load(f)
 state = os.environ["JHUB_SUSPEND_HUB_STATE"]
-venv_bin = os.path.dirname(sys.executable)
 # KubeSpawner's shared client loads the kubeconfig named here.
 os.environ["KUBECONFIG"] = cluster["kubeconfig"]
 
@@ -74,12 +73,18 @@ if token := os.environ.get("JHUB_SUSPEND_SERVICE_TOKEN"):
 
 c.JupyterHub.spawner_class = os.environ.get("JHUB_SUSPEND_SPAWNER", "suspending-kubespawner")
 c.KubeSpawner.namespace = "default"
-# The image is recorded in the pod but not run: the local cluster runs the command on the host.
-c.KubeSpawner.image = "quay.io/jupyter/base-notebook:latest"
-c.KubeSpawner.cmd = [os.path.join(venv_bin, "jupyterhub-singleuser")]
-# Notebooks run as root on the local cluster: its pods share the host's /proc, so CRIU's
-# parasite must be able to mount a /proc for the pod's PID namespace, which needs root. On a
-# real cluster the runtime gives each container its own /proc and notebooks run as jovyan.
+# The notebook image that scripts/install.sh builds (Python, jupyterhub-singleuser, JupyterLab and
+# jhub-suspend's Lab extension), pushed to the cluster's registry and run by containerd with the
+# image's own command (jupyterhub-singleuser). The volume is group-owned by fsGroup 100, as on
+# Zero to JupyterHub.
+c.KubeSpawner.image = cluster["images"]["notebook"]
+c.KubeSpawner.fs_gid = 100
+# The image's user is jovyan (uid 1000), but here notebooks run as root: root on these machines
+# lacks CAP_SYS_RESOURCE, without which CRIU cannot read the rlimits of another user's process
+# ("Can't get rlimit 0: Operation not permitted"). Root on a real node has it, and there
+# notebooks run as the image's user (see docs/localcluster.md).
+c.KubeSpawner.uid = 0
+c.KubeSpawner.cmd = ["jupyterhub-singleuser"]
 c.KubeSpawner.args = ["--allow-root"]
 c.KubeSpawner.cpu_guarantee = 0.5
 c.KubeSpawner.mem_guarantee = "512M"
@@ -89,16 +94,10 @@ c.KubeSpawner.volumes = [{"name": "home", "persistentVolumeClaim": {"claimName":
 c.KubeSpawner.volume_mounts = [{"name": "home", "mountPath": "/home/jovyan"}]
 c.KubeSpawner.working_dir = "/home/jovyan"
 # Users land in JupyterLab, with jhub-suspend's Lab extension (the warning before an automatic
-# suspension, and Resume after one) served from this checkout, as `pip install jhub-suspend`
-# would install it into a user image's share/jupyter/labextensions.
+# suspension, and Resume after one), which the image installs as `pip install jhub-suspend` does
+# into share/jupyter/labextensions. The image also turns off Lab's news announcements: the local
+# cluster has no internet.
 c.KubeSpawner.default_url = "/lab"
-# The local cluster has no internet, so Lab's news announcements are turned off
-# (demo/jupyter-config/labconfig/page_config.json).
-package_dir = os.path.dirname(os.path.abspath(jhub_suspend.__file__))
-c.KubeSpawner.environment = {
-    "JUPYTER_PATH": os.path.join(package_dir, "jupyter"),
-    "JUPYTER_CONFIG_PATH": os.path.join(package_dir, "demo", "jupyter-config"),
-}
 c.KubeSpawner.start_timeout = 120
 c.KubeSpawner.http_timeout = 60
 c.KubeSpawner.delete_grace_period = 1

@@ -1,7 +1,8 @@
 """LocalCluster: the single-machine Kubernetes that the demo and the tests run on.
 
 It starts, in one process, the emulated API server, the scheduler and one kubelet per node,
-and beside them the real servers: Debian's docker-registry for checkpoint images and Prometheus
+and beside them the real servers: Debian's docker-registry for the node images and checkpoint
+images, containerd (with runc and CRIU) that the kubelets drive through CRI, and Prometheus
 scraping the kubelets' cAdvisor and DCGM endpoints and the kube-state-metrics endpoint. It
 writes a kubeconfig for clients and a ``cluster.json`` describing where everything listens, and
 stops all of it again, even after a failure.
@@ -27,10 +28,9 @@ from tornado.netutil import bind_sockets
 from traitlets import Bool, Dict, Float, Integer, List, Unicode, default, validate
 from traitlets.config import Application
 
-from . import apiserver, metrics, services
+from . import apiserver, metrics, nodeimages, services
+from .containerd import Containerd, gateway_address
 from .kubelet import Kubelet, NodeConfig
-from .network import PodNetwork
-from .runtime import Runtime
 from .scheduler import Scheduler
 from .store import Store
 
@@ -111,12 +111,6 @@ class LocalCluster(Application):
         help="Private range for pod addresses. It exists only on this machine, on the bridge.",
     ).tag(config=True)
     bridge = Unicode("jhs0", help="Name of the bridge the pods' veth pairs join.").tag(config=True)
-    criu_path = Unicode(
-        "/opt/jhub-suspend/bin/criu", help="CRIU >= 4.2 (scripts/install.sh provides it)."
-    ).tag(config=True)
-    start_registry = Bool(True, help="Start Debian's docker-registry for checkpoint images.").tag(
-        config=True
-    )
     registry_port = Integer(0, help="Port of the registry; 0 picks a free one.").tag(config=True)
     start_prometheus = Bool(True, help="Start Prometheus scraping the cluster's metrics.").tag(
         config=True
@@ -167,9 +161,8 @@ class LocalCluster(Application):
         self._extra_scrape_jobs: list[dict] = []
         self.store = Store()
         self.kubelets: list[Kubelet] = []
-        self.network = PodNetwork(
-            bridge=self.bridge, cidr=self.pod_cidr, netns_prefix=f"{self.bridge}-"
-        )
+        self.containerd: Containerd | None = None
+        self.images: dict[str, str] = {}
         self.processes = services.ProcessGroup()
         self._servers: list[HTTPServer] = []
         self._tasks: list[asyncio.Task] = []
@@ -190,11 +183,6 @@ class LocalCluster(Application):
 
     async def _start(self) -> None:
         os.makedirs(self.state_dir, exist_ok=True)
-        # The store lives in memory, so pods left on this bridge belong to a cluster that died.
-        await self.network.teardown(kill_processes=True)
-        await self.network.setup()
-        runtime = Runtime(criu_path=self.criu_path, state_dir=self.state_dir)
-
         _, port = await apiserver.serve(
             self.store,
             host=self.host,
@@ -207,23 +195,35 @@ class LocalCluster(Application):
             web.Application([(r"/metrics", KubeStateMetricsHandler, {"store": self.store})])
         )
 
-        if self.start_registry:
-            registry = await services.start_registry(
-                os.path.join(self.state_dir, "registry"),
-                port=self.registry_port,
-                group=self.processes,
-                timeout=self.ready_timeout,
-            )
-            self.registry_host = registry.host
+        registry = await services.start_registry(
+            os.path.join(self.state_dir, "registry"),
+            port=self.registry_port,
+            group=self.processes,
+            timeout=self.ready_timeout,
+        )
+        self.registry_host = registry.host
+        # The node images (the notebook image, and busybox as the sandbox image) built by
+        # scripts/install.sh, pushed so that containerd pulls them as a node pulls any image.
+        self.images = await nodeimages.push_node_images(self.registry_host)
+        self.containerd = Containerd(
+            os.path.join(self.state_dir, "containerd"),
+            bridge=self.bridge,
+            pod_cidr=self.pod_cidr,
+            registry_host=self.registry_host,
+            sandbox_image=self.images["busybox"],
+            group=self.processes,
+        )
+        cri_client = await self.containerd.start(timeout=self.ready_timeout)
+        version = await cri_client.version()
 
         for spec in self.nodes:
             kubelet = Kubelet(
                 self.store,
                 NodeConfig(**spec),
-                runtime,
-                self.network,
+                cri_client,
                 state_dir=self.state_dir,
-                checkpoint_registries=(self.registry_host,) if self.registry_host else (),
+                runtime_version=f"{version.runtime_name}://{version.runtime_version}",
+                checkpoint_registries=(self.registry_host,),
                 authorize=self._authorize,
             )
             await kubelet.start(self.host)
@@ -242,7 +242,7 @@ class LocalCluster(Application):
             self.prometheus_url = prom.url
             self._prometheus = prom
 
-        if self.start_agents and self.registry_host:
+        if self.start_agents:
             await self._start_agents()
 
         apiserver.write_kubeconfig(self.kubeconfig_path, self.api_url, token=self.admin_token)
@@ -315,10 +315,14 @@ class LocalCluster(Application):
                 await kubelet.stop()
             except Exception:
                 self.log.exception("stopping kubelet %s", kubelet.node.name)
+        if self.containerd is not None:
+            try:
+                await self.containerd.stop()
+            except Exception:
+                self.log.exception("stopping containerd")
         await self.processes.stop_all()
         for server in self._servers:
             server.stop()
-        await self.network.teardown(kill_processes=True)
         self.log.info("local cluster stopped")
 
     # ---- facts for clients -----------------------------------------------------------------
@@ -378,11 +382,12 @@ class LocalCluster(Application):
             "prometheus": self.prometheus_url,
             "kube_state_metrics": self.ksm_url,
             "bridge": self.bridge,
-            "gateway": self.network.gateway,
+            "gateway": gateway_address(self.pod_cidr),
+            "images": self.images,
             "nodes": {k.node.name: f"http://{k.address}:{k.port}" for k in self.kubelets},
             "agents": self.agent_urls,
             "agent_token_file": os.path.join(self.state_dir, "secrets", "agent-token"),
-            "checkpoint_repository": self.checkpoint_repository if self.registry_host else "",
+            "checkpoint_repository": self.checkpoint_repository,
         }
 
     # ---- command line ----------------------------------------------------------------------

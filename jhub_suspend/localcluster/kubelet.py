@@ -1,18 +1,22 @@
 """The kubelet of one local-cluster node.
 
-It registers its node, runs the pods bound to it as real process trees (through ``runtime``),
-reports their status and events back to the API, and serves the kubelet's own HTTP API:
+It registers its node, runs the pods bound to it in the real container runtime (containerd,
+through CRI: a sandbox per pod on the CNI bridge, then pull, create and start of each
+container), reports their status and events back to the API, and serves the kubelet's own
+HTTP API:
 
 - ``POST /checkpoint/{namespace}/{pod}/{container}?timeout=N``, the kubelet checkpoint contract:
-  a real CRIU dump, the container keeps running, the answer is ``{"items": [archive path]}``;
+  the runtime's ``CheckpointContainer`` (runc, then CRIU), the container keeps running, the
+  answer is ``{"items": [archive path]}``;
 - ``GET /healthz``, ``GET /pods``;
-- ``GET /metrics/cadvisor`` (container CPU and memory measured from the real processes) and
+- ``GET /metrics/cadvisor`` (container CPU and memory from the runtime's cgroup statistics) and
   ``GET /metrics/dcgm`` (the node's simulated GPUs, DCGM-exporter style), with
   ``PUT /debug/gpus/{index}`` for tests and demos to set a simulated GPU's utilisation.
 
-A container whose image is a checkpoint image (annotated
-``io.kubernetes.cri-o.annotations.checkpoint.name``) is pulled and restored with CRIU instead of
-started, as CRI-O does with ``container_level_enabled = "checkpoint_restore"``.
+A pod whose container image is a checkpoint image is created like any other: containerd
+recognises the image (checkpointctl's ``org.criu.checkpoint.container.name`` annotation) and
+restores the container in ``CreateContainer`` and ``StartContainer``. The kubelet only looks at
+the image's annotations to word its events.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Coroutine
@@ -34,16 +39,19 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from .. import images
-from . import metrics
-from .network import NetnsInfo, PodNetwork
+from . import crispec, metrics
+from .cri import CriClient, CriError, cri
+from .crispec import NODE_LABEL, RunAs
 from .podstatus import set_condition
-from .runtime import ContainerProcess, Runtime
 from .store import ApiError, Store, rfc3339
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_ANNOTATION = "io.kubernetes.cri-o.annotations.checkpoint.name"
-RUNTIME_NAME = "jhub-suspend-localcluster"
+#: what marks a checkpoint image, for containerd (checkpointctl's) and for CRI-O
+CHECKPOINT_ANNOTATIONS = (
+    "org.criu.checkpoint.container.name",
+    "io.kubernetes.cri-o.annotations.checkpoint.name",
+)
 
 # authorize(token, verb, resource, subresource) -> username, or None when not allowed.
 Authorizer = Callable[[str | None, str, str, str], str | None]
@@ -67,7 +75,9 @@ class NodeConfig:
     taints: list[dict] = field(default_factory=list)
 
 
-def node_object(cfg: NodeConfig, address: str, port: int, now: float) -> dict:
+def node_object(
+    cfg: NodeConfig, address: str, port: int, now: float, runtime: str = "containerd://2"
+) -> dict:
     """The Node the kubelet registers (pure)."""
     capacity = {"cpu": cfg.cpu, "memory": cfg.memory, "pods": "110"}
     labels = {
@@ -107,7 +117,7 @@ def node_object(cfg: NodeConfig, address: str, port: int, now: float) -> dict:
             "nodeInfo": {
                 "architecture": machine_arch(),
                 "bootID": _boot_id(),
-                "containerRuntimeVersion": f"{RUNTIME_NAME}://0.1",
+                "containerRuntimeVersion": runtime,
                 "kernelVersion": platform.release(),
                 "kubeProxyVersion": "",
                 "kubeletVersion": "v1.33.0-localcluster",
@@ -126,113 +136,6 @@ def _boot_id() -> str:
             return f.read().strip()
     except OSError:
         return ""
-
-
-def container_argv(container: dict) -> list[str]:
-    """What a container runs: ``command`` + ``args`` (there is no image entrypoint here)."""
-    argv = list(container.get("command") or []) + list(container.get("args") or [])
-    if not argv:
-        raise ValueError(
-            f"container {container.get('name')!r} has neither command nor args; "
-            "the local cluster runs commands on the host and has no image entrypoint"
-        )
-    return argv
-
-
-def container_env(container: dict, pod: dict, extra: dict[str, str]) -> dict[str, str]:
-    """The container's environment: a minimal base, the pod's env (with downward-API fields)."""
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-        "HOSTNAME": pod["metadata"]["name"],
-        "LANG": "C.UTF-8",
-        **extra,
-    }
-    for item in container.get("env") or []:
-        if "value" in item:
-            env[item["name"]] = _expand(str(item["value"]), env)
-        elif field_ref := (item.get("valueFrom") or {}).get("fieldRef"):
-            env[item["name"]] = str(_field_path(pod, field_ref.get("fieldPath", "")))
-    return env
-
-
-def _expand(value: str, env: dict[str, str]) -> str:
-    for k, v in env.items():
-        value = value.replace(f"$({k})", v)
-    return value
-
-
-def _field_path(pod: dict, path: str) -> str:
-    obj: object = pod
-    for part in path.split("."):
-        obj = obj.get(part, "") if isinstance(obj, dict) else ""
-    return str(obj or "")
-
-
-@dataclass(frozen=True)
-class RunAs:
-    """The user a container runs as, from the pod's and the container's securityContext."""
-
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-    fs_group: int | None
-
-    def argv(self) -> list[str]:
-        """A prefix that drops to this user and then execs the command (the pid stays the same)."""
-        groups = ",".join(str(g) for g in self.groups)
-        return [
-            "setpriv",
-            f"--reuid={self.uid}",
-            f"--regid={self.gid}",
-            f"--groups={groups}" if groups else "--clear-groups",
-            "--",
-        ]
-
-
-def run_as(pod: dict, container: dict) -> RunAs | None:
-    """Who the container runs as; None means root, the default user of the host "image"."""
-    psc = pod["spec"].get("securityContext") or {}
-    csc = container.get("securityContext") or {}
-    uid = csc.get("runAsUser", psc.get("runAsUser"))
-    if uid is None or uid == 0:
-        return None
-    gid = csc.get("runAsGroup", psc.get("runAsGroup", 0))
-    fs_group = psc.get("fsGroup")
-    groups = tuple(
-        dict.fromkeys(
-            ([fs_group] if fs_group is not None else []) + psc.get("supplementalGroups", [])
-        )
-    )
-    return RunAs(int(uid), int(gid), tuple(int(g) for g in groups), fs_group)
-
-
-def volume_dirs(pod: dict, state_dir: str) -> dict[str, str]:
-    """Host directories for the pod's volumes, by volume name.
-
-    A PVC is a directory per claim, so it outlives the pod as a real volume does; other
-    volumes live with the pod.
-    """
-    ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
-    dirs = {}
-    for vol in pod["spec"].get("volumes") or []:
-        if claim := vol.get("persistentVolumeClaim"):
-            dirs[vol["name"]] = os.path.join(state_dir, "volumes", ns, claim["claimName"])
-        else:
-            dirs[vol["name"]] = os.path.join(state_dir, "pods", ns, name, "volumes", vol["name"])
-    return dirs
-
-
-def host_path(container: dict, mounts: dict[str, str], path: str) -> str | None:
-    """The host directory that a path inside the container maps to, through its mounts."""
-    best: tuple[int, str] | None = None
-    for m in container.get("volumeMounts") or []:
-        mount_path = m["mountPath"].rstrip("/") or "/"
-        if m["name"] in mounts and (path == mount_path or path.startswith(mount_path + "/")):
-            rel = path[len(mount_path) :].lstrip("/")
-            if best is None or len(mount_path) > best[0]:
-                host = os.path.join(mounts[m["name"]], rel) if rel else mounts[m["name"]]
-                best = (len(mount_path), host)
-    return best[1] if best else None
 
 
 def running_status(pod: dict, ip: str, host_ip: str, started: float, containers: dict) -> dict:
@@ -254,7 +157,7 @@ def running_status(pod: dict, ip: str, host_ip: str, started: float, containers:
             "name": name,
             "image": c["image"],
             "imageID": c.get("imageID", c["image"]),
-            "containerID": f"{RUNTIME_NAME}://{c['id']}",
+            "containerID": f"containerd://{c['id']}",
             "ready": True,
             "started": True,
             "restartCount": 0,
@@ -327,28 +230,86 @@ class PodFailed(Exception):
 
 @dataclass
 class PodRecord:
-    """What the kubelet holds for a pod it runs."""
+    """What the kubelet holds for a pod it runs: its sandbox and containers in the runtime."""
 
     uid: str
     namespace: str
     name: str
-    netns: NetnsInfo | None = None
-    containers: dict[str, ContainerProcess] = field(default_factory=dict)
+    sandbox_id: str = ""
+    sandbox_config: Any = None
+    ip: str = ""
+    containers: dict[str, str] = field(default_factory=dict)  # name -> runtime container id
     gpus: list[int] = field(default_factory=list)
     task: asyncio.Task | None = None
 
 
+def exit_codes(statuses: list[Any]) -> dict[str, int] | None:
+    """Exit codes by container name once every container has exited, else None (pure)."""
+    codes: dict[str, int] = {}
+    for status in statuses:
+        if status.state != cri.CONTAINER_EXITED:
+            return None
+        codes[status.metadata.name] = int(status.exit_code)
+    return codes
+
+
+def prepare_volume_dirs(dirs: dict[str, str], user: RunAs) -> None:
+    """Create the pod's volume directories, owned as the kubelet applies ``fsGroup``: group
+    ``fsGroup``, group-writable and setgid, so the container's user can write them."""
+    for path in dirs.values():
+        if os.path.isdir(path):
+            continue
+        os.makedirs(path)
+        uid = user.uid if user.uid is not None else -1
+        gid = user.fs_group if user.fs_group is not None else (user.gid or 0)
+        if user.uid is not None or user.fs_group is not None:
+            os.chown(path, uid, gid)
+            os.chmod(path, 0o2775)
+
+
+def criu_log_path(message: str) -> str:
+    """The CRIU log that a runc error message names (``... path= /x/criu-dump.log``)."""
+    match = re.search(r"path=\s*(\S+\.log)", message)
+    return match.group(1) if match else ""
+
+
+def criu_errors(log_text: str, limit: int = 3) -> list[str]:
+    """CRIU's own error lines (``Error (file:line): reason``), the last ``limit`` of them."""
+    errors = [
+        line.split(": ", 1)[-1].strip() for line in log_text.splitlines() if "Error (" in line
+    ]
+    return errors[-limit:]
+
+
+def criu_log_errors(message: str) -> str:
+    """CRIU's reason for a failed checkpoint, read from the log that ``message`` names."""
+    path = criu_log_path(message)
+    if not path:
+        return ""
+    try:
+        with open(path, errors="replace") as f:
+            return "; ".join(criu_errors(f.read()))
+    except OSError:
+        return ""
+
+
 class Kubelet:
-    """Runs the pods bound to one node. IO lives here; decisions are the functions above."""
+    """Runs the pods bound to one node through the runtime's CRI, as a kubelet does.
+
+    IO lives here; what goes into each CRI call is decided in :mod:`.crispec`.
+    """
+
+    #: how often the containers' states are relisted (the kubelet's PLEG period)
+    relist_period = 1.0
 
     def __init__(
         self,
         store: Store,
         node: NodeConfig,
-        runtime: Runtime,
-        network: PodNetwork,
+        runtime: CriClient,
         *,
         state_dir: str,
+        runtime_version: str = "containerd://2",
         checkpoint_dir: str | None = None,
         checkpoint_registries: tuple[str, ...] = (),
         registry_tls_verify: bool = False,
@@ -358,7 +319,7 @@ class Kubelet:
         self.store = store
         self.node = node
         self.runtime = runtime
-        self.network = network
+        self.runtime_version = runtime_version
         self.state_dir = state_dir
         self.checkpoint_dir = checkpoint_dir or os.path.join(state_dir, "checkpoints", node.name)
         self.checkpoint_registries = checkpoint_registries
@@ -383,12 +344,22 @@ class Kubelet:
         server = self._server = HTTPServer(self.make_app())
         server.add_sockets(sockets)
         os.makedirs(self.checkpoint_dir, exist_ok=True)
+        await self._remove_orphans()
         self._register_node()
         self._watch_task = asyncio.create_task(self._watch(), name=f"kubelet-{self.node.name}")
         log.info("kubelet %s serving on %s:%s", self.node.name, self.address, self.port)
 
+    async def _remove_orphans(self) -> None:
+        """Remove this node's sandboxes left by an earlier run: the API store starts empty, so
+        no pod owns them (a kubelet kills pods that are not bound to it)."""
+        for sb in await self.runtime.list_pod_sandboxes({NODE_LABEL: self.node.name}):
+            log.info("kubelet %s: removing orphaned sandbox %s", self.node.name, sb.id[:12])
+            await self._remove_sandbox(sb.id)
+
     def _register_node(self) -> None:
-        obj = node_object(self.node, self.address, self.port, self.clock())
+        obj = node_object(
+            self.node, self.address, self.port, self.clock(), runtime=self.runtime_version
+        )
         try:
             self.store.create("nodes", None, obj)
         except ApiError as e:
@@ -403,7 +374,7 @@ class Kubelet:
             self.store.mutate("nodes", None, self.node.name, refresh)
 
     async def stop(self) -> None:
-        """Stop watching and end every pod's processes; the API objects stay as they are."""
+        """Stop watching and remove every pod's containers; the API objects stay as they are."""
         if self._watch_task:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -479,14 +450,25 @@ class Kubelet:
         self._set_status(pod, waiting_status(pod, "ContainerCreating"))
         try:
             rec.gpus = self._allocate_gpus(pod)
-            rec.netns = await self.network.create_netns(
-                f"{self.network.netns_prefix}{rec.uid[:13]}"
+            volumes = crispec.volume_dirs(pod, self.state_dir)
+            first = pod["spec"]["containers"][0] if pod["spec"]["containers"] else {}
+            await asyncio.to_thread(prepare_volume_dirs, volumes, crispec.run_as(pod, first))
+            rec.sandbox_config = crispec.sandbox_config(
+                pod, self.node.name, crispec.pod_log_dir(self.state_dir, pod)
             )
+            try:
+                rec.sandbox_id = await self.runtime.run_pod_sandbox(rec.sandbox_config)
+                status = await self.runtime.pod_sandbox_status(rec.sandbox_id)
+            except CriError as e:
+                raise PodFailed(
+                    "CreatePodSandboxError", f"Failed to create pod sandbox: {e}"
+                ) from e
+            rec.ip = status.network.ip
             started: dict[str, dict] = {}
             for container in pod["spec"]["containers"]:
-                proc, info = await self._start_container(pod, rec, container)
-                rec.containers[container["name"]] = proc
-                started[container["name"]] = info
+                started[container["name"]] = await self._start_container(
+                    pod, rec, container, volumes
+                )
         except Exception as e:
             if not isinstance(e, PodFailed):
                 log.exception("pod %s/%s: creating containers failed", rec.namespace, rec.name)
@@ -499,21 +481,29 @@ class Kubelet:
         current = self._current(rec)
         if current is None or current["metadata"].get("deletionTimestamp"):
             return  # deleted while starting; _terminate cleans up
-        host_ip = self.address
         self._set_status(
-            current, running_status(current, rec.netns.ip, host_ip, self.clock(), started)
+            current, running_status(current, rec.ip, self.address, self.clock(), started)
         )
-        exit_codes = dict(
-            zip(
-                rec.containers,
-                await asyncio.gather(*(p.wait() for p in rec.containers.values())),
-                strict=True,
-            )
-        )
+        codes = await self._wait_for_exit(rec)
         current = self._current(rec)
         if current is not None and not current["metadata"].get("deletionTimestamp"):
-            log.info("pod %s/%s ended: %s", rec.namespace, rec.name, exit_codes)
-            self._set_status(current, terminated_status(current, exit_codes, self.clock()))
+            log.info("pod %s/%s ended: %s", rec.namespace, rec.name, codes)
+            self._set_status(current, terminated_status(current, codes, self.clock()))
+
+    async def _wait_for_exit(self, rec: PodRecord) -> dict[str, int]:
+        """Relist the pod's containers every ``relist_period`` until all have exited."""
+        while True:
+            try:
+                statuses = [
+                    await self.runtime.container_status(cid) for cid in rec.containers.values()
+                ]
+            except CriError as e:
+                if not e.not_found:
+                    raise
+                return {name: 137 for name in rec.containers}  # removed behind our back
+            if (codes := exit_codes(statuses)) is not None:
+                return codes
+            await asyncio.sleep(self.relist_period)
 
     def _allocate_gpus(self, pod: dict) -> list[int]:
         from .scheduler import pod_requests
@@ -528,92 +518,70 @@ class Kubelet:
         return free[:want]
 
     async def _start_container(
-        self, pod: dict, rec: PodRecord, container: dict
-    ) -> tuple[ContainerProcess, dict]:
+        self, pod: dict, rec: PodRecord, container: dict, volumes: dict[str, str]
+    ) -> dict:
+        """Pull the container's image, create and start the container; return its status
+        facts. A checkpoint image is restored by the runtime in create and start."""
         name, image = container["name"], container["image"]
-        pod_dir = os.path.join(self.state_dir, "pods", rec.namespace, rec.name)
-        log_path = os.path.join(pod_dir, "logs", f"{name}-{int(self.clock())}.log")
-        os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        assert rec.netns is not None
-        info = {"image": image, "started": self.clock(), "id": f"{rec.uid[:12]}-{name}"}
-
         checkpoint = await self._checkpoint_image(pod, image)
-        if checkpoint is not None:
-            return await self._restore_container(pod, rec, container, checkpoint, log_path), {
-                **info,
-                "imageID": f"{image}@{checkpoint['digest']}",
-            }
-
-        user = run_as(pod, container)
-        mounts = volume_dirs(pod, self.state_dir)
-        workdir = container.get("workingDir")
-        cwd = (host_path(container, mounts, workdir) if workdir else None) or os.path.join(
-            pod_dir, "home"
+        started = self.clock()
+        self._event(pod, "Pulling", f'Pulling image "{image}"')
+        try:
+            image_ref = await self.runtime.pull_image(image, rec.sandbox_config)
+        except CriError as e:
+            raise PodFailed("ErrImagePull", f'Failed to pull image "{image}": {e.details}') from e
+        self._event(
+            pod, "Pulled", f'Successfully pulled image "{image}" in {self.clock() - started:.1f}s'
         )
-        for path in {*mounts.values(), cwd}:
-            if not os.path.isdir(path):
-                os.makedirs(path)
-                # As the kubelet applies fsGroup to volumes, so the user can write them.
-                if user:
-                    os.chown(
-                        path, user.uid, user.fs_group if user.fs_group is not None else user.gid
-                    )
-        extra = {"HOME": cwd}
+        extra: dict[str, str] = {}
         if rec.gpus:
             devices = ",".join(str(i) for i in rec.gpus)
             extra.update(NVIDIA_VISIBLE_DEVICES=devices, CUDA_VISIBLE_DEVICES=devices)
         try:
-            argv = (user.argv() if user else []) + container_argv(container)
-            env = container_env(container, pod, extra)
-            proc = await self.runtime.start(rec.netns, argv, env, cwd, log_path)
-        except (ValueError, OSError) as e:
-            raise PodFailed("CreateContainerError", str(e)) from e
-        self._event(pod, "Started", f"Started container {name}")
-        return proc, info
+            config = crispec.container_config(
+                pod, container, image=image_ref, volumes=volumes, extra_env=extra
+            )
+        except ValueError as e:
+            raise PodFailed("CreateContainerConfigError", str(e)) from e
+        what = "restoring checkpoint failed" if checkpoint else "Error"
+        try:
+            cid = await self.runtime.create_container(rec.sandbox_id, config, rec.sandbox_config)
+        except CriError as e:
+            raise PodFailed("CreateContainerError", f"{what}: {e.details}") from e
+        rec.containers[name] = cid
+        self._event(pod, "Created", f"Created container {name}")
+        try:
+            await self.runtime.start_container(cid)
+        except CriError as e:
+            raise PodFailed("CreateContainerError" if checkpoint else "RunContainerError",
+                            f"{what}: {e.details}") from e  # fmt: skip
+        if checkpoint:
+            self._event(
+                pod,
+                "Started",
+                f"Restored container {name} from checkpoint image {image} "
+                f"in {self.clock() - started:.1f}s",
+            )
+        else:
+            self._event(pod, "Started", f"Started container {name}")
+        info = {"image": image, "started": self.clock(), "id": cid}
+        if checkpoint:
+            info["imageID"] = f"{image}@{checkpoint['digest']}"
+        return info
 
     async def _checkpoint_image(self, pod: dict, image: str) -> dict | None:
-        """The checkpoint image's manifest facts, or None for an ordinary image."""
+        """The checkpoint image's manifest facts, or None for an ordinary image (only images
+        from the checkpoint registries are looked at)."""
         if not any(image.startswith(r + "/") for r in self.checkpoint_registries):
             return None
-        self._event(pod, "Pulling", f'Pulling image "{image}"')
         try:
             facts = await images.inspect(image, tls_verify=self.registry_tls_verify)
         except images.ImageError as e:
             raise PodFailed("ErrImagePull", f'Failed to pull image "{image}": {e}') from e
-        if CHECKPOINT_ANNOTATION not in (facts.get("annotations") or {}):
+        annotations = facts.get("annotations") or {}
+        if not any(a in annotations for a in CHECKPOINT_ANNOTATIONS):
             return None
         return facts
-
-    async def _restore_container(
-        self, pod: dict, rec: PodRecord, container: dict, facts: dict, log_path: str
-    ) -> ContainerProcess:
-        image = container["image"]
-        assert rec.netns is not None
-        dest = os.path.join(self.state_dir, "restore", rec.uid, container["name"])
-        started = self.clock()
-        try:
-            archive = await images.pull_archive(image, dest, tls_verify=self.registry_tls_verify)
-        except images.ImageError as e:
-            raise PodFailed("ErrImagePull", f'Failed to pull image "{image}": {e}') from e
-        self._event(
-            pod,
-            "Pulled",
-            f'Successfully pulled checkpoint image "{image}" ({facts.get("size", 0)} bytes) '
-            f"in {self.clock() - started:.1f}s",
-        )
-        try:
-            proc = await self.runtime.restore(archive, rec.netns, log_path)
-        except Exception as e:  # CRIU's reason is in the message
-            raise PodFailed("CreateContainerError", f"restoring checkpoint failed: {e}") from e
-        finally:
-            shutil.rmtree(dest, ignore_errors=True)
-        self._event(
-            pod,
-            "Started",
-            f"Restored container {container['name']} from checkpoint image {image} "
-            f"in {self.clock() - started:.1f}s",
-        )
-        return proc
 
     # ---- stopping a pod --------------------------------------------------------------------
 
@@ -637,13 +605,29 @@ class Kubelet:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await rec.task
         # SIGTERM first, SIGKILL after the grace period, as the kubelet does.
-        await asyncio.gather(*(self.runtime.terminate(p, grace) for p in rec.containers.values()))
-        if rec.netns:
-            await self.network.delete_netns(rec.netns.name)
+        await asyncio.gather(*(self._stop_container(cid, grace) for cid in rec.containers.values()))
+        if rec.sandbox_id:
+            await self._remove_sandbox(rec.sandbox_id)
         shutil.rmtree(
             os.path.join(self.state_dir, "pods", rec.namespace, rec.name, "volumes"),
             ignore_errors=True,
         )
+
+    async def _stop_container(self, container_id: str, grace: float) -> None:
+        try:
+            await self.runtime.stop_container(container_id, int(grace))
+            await self.runtime.remove_container(container_id)
+        except CriError as e:
+            if not e.not_found:
+                log.warning("removing container %s: %s", container_id[:12], e)
+
+    async def _remove_sandbox(self, sandbox_id: str) -> None:
+        for call in (self.runtime.stop_pod_sandbox, self.runtime.remove_pod_sandbox):
+            try:
+                await call(sandbox_id)
+            except CriError as e:
+                if not e.not_found:
+                    log.warning("removing sandbox %s: %s", sandbox_id[:12], e)
 
     # ---- the kubelet's HTTP API ------------------------------------------------------------
 
@@ -653,9 +637,10 @@ class Kubelet:
         )
 
     async def checkpoint(self, namespace: str, pod: str, container: str, timeout: float) -> str:
-        """Checkpoint one container with CRIU; it keeps running. Returns the archive's path."""
+        """Checkpoint one container through the runtime; it keeps running. Returns the
+        archive's path, as the kubelet's ``/checkpoint`` answers it."""
         rec = self.find(namespace, pod)
-        if rec is None or container not in rec.containers or rec.netns is None:
+        if rec is None or container not in rec.containers:
             raise web.HTTPError(
                 404,
                 "pod or container %s/%s/%s not found on node %s",
@@ -668,32 +653,37 @@ class Kubelet:
         path = os.path.join(
             self.checkpoint_dir, f"checkpoint-{pod}_{namespace}-{container}-{stamp}.tar"
         )
-        current = self._current(rec) or {"metadata": {"name": pod, "namespace": namespace}}
-        await self.runtime.checkpoint(
-            rec.containers[container],
-            rec.netns,
-            path,
-            container_name=container,
-            pod_meta=current["metadata"],
-            timeout=timeout,
-        )
+        try:
+            await self.runtime.checkpoint_container(
+                rec.containers[container], path, max(1, int(timeout))
+            )
+        except CriError as e:
+            # runc names CRIU's log but not CRIU's reason; the log goes with the container.
+            reason = await asyncio.to_thread(criu_log_errors, e.details)
+            raise CriError(e.method, e.code, f"{e.details}: {reason}" if reason else e.details)
         return path
 
-    def usage(self) -> list[metrics.ContainerUsage]:
+    async def usage(self) -> list[metrics.ContainerUsage]:
+        """CPU and memory of this node's containers, from the runtime's cgroup statistics."""
+        owners = {
+            cid: (rec, name) for rec in self.pods.values() for name, cid in rec.containers.items()
+        }
         out = []
-        for rec in list(self.pods.values()):
-            for name, proc in rec.containers.items():
-                cpu, mem = self.runtime.usage(proc)
-                out.append(
-                    metrics.ContainerUsage(
-                        namespace=rec.namespace,
-                        pod=rec.name,
-                        container=name,
-                        node=self.node.name,
-                        cpu_seconds=cpu,
-                        working_set_bytes=mem,
-                    )
+        for stats in await self.runtime.list_container_stats():
+            owner = owners.get(stats.attributes.id)
+            if owner is None:
+                continue
+            rec, name = owner
+            out.append(
+                metrics.ContainerUsage(
+                    namespace=rec.namespace,
+                    pod=rec.name,
+                    container=name,
+                    node=self.node.name,
+                    cpu_seconds=stats.cpu.usage_core_nano_seconds.value / 1e9,
+                    working_set_bytes=stats.memory.working_set_bytes.value,
                 )
+            )
         return out
 
     def gpu_samples(self) -> list[metrics.GpuSample]:
@@ -797,9 +787,13 @@ class CheckpointHandler(KubeletHandler):
 class CadvisorHandler(KubeletHandler):
     subresource = "metrics"
 
-    def get(self) -> None:
+    async def get(self) -> None:
+        try:
+            usage = await self.kubelet.usage()
+        except CriError as e:
+            raise web.HTTPError(500, "reading container statistics from the runtime: %s", e) from e
         self.set_header("Content-Type", "text/plain; version=0.0.4")
-        self.finish(metrics.cadvisor_metrics(self.kubelet.usage()))
+        self.finish(metrics.cadvisor_metrics(usage))
 
 
 class DcgmHandler(KubeletHandler):
