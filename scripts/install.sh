@@ -202,14 +202,18 @@ PY
     || { echo "cri-api: the generated k8s_cri does not import" >&2; exit 1; }
 fi
 
-# CRIU's configuration for runc, as a node's administrator sets it: CRI checkpoints do not pass
-# --tcp-established, and Jupyter's kernels hold established loopback TCP connections.
-if ! grep -qxE '[[:space:]]*tcp-established[[:space:]]*' /etc/criu/runc.conf 2>/dev/null; then
-  log "criu: adding tcp-established to /etc/criu/runc.conf"
+# CRIU's configuration for runc, as a node's administrator sets it (docs/deploy.md). CRI
+# checkpoints pass no TCP option, and a notebook always holds connections: its kernels' ZeroMQ
+# channels on loopback, and the proxy's keep-alive and websocket connections from outside the
+# pod. tcp-close lets CRIU dump them and restores them closed, so a restore on a new address
+# works; ZeroMQ and JupyterLab reconnect. (tcp-established alone dumps them, but then every
+# restore on a new address fails: "Can't bind inet socket back".)
+if ! grep -qxE '[[:space:]]*tcp-close[[:space:]]*' /etc/criu/runc.conf 2>/dev/null; then
+  log "criu: adding tcp-close to /etc/criu/runc.conf"
   mkdir -p /etc/criu
   # (a last line without its newline gets one first)
   if [ -n "$(tail -c1 /etc/criu/runc.conf 2>/dev/null)" ]; then echo >> /etc/criu/runc.conf; fi
-  echo tcp-established >> /etc/criu/runc.conf
+  echo tcp-close >> /etc/criu/runc.conf
 fi
 
 # The node images (the sandbox image and the notebook image), as OCI layouts in $prefix/images.

@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 from pathlib import Path
 
 import pytest
@@ -30,14 +29,27 @@ pytestmark = pytest.mark.slow
 
 
 # A restore gives up waiting for room after 30 s (the default is 60 % of start_timeout).
-HUB_CONFIG = "c.SuspendingKubeSpawner.restore_timeout = 30"
+HUB_CONFIG = "c.SuspendingKubeSpawner.restore_timeout = 30\n"
+# The user whose pods run as on a node whose CRIU configuration lacks tcp-close: runc hands
+# CRIU the file that the pod's org.criu.config annotation names instead of /etc/criu/runc.conf.
+NO_TCP_CLOSE_USER = "dave"
+NODE_WITHOUT_TCP_CLOSE = """
+def _as_on_a_node_without_tcp_close(spawner, pod):
+    if spawner.user.name == {user!r}:
+        pod.metadata.annotations = {{**(pod.metadata.annotations or {{}}),
+                                    "org.criu.config": {path!r}}}
+    return pod
+c.KubeSpawner.modify_pod_hook = _as_on_a_node_without_tcp_close
+"""
 
 
 @pytest_asyncio.fixture(scope="module")
 async def hub(cluster, tmp_path_factory):
-    async with running_hub(
-        cluster.describe(), str(tmp_path_factory.mktemp("hub")), extra_config=HUB_CONFIG
-    ) as h:
+    state = tmp_path_factory.mktemp("hub")
+    criu_conf = state / "criu-without-tcp-close.conf"
+    criu_conf.write_text("# a node's CRIU configuration that lacks tcp-close\n")
+    config = HUB_CONFIG + NODE_WITHOUT_TCP_CLOSE.format(user=NO_TCP_CLOSE_USER, path=str(criu_conf))
+    async with running_hub(cluster.describe(), str(state), extra_config=config) as h:
         yield h
 
 
@@ -215,7 +227,12 @@ async def test_suspend_frees_the_node_and_restore_brings_the_kernel_back(hub, ap
         "default", field_selector=f"involvedObject.name={pod_name}"
     )
     pulled = [e.message for e in events.items if e.reason == "Pulled"]
-    assert any("bytes" in m and "checkpoint image" in m for m in pulled), pulled
+    checkpoint_pulls = [m for m in pulled if "jhub-suspend/default/jupyter-bob@sha256:" in m]
+    assert checkpoint_pulls and re.search(r"Image size: [1-9]\d+ bytes", checkpoint_pulls[0]), (
+        pulled
+    )
+    restored = [e.message for e in events.items if e.reason == "Started"]
+    assert any("Restored container notebook from checkpoint image" in m for m in restored)
     assert kernel.kernel_id in [k["id"] for k in await kernel.kernels()]
     assert await kernel.execute("print(x)") == "42\n"
     # The restored process still holds its token, and the hub still accepts it.
@@ -244,32 +261,24 @@ async def test_named_server_suspends_and_restores(hub, api, core):
     await api.stop_server(user, name)
 
 
-async def test_a_failed_checkpoint_leaves_the_server_running(hub, api, core, tmp_path):
-    """A notebook connected to a socket outside its pod cannot be checkpointed: the pod stays,
-    the reason is kept, and the next start gives the same live server back."""
-    user = "dave"
+async def test_a_node_without_tcp_close_leaves_the_server_running_and_says_why(hub, api, core):
+    """On a node whose CRIU configuration lacks tcp-close, no notebook can be checkpointed (its
+    kernels and the proxy hold TCP connections): the pod stays, the user and the admin are told
+    which setting is missing, and the next start gives the same live server back."""
+    user = NO_TCP_CLOSE_USER
     kernel = await server_with_kernel(hub, api, user)
     await kernel.execute("y = 'still here'")
-    uid = (await core.read_namespaced_pod("jupyter-dave", "default")).metadata.uid
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    path = str(tmp_path / "host.sock")
-    listener.bind(path)
-    listener.listen(1)
-    try:
-        await kernel.execute(
-            f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({path!r})"
-        )
-        after = await suspend(hub, api, core, user)
-    finally:
-        listener.close()
+    uid = (await core.read_namespaced_pod(f"jupyter-{user}", "default")).metadata.uid
+    after = await suspend(hub, api, core, user)
     # The hub has the live server back at once; the user never had to start anything.
     assert after["ready"], after
     error = ours(after)["last_error"]
     assert error["operation"] == "suspend"
     assert "Suspending failed, the server keeps running" in error["message"]
-    assert "unix" in error["message"].lower() or "criu" in error["message"].lower(), error
+    text = error["message"] + " " + (error.get("detail") or "")
+    assert "tcp-close" in text and "/etc/criu/runc.conf" in text, error
     assert ours(after)["checkpoint"] is None
-    pod = await core.read_namespaced_pod("jupyter-dave", "default")
+    pod = await core.read_namespaced_pod(f"jupyter-{user}", "default")
     assert pod.status.phase == "Running"
     assert pod.metadata.deletion_timestamp is None
     assert pod.metadata.uid == uid  # the same pod, adopted, not a new one
@@ -308,14 +317,15 @@ async def test_a_gone_checkpoint_starts_fresh_with_a_message_and_no_retry(hub, a
     await api.stop_server(user)
 
 
-async def test_a_file_removed_while_suspended_fails_the_restore_cleanly(hub, api, core):
+async def test_a_file_removed_while_suspended_fails_the_restore_cleanly(hub, api, core, cluster):
     """CRIU reopens the files a process had open; if one is gone, the restore fails."""
     user = "frank"
     kernel = await server_with_kernel(hub, api, user)
-    home = (await kernel.execute("import os\nprint(os.getcwd())")).strip()
     await kernel.execute("open('data.csv', 'w').write('a,b\\n')\nf = open('data.csv')")
     await suspend(hub, api, core, user)
-    os.remove(os.path.join(home, "data.csv"))
+    # The user's volume (their PVC) on the host, where the local cluster keeps volumes.
+    volume = os.path.join(cluster.state_dir, "volumes", "default", f"claim-{user}")
+    os.remove(os.path.join(volume, "data.csv"))
 
     messages = await start_with_progress(hub, api, user)
     assert any("could not be restored" in m for m in messages), messages

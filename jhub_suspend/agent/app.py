@@ -10,7 +10,8 @@ HTTP API (JSON; errors are ``{"message": ...}``):
   failure, 503 registry unreachable, 500 verification failure.
 - ``DELETE /api/images?ref=...`` → 204 (also when the registry has no such image); 403
   outside the repository.
-- ``GET /healthz`` (no token) → 200 ``{"node", "kubelet": "ok" or the error}``.
+- ``GET /healthz`` (no token) → 200 ``{"node", "kubelet": "ok" or the error, "criu": "ok" or
+  what the node's CRIU configuration lacks, "checkpoints"}``.
 - ``GET /metrics`` (no token) → Prometheus text.
 
 Every answer carries the ``X-JHub-Suspend-Agent`` header, so a client can tell the agent's own
@@ -42,7 +43,7 @@ from prometheus_client import (
 from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
-from traitlets import Bool, Float, Integer, TraitError, Unicode, default, validate
+from traitlets import Bool, Float, Integer, List, TraitError, Unicode, default, validate
 from traitlets.config import Application
 
 from .. import images
@@ -54,6 +55,8 @@ from .checkpointer import (
     CheckpointRequest,
     CheckpointResult,
     RegistryImages,
+    criu_config_options,
+    criu_config_problem,
     sweep_orphans,
 )
 from .kubelet import KubeletClient, KubeletError
@@ -413,6 +416,15 @@ class NodeAgent(Application):
             raise TraitError("max_concurrent_checkpoints must be at least 1")
         return int(proposal["value"])
 
+    criu_config_files = List(
+        Unicode(),
+        ["/etc/criu/runc.conf", "/etc/criu/crun.conf"],
+        help="""The node's CRIU configuration files, as the runtime reads them (runc reads
+        runc.conf; crun reads crun.conf, then runc.conf). Mount the host's /etc/criu read-only
+        at the same path. `GET /healthz` reports under `criu` whether they let CRIU checkpoint a
+        notebook (they must set `tcp-close`).""",
+    ).tag(config=True)
+
     repository = Unicode(
         "",
         help="""Image repository prefix the agent pushes to and deletes from, e.g.
@@ -715,7 +727,27 @@ class NodeAgent(Application):
                 kubelet = f"error: {e}"
         except Exception as e:
             kubelet = f"error: {e}"
-        return {"node": self.node_name, "kubelet": kubelet, "checkpoints": len(self.in_flight)}
+        return {
+            "node": self.node_name,
+            "kubelet": kubelet,
+            "criu": await asyncio.to_thread(self.criu_config_health),
+            "checkpoints": len(self.in_flight),
+        }
+
+    def criu_config_health(self) -> str:
+        """ "ok", or what is wrong with the node's CRIU configuration for notebooks."""
+        files: dict[str, list[str] | None] = {}
+        for path in self.criu_config_files:
+            try:
+                with open(path) as f:
+                    files[path] = criu_config_options(f.read())
+            except FileNotFoundError:
+                continue
+            except OSError:
+                files[path] = None
+        if not files:
+            files = {path: None for path in self.criu_config_files}
+        return criu_config_problem(files) or "ok"
 
 
 main = NodeAgent.launch_instance

@@ -223,6 +223,7 @@ class LocalCluster(Application):
                 cri_client,
                 state_dir=self.state_dir,
                 runtime_version=f"{version.runtime_name}://{version.runtime_version}",
+                criu_work_dir=str(self.containerd.criu_work),
                 checkpoint_registries=(self.registry_host,),
                 authorize=self._authorize,
             )

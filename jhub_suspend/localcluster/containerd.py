@@ -38,8 +38,6 @@ CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
 CNI_NETWORK = "jhub-suspend-pods"
 #: runc annotation naming CRIU's configuration file for this container
 CRIU_CONFIG_ANNOTATION = "org.criu.config"
-#: the node's CRIU configuration that runc passes to every CRIU call
-RUNC_CRIU_CONFIG = "/etc/criu/runc.conf"
 
 #: plugins this node never uses, disabled so that containerd starts quickly and quietly
 DISABLED_PLUGINS = (
@@ -106,6 +104,7 @@ def containerd_config(
     runc: str,
     cni_conf_dir: str,
     certs_dir: str,
+    criu_work: str,
     cni_bin_dirs: tuple[str, ...] = CNI_BIN_DIRS,
 ) -> str:
     """containerd 2.x configuration (version 3) for a local-cluster node (pure)."""
@@ -153,6 +152,7 @@ disabled_plugins = {qs(DISABLED_PLUGINS)}
 [{runc_runtime}.options]
   BinaryName = {q(runc)}
   SystemdCgroup = false
+  CriuWorkPath = {q(criu_work)}
 
 [{cri_runtime}.cni]
   bin_dirs = {qs(cni_bin_dirs)}
@@ -163,21 +163,6 @@ disabled_plugins = {qs(DISABLED_PLUGINS)}
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
 """
-
-
-def runc_criu_options(path: str = RUNC_CRIU_CONFIG) -> list[str]:
-    """The options in a CRIU configuration file (one per line, ``#`` comments)."""
-    try:
-        with open(path) as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return []
-    options = []
-    for line in lines:
-        line = line.split("#", 1)[0].strip()
-        if line:
-            options.append(line.split()[0].removeprefix("--"))
-    return options
 
 
 class Containerd:
@@ -209,13 +194,26 @@ class Containerd:
         self.client: CriClient | None = None
 
     @property
+    def criu_work(self) -> Path:
+        """Where runc has CRIU write its logs: kept after a failure, so the kubelet can say
+        why a restore failed."""
+        return self.dir / "criu-work"
+
+    @property
     def gateway(self) -> str:
         return gateway_address(self.pod_cidr)
 
     def write_config(self) -> Path:
         cni_dir = self.dir / "cni"
         certs = self.dir / "certs.d"
-        for d in (cni_dir, certs / self.registry_host, self.dir / "root", self.dir / "state"):
+        dirs = (
+            cni_dir,
+            certs / self.registry_host,
+            self.criu_work,
+            self.dir / "root",
+            self.dir / "state",
+        )
+        for d in dirs:
             d.mkdir(parents=True, exist_ok=True)
         (cni_dir / "10-jhub-suspend.conflist").write_text(
             json.dumps(
@@ -233,6 +231,7 @@ class Containerd:
                 runc=services.find_binary("runc"),
                 cni_conf_dir=str(cni_dir),
                 certs_dir=str(certs),
+                criu_work=str(self.criu_work),
             )
         )
         return config

@@ -274,11 +274,10 @@ def criu_log_path(message: str) -> str:
 
 
 def criu_errors(log_text: str, limit: int = 3) -> list[str]:
-    """CRIU's own error lines (``Error (file:line): reason``), the last ``limit`` of them."""
-    errors = [
-        line.split(": ", 1)[-1].strip() for line in log_text.splitlines() if "Error (" in line
-    ]
-    return errors[-limit:]
+    """CRIU's own reasons from its log (``Error (file:line): reason``), the first ``limit``:
+    the first error is the cause, the later ones its consequences."""
+    reasons = re.findall(r"Error \([^)]*\): (.*)", log_text)
+    return list(dict.fromkeys(r.strip() for r in reasons))[:limit]
 
 
 def criu_log_errors(message: str) -> str:
@@ -310,6 +309,7 @@ class Kubelet:
         *,
         state_dir: str,
         runtime_version: str = "containerd://2",
+        criu_work_dir: str = "",
         checkpoint_dir: str | None = None,
         checkpoint_registries: tuple[str, ...] = (),
         registry_tls_verify: bool = False,
@@ -320,6 +320,7 @@ class Kubelet:
         self.node = node
         self.runtime = runtime
         self.runtime_version = runtime_version
+        self.criu_work_dir = criu_work_dir
         self.state_dir = state_dir
         self.checkpoint_dir = checkpoint_dir or os.path.join(state_dir, "checkpoints", node.name)
         self.checkpoint_registries = checkpoint_registries
@@ -530,8 +531,13 @@ class Kubelet:
             image_ref = await self.runtime.pull_image(image, rec.sandbox_config)
         except CriError as e:
             raise PodFailed("ErrImagePull", f'Failed to pull image "{image}": {e.details}') from e
+        pulled = self.clock() - started
+        status = await self.runtime.image_status(image_ref)
         self._event(
-            pod, "Pulled", f'Successfully pulled image "{image}" in {self.clock() - started:.1f}s'
+            pod,
+            "Pulled",
+            f'Successfully pulled image "{image}" in {pulled:.1f}s. '
+            f"Image size: {status.size if status else 0} bytes.",
         )
         extra: dict[str, str] = {}
         if rec.gpus:
@@ -553,8 +559,9 @@ class Kubelet:
         try:
             await self.runtime.start_container(cid)
         except CriError as e:
-            raise PodFailed("CreateContainerError" if checkpoint else "RunContainerError",
-                            f"{what}: {e.details}") from e  # fmt: skip
+            reason = "CreateContainerError" if checkpoint else "RunContainerError"
+            why = await asyncio.to_thread(self._restore_log_errors) if checkpoint else ""
+            raise PodFailed(reason, f"{what}: {e.details}" + (f": {why}" if why else "")) from e
         if checkpoint:
             self._event(
                 pod,
@@ -568,6 +575,17 @@ class Kubelet:
         if checkpoint:
             info["imageID"] = f"{image}@{checkpoint['digest']}"
         return info
+
+    def _restore_log_errors(self) -> str:
+        """CRIU's reason for the restore that just failed: runc names no log in its error, so
+        it is read from the runtime's CRIU work directory."""
+        if not self.criu_work_dir:
+            return ""
+        try:
+            with open(os.path.join(self.criu_work_dir, "restore.log"), errors="replace") as f:
+                return "; ".join(criu_errors(f.read()))
+        except OSError:
+            return ""
 
     async def _checkpoint_image(self, pod: dict, image: str) -> dict | None:
         """The checkpoint image's manifest facts, or None for an ordinary image (only images
@@ -660,7 +678,9 @@ class Kubelet:
         except CriError as e:
             # runc names CRIU's log but not CRIU's reason; the log goes with the container.
             reason = await asyncio.to_thread(criu_log_errors, e.details)
-            raise CriError(e.method, e.code, f"{e.details}: {reason}" if reason else e.details)
+            raise CriError(
+                e.method, e.code, f"{e.details}: {reason}" if reason else e.details
+            ) from e
         return path
 
     async def usage(self) -> list[metrics.ContainerUsage]:
