@@ -33,13 +33,17 @@ from jhub_suspend.agent.checkpointer import (
     RegistryUnavailable,
     UnsafeArchivePath,
     VerificationFailed,
+    criu_config_options,
+    criu_config_problem,
     inside,
+    node_setting_hint,
     sweep_orphans,
     verification_problems,
 )
 from jhub_suspend.agent.kubelet import KubeletClient, KubeletError
 
 CKPT = "io.kubernetes.cri-o.annotations.checkpoint.name"
+CRIU_NAME = "org.criu.checkpoint.container.name"
 REPO = "registry.example.org/jhub-suspend"
 DIGEST = "sha256:" + "ab" * 32
 TOKEN = "agent-api-token-for-tests"
@@ -145,10 +149,12 @@ async def test_checkpoint_pushes_verifies_then_deletes_the_archive(fakes, ckpt_d
     _, store, checkpointer = fakes
     result = await checkpointer.checkpoint(request())
     assert calls == ["checkpoint", "push", "verify"]
-    assert store.pushed["annotations"] == {
-        "jhub-suspend.jupyter.org/user": "alice",
-        CKPT: "notebook",
-    }
+    pushed = store.pushed["annotations"]
+    assert pushed["jhub-suspend.jupyter.org/user"] == "alice"
+    # Every runtime's name for the container: containerd's (checkpointctl's) and CRI-O's.
+    assert pushed[CRIU_NAME] == pushed[CKPT] == "notebook"
+    assert pushed["org.criu.checkpoint.pod.name"] == "jupyter-alice"
+    assert pushed["org.criu.checkpoint.pod.namespace"] == "default"
     assert result.image == f"{REPO}/alice@{DIGEST}"
     assert (result.digest, result.size, result.archive_bytes) == (DIGEST, 4242, 1100)
     assert result.timings == {"checkpoint": 1.5, "push": 1.5, "verify": 1.5, "total": 9.0}
@@ -272,6 +278,37 @@ def test_sweep_deletes_only_old_unused_archives(tmp_path):
     assert removed == [str(d / "checkpoint-old.tar")]
     assert sorted(os.listdir(d)) == ["checkpoint-busy.tar", "checkpoint-new.tar", "other.tar"]
     assert sweep_orphans(str(d / "missing"), 1) == []
+
+
+def test_criu_configuration_options_and_problems():
+    text = "# node settings\n--tcp-close   # restores on a new address\n\nlog-file /x.log\n"
+    assert criu_config_options(text) == ["tcp-close", "log-file"]
+    runc, crun = "/etc/criu/runc.conf", "/etc/criu/crun.conf"
+    assert criu_config_problem({runc: ["tcp-close"]}) == ""
+    # crun falls back to runc.conf: the option in either file is enough
+    assert criu_config_problem({crun: ["log-file"], runc: ["tcp-close"]}) == ""
+    missing = criu_config_problem({runc: ["tcp-established"]})
+    assert missing.startswith(f"no tcp-close in {runc}") and "docs/deploy.md" in missing
+    unreadable = criu_config_problem({runc: None, crun: None})
+    assert "cannot read the node's CRIU configuration" in unreadable and "/etc/criu" in unreadable
+
+
+def test_a_checkpoint_without_a_tcp_option_names_the_node_setting():
+    criu = "Error (criu/sk-inet.c:196): inet: Connected TCP socket, consider using --tcp-established option."
+    hint = node_setting_hint(f"checkpointing container failed: criu failed: {criu}")
+    assert "tcp-close" in hint and "/etc/criu/runc.conf" in hint and "/etc/criu/crun.conf" in hint
+    assert node_setting_hint("criu failed: Can't dump ghost file") == ""
+
+
+async def test_the_health_check_reports_the_nodes_criu_configuration(tmp_path):
+    conf = tmp_path / "runc.conf"
+    conf.write_text("tcp-established\n")
+    agent = NodeAgent(criu_config_files=[str(conf), str(tmp_path / "crun.conf")])
+    assert agent.criu_config_health().startswith(f"no tcp-close in {conf}")
+    conf.write_text("tcp-close\n")
+    assert agent.criu_config_health() == "ok"
+    conf.unlink()
+    assert "cannot read the node's CRIU configuration" in agent.criu_config_health()
 
 
 def test_verification_problems_is_pure():
@@ -696,7 +733,8 @@ async def test_checkpoint_push_verify_and_delete_end_to_end(cluster, pod, image_
     }
     async with running_agent(**e2e_traits(cluster, node, image_dirs)) as agent:
         client = AgentClient(url(agent), TOKEN, timeout=300)
-        assert await client.health() == {"node": node, "kubelet": "ok", "checkpoints": 0}
+        health = await client.health()
+        assert health == {"node": node, "kubelet": "ok", "criu": "ok", "checkpoints": 0}
 
         result = await client.checkpoint(
             "default", name, "notebook", f"{repo}/alice:e2e", annotations

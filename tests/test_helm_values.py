@@ -662,8 +662,13 @@ def test_agent_arguments_make_a_working_node_agent(monkeypatch: pytest.MonkeyPat
     ckpt = mounts[agent.checkpoint_dir]
     assert volumes[ckpt["name"]]["hostPath"]["path"] == agent.checkpoint_dir
     assert agent.checkpoint_dir == "/var/lib/kubelet/checkpoints"
-    hostpaths = [v for v in volumes.values() if "hostPath" in v]
-    assert len(hostpaths) == 1, "the checkpoint directory is the only host path"
+    # The only other host path is the node's CRIU configuration, read only, where the
+    # agent looks for it.
+    criu = mounts["/etc/criu"]
+    assert criu["readOnly"] and volumes[criu["name"]]["hostPath"]["path"] == "/etc/criu"
+    assert {os.path.dirname(f) for f in agent.criu_config_files} == {"/etc/criu"}
+    hostpaths = [v["hostPath"]["path"] for v in volumes.values() if "hostPath" in v]
+    assert sorted(hostpaths) == ["/etc/criu", agent.checkpoint_dir]
 
     def volume_for(path: str) -> dict[str, Any]:
         best = max((m for m in mounts if f"{path}/".startswith(m.rstrip("/") + "/")), key=len)

@@ -17,6 +17,8 @@ from kubernetes_asyncio import client
 from prometheus_api_client import PrometheusConnect
 
 from jhub_suspend import images
+from jhub_suspend.archive import CRIO_CHECKPOINT_NAME_ANNOTATION as CRIO_NAME
+from jhub_suspend.commands import run_command
 from jhub_suspend.demo.hub import running_hub
 from jhub_suspend.testing.hubapi import HubAPI
 from jhub_suspend.testing.kernel import KernelClient
@@ -31,6 +33,24 @@ POD = f"jupyter-{USER}"
 HUB_CONFIG = "c.KubeSpawner.poll_interval = 0\n"
 
 story: dict = {}
+
+
+async def crio_only_image(archive: str, ref: str) -> str:
+    """A checkpoint image as agents built them before containerd was supported: the archive as
+    its layer, annotated only with CRI-O's checkpoint name. Returns it pinned to its digest."""
+    cfg = images.default_config
+    ctr = (await run_command(cfg.buildah_argv("from", "scratch"))).stdout.strip()
+    try:
+        await run_command(cfg.buildah_argv("add", ctr, archive, "/"))
+        await run_command(cfg.buildah_argv("config", "--annotation", f"{CRIO_NAME}=notebook", ctr))
+        await run_command(cfg.buildah_argv("commit", "-q", "--format", "oci", ctr, ref))
+        await run_command(cfg.buildah_argv("push", "--tls-verify=false", ref, f"docker://{ref}"))
+    finally:
+        await run_command(cfg.buildah_argv("rm", ctr), check=False)
+        await run_command(cfg.buildah_argv("rmi", "-f", ref), check=False)
+    facts = await images.inspect(ref)
+    assert set(facts["annotations"]) == {CRIO_NAME}
+    return f"{ref.rsplit(':', 1)[0]}@{facts['digest']}"
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -121,6 +141,10 @@ async def test_checkpoint_image_is_pushed(cluster):
     ref = f"{cluster.registry_host}/checkpoints/{USER}:e2e"
     digest = await images.build_and_push(
         story["archive"], ref, {"io.kubernetes.cri-o.annotations.checkpoint.name": "notebook"}
+    )
+    # What agents built before: the same archive, with only CRI-O's annotation.
+    story["crio_only_image"] = await crio_only_image(
+        story["archive"], f"{cluster.registry_host}/checkpoints/{USER}:crio-only"
     )
     # This test plays the node agent's part: the kubelet never deletes archives, the agent does.
     os.remove(story["archive"])
@@ -218,3 +242,28 @@ async def test_pod_from_the_checkpoint_image_restores_the_kernel(core, hub):
         f"\ncheckpoint {story['checkpoint_seconds']:.2f}s, "
         f"restore (pull + CRIU + server answering) {story['restore_seconds']:.2f}s"
     )
+
+
+async def test_containerd_does_not_restore_an_image_with_only_crio_annotation(core, hub):
+    """The defect this project had: images annotated only for CRI-O are started, not restored,
+    by containerd, and fail; the same archive with checkpointctl's annotation restored above."""
+    spec = copy.deepcopy(story["pod"].spec)
+    spec.node_name = None
+    spec.containers[0].image = story["crio_only_image"]
+    await core.create_namespaced_pod(
+        "default", client.V1Pod(metadata=client.V1ObjectMeta(name="crio-only"), spec=spec)
+    )
+
+    async def failed():
+        pod = await core.read_namespaced_pod("crio-only", "default")
+        assert pod.status.phase != "Running", "containerd ran an image it should not restore"
+        for cs in pod.status.container_statuses or []:
+            if cs.state and cs.state.waiting and cs.state.waiting.reason != "ContainerCreating":
+                return cs.state.waiting
+        return False
+
+    waiting = await wait_for(failed, "the pod from the CRI-O-only image never failed")
+    assert waiting.reason in ("RunContainerError", "CreateContainerError"), waiting
+    # containerd took it for an ordinary image: it looked for the command in its layer.
+    assert "executable file not found" in waiting.message or "no command" in waiting.message
+    await core.delete_namespaced_pod("crio-only", "default", grace_period_seconds=0)
