@@ -17,6 +17,8 @@ from jhub_suspend.localcluster.crispec import (
 )
 from jhub_suspend.localcluster.kubelet import (
     NodeConfig,
+    criu_errors,
+    criu_log_path,
     exit_codes,
     node_object,
     running_status,
@@ -179,3 +181,28 @@ async def test_node_object_deserialises_in_the_real_client():
         parsed = api.deserialize(Response(), "V1Node")
     assert parsed.status.node_info.boot_id
     assert parsed.metadata.labels["nvidia.com/gpu.count"] == "1"
+
+
+def test_criu_reasons_come_from_the_log_runc_names():
+    message = (
+        "checkpointing container failed: /opt/jhub-suspend/bin/runc did not terminate "
+        "successfully: exit status 1: criu failed: type DUMP errno 0 "
+        "path= /state/containerd/state/k8s.io/abc/criu-dump.log"
+    )
+    assert criu_log_path(message) == "/state/containerd/state/k8s.io/abc/criu-dump.log"
+    assert criu_log_path("criu failed: type RESTORE errno 0") == ""
+    log = (
+        "(00.012) Warn  (criu/cr-restore.c:1050): Set CLONE_PARENT | CLONE_NEWPID\n"
+        "(00.079)     12: Error (criu/files-reg.c:2353): Can't open file home/jovyan/data.csv "
+        "on restore: No such file or directory\n"
+        "(00.080)     12: Error (criu/files.c:1221): Unable to open fd=64 id=0xa5\n"
+        "(00.081)     12: Error (criu/files.c:1221): Unable to open fd=64 id=0xa5\n"
+        "(00.134) Error (criu/cr-restore.c:2331): Restoring FAILED.\n"
+        "(00.135) Error (criu/cgroup.c:2055): cg: cgroupd: recv req error\n"
+    )
+    # the first errors are the cause; repeats and warnings are left out
+    assert criu_errors(log) == [
+        "Can't open file home/jovyan/data.csv on restore: No such file or directory",
+        "Unable to open fd=64 id=0xa5",
+        "Restoring FAILED.",
+    ]

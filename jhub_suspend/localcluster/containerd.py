@@ -8,7 +8,7 @@ machine may run. What a node admin configures is set here the same way:
 - ``restrict_oom_score_adj = true``: without it runc's init fails on this machine with
   "failed to update /proc/self/oom_score_adj: Permission denied";
 - ``pod_annotations = ["org.criu.config"]``: runc hands CRIU the file this annotation names
-  instead of ``/etc/criu/runc.conf``; tests use it to model a node without ``tcp-established``;
+  instead of ``/etc/criu/runc.conf``; tests use it to model a node without ``tcp-close``;
 - a CNI ``bridge`` network with ``host-local`` addresses from the pod CIDR;
 - a ``hosts.toml`` for the plain-HTTP local registry.
 

@@ -39,6 +39,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from .. import images
+from ..archive import CHECKPOINT_NAME_ANNOTATIONS
 from . import crispec, metrics
 from .cri import CriClient, CriError, cri
 from .crispec import NODE_LABEL, RunAs
@@ -47,11 +48,6 @@ from .store import ApiError, Store, rfc3339
 
 log = logging.getLogger(__name__)
 
-#: what marks a checkpoint image, for containerd (checkpointctl's) and for CRI-O
-CHECKPOINT_ANNOTATIONS = (
-    "org.criu.checkpoint.container.name",
-    "io.kubernetes.cri-o.annotations.checkpoint.name",
-)
 
 # authorize(token, verb, resource, subresource) -> username, or None when not allowed.
 Authorizer = Callable[[str | None, str, str, str], str | None]
@@ -597,7 +593,7 @@ class Kubelet:
         except images.ImageError as e:
             raise PodFailed("ErrImagePull", f'Failed to pull image "{image}": {e}') from e
         annotations = facts.get("annotations") or {}
-        if not any(a in annotations for a in CHECKPOINT_ANNOTATIONS):
+        if not any(a in annotations for a in CHECKPOINT_NAME_ANNOTATIONS):
             return None
         return facts
 
