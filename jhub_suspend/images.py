@@ -1,14 +1,12 @@
 """Checkpoint images: OCI images whose single layer is a checkpoint archive.
 
-Built and pushed with ``buildah`` (as ``checkpointctl build`` and the Kubernetes docs do),
-inspected, pulled and deleted with ``skopeo``; the registry protocol is never spoken here.
+The kubelet's archive is the image's single layer as it is: hashed once, hard-linked into an
+OCI layout beside it and streamed to the registry by ``skopeo``, which also inspects and
+deletes images; the registry protocol is never spoken here.
 The image carries the container's name under both ``org.criu.checkpoint.container.name``
 (which containerd looks for) and ``io.kubernetes.cri-o.annotations.checkpoint.name`` (CRI-O's)
 in its manifest annotations, with checkpointctl's other metadata: see
 :func:`jhub_suspend.archive.checkpoint_image_annotations`.
-
-buildah keeps its own storage (``vfs`` driver) under :attr:`ImageConfig.root`, chosen with
-command-line flags, so nothing under ``/etc`` needs to change.
 """
 
 from __future__ import annotations
@@ -18,10 +16,9 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import shutil
 import tarfile
-import tempfile
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -46,12 +43,8 @@ class ImagePushFailed(ImageError):
 
 @dataclass
 class ImageConfig:
-    """Where buildah keeps its working containers and images, and command time limits."""
+    """How skopeo is run: its path, each command's time limit, registry credentials."""
 
-    root: str = "/var/lib/jhub-suspend/containers/storage"
-    runroot: str = "/run/jhub-suspend/containers"
-    driver: str = "vfs"
-    buildah: str = "buildah"
     skopeo: str = "skopeo"
     timeout: float = 300.0
     #: a registry credentials file (docker ``config.json`` format), passed as ``--authfile``
@@ -60,18 +53,6 @@ class ImageConfig:
     def auth_args(self, flag: str = "--authfile") -> list[str]:
         """``[flag, authfile]`` when a credentials file is configured, else nothing."""
         return [flag, self.authfile] if self.authfile else []
-
-    def buildah_argv(self, *args: str) -> list[str]:
-        return [
-            self.buildah,
-            "--root",
-            self.root,
-            "--runroot",
-            self.runroot,
-            "--storage-driver",
-            self.driver,
-            *args,
-        ]
 
 
 #: the configuration used when a call does not pass one (the cluster may replace it)
@@ -158,6 +139,101 @@ def complete_annotations(annotations: Mapping[str, str], config: Mapping[str, An
     }
 
 
+#: media types of the image: an OCI manifest, and the archive as an uncompressed tar layer,
+#: which containerd and CRI-O both unpack
+MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
+LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
+#: the layout directory built beside an archive ends so (see :func:`layout_path`)
+LAYOUT_SUFFIX = ".oci"
+_HASH_CHUNK = 4 << 20
+
+
+def checkpoint_image_blobs(
+    layer_digest: str, layer_size: int, annotations: Mapping[str, str]
+) -> tuple[bytes, bytes]:
+    """The config and manifest (JSON bytes) of a checkpoint image whose single layer is the
+    archive, uncompressed (pure). The layer's digest is also its diff_id.
+
+    The annotations are also the config's labels: container runtimes know an image by its
+    config's digest, so two images of one archive with different annotations must not share
+    a config (containerd would take one for the other)."""
+    config = {
+        "architecture": ckpt.GO_ARCH.get(platform.machine(), platform.machine()),
+        "os": "linux",
+        "config": {"Labels": dict(sorted(annotations.items()))},
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+    }
+    config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "config": {
+            "mediaType": CONFIG_MEDIA_TYPE,
+            "digest": _digest(config_bytes),
+            "size": len(config_bytes),
+        },
+        "layers": [{"mediaType": LAYER_MEDIA_TYPE, "digest": layer_digest, "size": layer_size}],
+        "annotations": dict(sorted(annotations.items())),
+    }
+    return config_bytes, json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def file_digest(path: str) -> str:
+    """The sha256 digest of a file, read in chunks: memory does not grow with its size."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def layout_path(archive_path: str) -> str:
+    """Where the image layout for an archive is built: beside it, on the same filesystem (for
+    the hard link), named after it without the colons of its timestamp, which skopeo's
+    ``oci:PATH:TAG`` references cannot hold (pure)."""
+    directory, name = os.path.split(archive_path)
+    return os.path.join(directory, name.replace(":", "_") + LAYOUT_SUFFIX)
+
+
+def write_layout(archive_path: str, annotations: Mapping[str, str]) -> tuple[str, str]:
+    """An OCI layout beside the archive whose layer *is* the archive: a hard link, so nothing
+    is copied or repacked and the node's disk holds the bytes once. Returns the layout's
+    directory and the manifest's digest."""
+    layout = layout_path(archive_path)
+    shutil.rmtree(layout, ignore_errors=True)
+    blobs = os.path.join(layout, "blobs", "sha256")
+    os.makedirs(blobs, mode=0o700)
+    layer_digest = file_digest(archive_path)
+    os.link(archive_path, os.path.join(blobs, layer_digest.split(":", 1)[1]))
+    config, manifest = checkpoint_image_blobs(
+        layer_digest, os.path.getsize(archive_path), annotations
+    )
+    for blob in (config, manifest):
+        with open(os.path.join(blobs, hashlib.sha256(blob).hexdigest()), "wb") as f:
+            f.write(blob)
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": MANIFEST_MEDIA_TYPE,
+                "digest": _digest(manifest),
+                "size": len(manifest),
+                "annotations": {"org.opencontainers.image.ref.name": "checkpoint"},
+            }
+        ],
+    }
+    with open(os.path.join(layout, "index.json"), "w") as f:
+        json.dump(index, f)
+    with open(os.path.join(layout, "oci-layout"), "w") as f:
+        json.dump({"imageLayoutVersion": "1.0.0"}, f)
+    return layout, _digest(manifest)
+
+
 async def build_and_push(
     archive_path: str,
     ref: str,
@@ -166,11 +242,14 @@ async def build_and_push(
     tls_verify: bool = False,
     config: ImageConfig | None = None,
 ) -> str:
-    """Build a checkpoint image from ``archive_path``, push it to ``ref``; return its digest.
+    """Push the archive at ``archive_path`` as a checkpoint image to ``ref``; return the
+    manifest's digest.
 
-    ``annotations`` become manifest annotations, completed with every runtime's checkpoint
-    annotations (:func:`complete_annotations`). The working container and local image are
-    removed after.
+    The archive becomes the image's single, uncompressed layer as it is: one pass to hash it,
+    then skopeo streams it to the registry (``--preserve-digests``: no recompression, so the
+    digest computed here is the one the registry stores). ``annotations`` become manifest
+    annotations, completed with every runtime's checkpoint annotations
+    (:func:`complete_annotations`). The layout beside the archive is removed after.
     """
     cfg = config or default_config
     if not await asyncio.to_thread(os.path.isfile, archive_path):
@@ -181,50 +260,31 @@ async def build_and_push(
             f"{archive_path} has no config.dump name; pass the "
             f"{ckpt.CRIU_CHECKPOINT_NAME_ANNOTATION} annotation"
         )
-    local = f"localhost/jhub-suspend-checkpoint-{uuid.uuid4().hex[:12]}:latest"
-    workdir = tempfile.mkdtemp(prefix="jhs-image-")
-    digestfile = os.path.join(workdir, "digest")
-    container = ""
     try:
-        try:
-            result = await run_command(cfg.buildah_argv("from", "scratch"), timeout=cfg.timeout)
-            container = result.stdout.strip().splitlines()[-1]
-            await run_command(
-                cfg.buildah_argv("add", container, archive_path, "/"), timeout=cfg.timeout
-            )
-            config_args = ["config"]
-            for key, value in sorted(ann.items()):
-                config_args += ["--annotation", f"{key}={value}"]
-            await run_command(cfg.buildah_argv(*config_args, container), timeout=cfg.timeout)
-            await run_command(
-                cfg.buildah_argv("commit", "-q", "--format", "oci", container, local),
-                timeout=cfg.timeout,
-            )
-        except CommandError as e:
-            raise _error("building checkpoint image", ref, e) from e
-        try:
-            await run_command(
-                cfg.buildah_argv(
-                    "push",
-                    _tls("--tls-verify", tls_verify),
-                    *cfg.auth_args(),
-                    "--digestfile",
-                    digestfile,
-                    local,
-                    _docker(ref),
-                ),
-                timeout=cfg.timeout,
-            )
-        except CommandError as e:
-            raise _error("pushing", ref, e) from e
-        digest = (await asyncio.to_thread(_read_text, digestfile)).strip()
-        log.info("pushed checkpoint image %s (%s)", ref, digest)
-        return digest
+        layout, digest = await asyncio.to_thread(write_layout, archive_path, ann)
+    except OSError as e:
+        await asyncio.to_thread(shutil.rmtree, layout_path(archive_path), True)
+        raise ImageError(f"building checkpoint image {ref} failed: {e}") from e
+    try:
+        await run_command(
+            [
+                cfg.skopeo,
+                "copy",
+                "--quiet",
+                "--preserve-digests",
+                _tls("--dest-tls-verify", tls_verify),
+                *cfg.auth_args("--dest-authfile"),
+                f"oci:{layout}:checkpoint",
+                _docker(ref),
+            ],
+            timeout=cfg.timeout,
+        )
+    except CommandError as e:
+        raise _error("pushing", ref, e) from e
     finally:
-        if container:
-            await run_command(cfg.buildah_argv("rm", container), timeout=60, check=False)
-        await run_command(cfg.buildah_argv("rmi", "-f", local), timeout=60, check=False)
-        shutil.rmtree(workdir, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, layout, True)
+    log.info("pushed checkpoint image %s (%s)", ref, digest)
+    return digest
 
 
 async def inspect(

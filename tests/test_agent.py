@@ -1,5 +1,5 @@
 """The node agent: the checkpoint sequence with fakes, its HTTP API and client with fakes, and
-end to end on the local cluster (real kubelet, CRIU, buildah/skopeo and registry)."""
+end to end on the local cluster (real kubelet, containerd and CRIU, skopeo and registry)."""
 
 from __future__ import annotations
 
@@ -278,6 +278,21 @@ def test_sweep_deletes_only_old_unused_archives(tmp_path):
     assert removed == [str(d / "checkpoint-old.tar")]
     assert sorted(os.listdir(d)) == ["checkpoint-busy.tar", "checkpoint-new.tar", "other.tar"]
     assert sweep_orphans(str(d / "missing"), 1) == []
+
+
+def test_sweep_deletes_image_layouts_an_agent_left_mid_push(tmp_path):
+    """A layout holds the archive as a hard link: the notebook's memory stays on the node
+    until the layout goes too."""
+    for name in ("checkpoint-left-T12:00Z.tar", "checkpoint-busy.tar"):
+        archive = tmp_path / name
+        archive.write_text("x")
+        images.write_layout(str(archive), {})
+        archive.unlink()  # the agent deleted the archive, then was killed
+        os.utime(images.layout_path(str(archive)), (1000, 1000))
+    busy = [str(tmp_path / "checkpoint-busy.tar")]
+    removed = sweep_orphans(str(tmp_path), 600, in_use=busy, now=5100)
+    assert removed == [str(tmp_path / "checkpoint-left-T12_00Z.tar.oci")]
+    assert os.listdir(tmp_path) == ["checkpoint-busy.tar.oci"]
 
 
 def test_criu_configuration_options_and_problems():
@@ -670,16 +685,11 @@ async def pod(cluster) -> AsyncIterator[dict]:
 
 
 @pytest.fixture
-def image_dirs(tmp_path) -> dict[str, str]:
-    require_command("buildah", "apt-get install buildah")
-    require_command("skopeo", "apt-get install skopeo")
-    return {
-        "image_storage_root": str(tmp_path / "buildah" / "storage"),
-        "image_storage_runroot": str(tmp_path / "buildah" / "run"),
-    }
+def skopeo() -> str:
+    return require_command("skopeo", "apt-get install skopeo")
 
 
-def e2e_traits(cluster, node: str, image_dirs: dict[str, str], **over: Any) -> dict[str, Any]:
+def e2e_traits(cluster, node: str, **over: Any) -> dict[str, Any]:
     kubelet = cluster.kubelet(node)
     traits = {
         "node_name": node,
@@ -688,7 +698,6 @@ def e2e_traits(cluster, node: str, image_dirs: dict[str, str], **over: Any) -> d
         "checkpoint_dir": kubelet.checkpoint_dir,
         "repository": f"{cluster.registry_host}/jhub-suspend",
         "registry_tls_verify": False,
-        **image_dirs,
     }
     traits.update(over)
     return traits
@@ -722,7 +731,7 @@ def sample(page: str, prefix: str) -> float:
 
 
 @pytest.mark.slow
-async def test_checkpoint_push_verify_and_delete_end_to_end(cluster, pod, image_dirs):
+async def test_checkpoint_push_verify_and_delete_end_to_end(cluster, pod, skopeo):
     name, node = pod["metadata"]["name"], pod["spec"]["nodeName"]
     repo = f"{cluster.registry_host}/jhub-suspend"
     annotations = {
@@ -731,7 +740,7 @@ async def test_checkpoint_push_verify_and_delete_end_to_end(cluster, pod, image_
         "jhub-suspend.jupyter.org/pod": name,
         "jhub-suspend.jupyter.org/original-image": "python:3",
     }
-    async with running_agent(**e2e_traits(cluster, node, image_dirs)) as agent:
+    async with running_agent(**e2e_traits(cluster, node)) as agent:
         client = AgentClient(url(agent), TOKEN, timeout=300)
         health = await client.health()
         assert health == {"node": node, "kubelet": "ok", "criu": "ok", "checkpoints": 0}
@@ -814,10 +823,10 @@ async def test_the_agent_token_may_checkpoint_but_not_proxy(cluster, pod):
 
 
 @pytest.mark.slow
-async def test_registry_down_is_503_and_the_archive_is_still_deleted(cluster, pod, image_dirs):
+async def test_registry_down_is_503_and_the_archive_is_still_deleted(cluster, pod, skopeo):
     name, node = pod["metadata"]["name"], pod["spec"]["nodeName"]
     closed = f"127.0.0.1:{free_port()}/jhub-suspend"
-    traits = e2e_traits(cluster, node, image_dirs, repository=closed)
+    traits = e2e_traits(cluster, node, repository=closed)
     async with running_agent(**traits) as agent:
         client = AgentClient(url(agent), TOKEN, timeout=300)
         with pytest.raises(AgentError) as err:

@@ -1,7 +1,11 @@
 """Checkpoint images: the annotations that make an image one for every runtime, and how they
 are referenced."""
 
+import hashlib
+import json
+import os
 import re
+from pathlib import Path
 
 import pytest
 from conftest import CONTAINERD, INSTALL_HINT, require_command
@@ -12,7 +16,14 @@ from jhub_suspend.archive import (
     CRIU_CHECKPOINT_NAME_ANNOTATION,
     checkpoint_image_annotations,
 )
-from jhub_suspend.images import complete_annotations, pinned_reference
+from jhub_suspend.images import (
+    LAYER_MEDIA_TYPE,
+    checkpoint_image_blobs,
+    complete_annotations,
+    file_digest,
+    pinned_reference,
+    write_layout,
+)
 
 # containerd's config.dump of a notebook container, as CheckpointContainer writes it.
 CONFIG_DUMP = {
@@ -86,3 +97,39 @@ def test_pinned_reference_drops_the_tag_when_a_digest_is_given():
     )
     assert pinned_reference("127.0.0.1:5000/ckpt/alice:v1") == "127.0.0.1:5000/ckpt/alice:v1"
     assert pinned_reference(f"registry/alice@{digest}") == f"registry/alice@{digest}"
+
+
+def test_the_archive_is_the_layer_as_it_is(tmp_path):
+    archive = tmp_path / "checkpoint-jupyter-alice_default-notebook-2026-11-30T12:29:36Z.tar"
+    archive.write_bytes(os.urandom(3 << 20))
+    layout, digest = write_layout(str(archive), {CRIU_CHECKPOINT_NAME_ANNOTATION: "notebook"})
+    # beside the archive, without the colons skopeo's oci:PATH:TAG cannot hold
+    assert layout == str(
+        tmp_path / "checkpoint-jupyter-alice_default-notebook-2026-11-30T12_29_36Z.tar.oci"
+    )
+    layer_digest = "sha256:" + hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert file_digest(str(archive)) == layer_digest
+    # a hard link: the node's disk holds the bytes once
+    blob = os.path.join(layout, "blobs", "sha256", layer_digest.split(":")[1])
+    assert os.stat(blob).st_ino == archive.stat().st_ino
+    index = json.loads(Path(layout, "index.json").read_text())
+    (entry,) = index["manifests"]
+    assert entry["digest"] == digest
+    manifest_bytes = Path(layout, "blobs", "sha256", digest.split(":")[1]).read_bytes()
+    manifest = json.loads(manifest_bytes)
+    assert "sha256:" + hashlib.sha256(manifest_bytes).hexdigest() == digest
+    (layer,) = manifest["layers"]
+    assert layer == {"mediaType": LAYER_MEDIA_TYPE, "digest": layer_digest, "size": 3 << 20}
+    assert manifest["annotations"] == {CRIU_CHECKPOINT_NAME_ANNOTATION: "notebook"}
+
+
+def test_image_config_names_the_uncompressed_layer():
+    config, manifest = checkpoint_image_blobs("sha256:" + "c" * 64, 10, {"a": "b"})
+    cfg, man = json.loads(config), json.loads(manifest)
+    assert cfg["rootfs"] == {"type": "layers", "diff_ids": ["sha256:" + "c" * 64]}
+    assert cfg["os"] == "linux" and cfg["architecture"] in ("amd64", "arm64")
+    assert man["config"]["digest"] == "sha256:" + hashlib.sha256(config).hexdigest()
+    assert man["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    # runtimes know images by their config: other annotations, another image
+    other, _ = checkpoint_image_blobs("sha256:" + "c" * 64, 10, {"a": "c"})
+    assert other != config

@@ -442,17 +442,11 @@ class NodeAgent(Application):
     registry_auth_file = Unicode(
         "",
         help="""Registry credentials (docker config.json, e.g. mounted from a Secret), passed
-        to buildah and skopeo as --authfile.""",
+        to skopeo as --authfile.""",
     ).tag(config=True)
-    image_storage_root = Unicode(
-        images.ImageConfig.root, help="buildah's storage root for building images."
-    ).tag(config=True)
-    image_storage_runroot = Unicode(
-        images.ImageConfig.runroot, help="buildah's run root for building images."
-    ).tag(config=True)
-    image_timeout = Float(
-        600.0, help="Seconds each buildah or skopeo command may take (a push of GBs)."
-    ).tag(config=True)
+    image_timeout = Float(600.0, help="Seconds each skopeo command may take (a push of GBs).").tag(
+        config=True
+    )
 
     api_token = Unicode(
         help=f"""Token callers send as `Authorization: Bearer <token>`; default from
@@ -522,8 +516,6 @@ class NodeAgent(Application):
 
     def image_config(self) -> images.ImageConfig:
         return images.ImageConfig(
-            root=self.image_storage_root,
-            runroot=self.image_storage_runroot,
             timeout=self.image_timeout,
             authfile=self.registry_auth_file or None,
         )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -91,7 +92,7 @@ class ImageStore(Protocol):
 
 @dataclass
 class RegistryImages:
-    """:class:`ImageStore` backed by :mod:`jhub_suspend.images` (buildah and skopeo)."""
+    """:class:`ImageStore` backed by :mod:`jhub_suspend.images` (skopeo)."""
 
     tls_verify: bool = True
     config: images.ImageConfig | None = None
@@ -180,8 +181,9 @@ def sweep_orphans(
     directory: str, max_age: float, in_use: Iterable[str] = (), now: float | None = None
 ) -> list[str]:
     """Delete kubelet checkpoint archives (``checkpoint-*.tar``) older than ``max_age`` seconds
-    that no running checkpoint uses, e.g. one the kubelet finished after its caller gave up.
-    Returns the paths deleted."""
+    that no running checkpoint uses, e.g. one the kubelet finished after its caller gave up,
+    and the image layouts built beside them (``checkpoint-*.tar.oci``, which hold the archive
+    as a hard link) that an agent killed mid-push left. Returns the paths deleted."""
     now = time.time() if now is None else now
     busy = {os.path.realpath(p) for p in in_use}
     removed = []
@@ -189,16 +191,27 @@ def sweep_orphans(
         entries = list(os.scandir(directory))
     except FileNotFoundError:
         return []
+    busy |= {os.path.realpath(images.layout_path(p)) for p in busy}
     for entry in entries:
-        if not (entry.name.startswith("checkpoint-") and entry.name.endswith(".tar")):
+        layout = entry.name.endswith(".tar" + images.LAYOUT_SUFFIX)
+        if not (entry.name.startswith("checkpoint-") and (layout or entry.name.endswith(".tar"))):
             continue
-        if os.path.realpath(entry.path) in busy or not entry.is_file(follow_symlinks=False):
+        if os.path.realpath(entry.path) in busy:
+            continue
+        if not (entry.is_dir if layout else entry.is_file)(follow_symlinks=False):
             continue
         try:
             age = now - entry.stat(follow_symlinks=False).st_mtime
         except FileNotFoundError:
             continue
-        if age > max_age and remove_archive(entry.path):
+        if age <= max_age:
+            continue
+        if layout:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            gone = not os.path.exists(entry.path)
+        else:
+            gone = remove_archive(entry.path)
+        if gone:
             log.warning("deleted orphaned checkpoint archive %s (%.0f s old)", entry.path, age)
             removed.append(entry.path)
     return removed
