@@ -1,4 +1,4 @@
-"""Running external commands (CRIU, buildah, skopeo, ip) with a timeout and a clear error."""
+"""Running external commands (skopeo, ip, ...) with a timeout and a clear error."""
 
 from __future__ import annotations
 

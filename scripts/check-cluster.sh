@@ -180,21 +180,26 @@ if [ -z "$first_agent" ] || [ -z "$repository" ]; then
 else
   ref="$repository/check-cluster:$(date +%Y%m%d%H%M%S)"
   # shellcheck disable=SC2016 # expanded by the agent's shell
+  # The agent's own push (jhub_suspend.images.build_and_push), of a tiny archive.
   push_script='set -e
-b="buildah --root /var/lib/jhub-suspend/check --runroot /run/jhub-suspend/check --storage-driver vfs"
-auth=/etc/jhub-suspend/registry/.dockerconfigjson
-c=$($b from scratch)
-$b config --annotation io.jhub-suspend.check=1 "$c"
-$b commit -q --format oci "$c" "$1" >/dev/null
-$b push -q --authfile "$auth" $2 "$1"
-$b rm "$c" >/dev/null; $b rmi -f "$1" >/dev/null; rm -rf /var/lib/jhub-suspend/check
+d=$(mktemp -d); trap "rm -rf $d" EXIT
+printf "{\"name\": \"check\"}" > "$d/config.dump"
+tar -cf "$d/checkpoint-check.tar" -C "$d" config.dump
+python3 - "$d/checkpoint-check.tar" "$1" "$2" <<PY
+import asyncio, sys
+from jhub_suspend import images
+cfg = images.ImageConfig(authfile="/etc/jhub-suspend/registry/.dockerconfigjson")
+verify = sys.argv[3] != "--tls-verify=false"
+push = images.build_and_push(sys.argv[1], sys.argv[2], {}, tls_verify=verify, config=cfg)
+print(asyncio.run(push))
+PY
 echo pushed'
   # shellcheck disable=SC2016 # expanded by the agent's shell
   pull_script='umask 077; cat > /tmp/pull.json; skopeo inspect $2 --authfile /tmp/pull.json "docker://$1" >/dev/null; s=$?; rm -f /tmp/pull.json; exit $s'
   # shellcheck disable=SC2016 # expanded by the agent's shell
   delete_script='skopeo delete $2 --authfile /etc/jhub-suspend/registry/.dockerconfigjson "docker://$1"'
   if out=$(kubectl exec -n "$AGENT_NAMESPACE" "$first_agent" -c agent -- sh -c "$push_script" sh "$ref" "$tls_flag" 2>&1); then
-    ok "push of $ref with the agents' credential (buildah works with the agent's privileges)"
+    ok "push of $ref with the agents' credential and privileges"
     pull_auth=$(kubectl get secret -n "$HUB_NAMESPACE" "$PULL_SECRET" -o jsonpath='{.data.\.dockerconfigjson}' 2>/dev/null | base64 -d 2>/dev/null || true)
     if [ -z "$pull_auth" ]; then
       fail "Secret $HUB_NAMESPACE/$PULL_SECRET (restored pods' pull credential) is missing"
