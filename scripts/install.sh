@@ -142,7 +142,7 @@ fi
 if [ ! -f "$stamp" ] || [ "$repo/setup.cfg" -nt "$stamp" ]; then
   log "python: installing jhub-suspend and its test dependencies"
   # pip warns once per configured local index that lacks a package; those lines are noise.
-  "$venv/bin/pip" install -q -e "$repo[demo,test,lint]" 2>&1 \
+  "$venv/bin/pip" install -q -e "$repo[demo,test,lint,bench]" 2>&1 \
     | grep -vE "is neither a file nor a directory|BuildBackendWarning|^ *(!!|\*+|Please be careful|name as your package|with strategy|return)" || true
   "$venv/bin/python" -c "import jhub_suspend, kubespawner, kubernetes_asyncio, pytest_asyncio, grpc, grpc_tools" \
     || { echo "python: the install into $venv is incomplete" >&2; exit 1; }

@@ -1,0 +1,352 @@
+"""Benchmark: suspend and resume of a notebook-sized process, phase by phase, next to the floors.
+
+On the local cluster (real containerd, runc, CRIU 4.2 and registry), for each size of process
+state, in one run:
+
+* **suspend**, as the node agent does it: the kubelet's checkpoint (containerd's
+  ``CheckpointContainer``), the push of the archive as the image's layer
+  (``images.build_and_push``: hash, hard-linked layout, skopeo), the verification of the pushed
+  manifest (``images.inspect``), the archive's deletion, and the pod's deletion;
+* **resume**: a pod created from the checkpoint image until its process answers with a
+  digest of its state, equal to the one before; split into the image pull (the kubelet's
+  ``Pulled`` event) and the rest (containerd's restore with CRIU, and the answer);
+* **floors** for the same bytes: CRIU's own dump time (``frozen`` in the archive's
+  ``stats-dump``, read with ``checkpointctl inspect --stats``), one monolithic blob upload of
+  the archive's bytes to the same registry, and one blob download;
+* **what users do today after culling**: a fresh pod from the same image that recomputes its
+  state, until it answers.
+
+The process holds realistic state, not only random bytes: half random bytes (incompressible,
+like numeric arrays), a quarter repetitive bytes, and a quarter Python objects (lists of ints
+and strings), so compression, if any, would be judged fairly.
+
+This goes through the agent's and the kubelet's code, not through the hub and the suspend
+service: their share is HTTP calls and bookkeeping, measured by the e2e tests' timings.
+
+Results: ``benchmarks/results/suspend_resume.{json,md,png}``. Timings are never asserted.
+
+    .venv/bin/python benchmarks/suspend_resume.py [--sizes 0.1 1 4] [--state-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from jhub_suspend import images
+from jhub_suspend.commands import run_command
+from jhub_suspend.localcluster.cluster import LocalCluster
+from jhub_suspend.testing.waiting import wait_for
+
+RESULTS = Path(__file__).parent / "results"
+PORT = 7777
+CHECKPOINTCTL = "/opt/jhub-suspend/bin/checkpointctl"
+
+# The notebook-like process: builds its state, then answers every connection with the sha256
+# of that state (computed once, so an answer is quick) and how long building it took.
+STATE_PROGRAM = """
+import hashlib, os, socket, sys, time
+size, port = int(sys.argv[1]), int(sys.argv[2])
+t0 = time.monotonic()
+random_part = os.urandom(size // 2)
+repetitive = (b"jhub-suspend " * (size // 4 // 13 + 1))[: size // 4]
+n = size // 4 // 40  # a Python int and a short str in a list take about 40 bytes each
+objects = [i * 7 for i in range(n // 2)] + [f"row-{i}" for i in range(n // 2)]
+h = hashlib.sha256(random_part + repetitive)
+h.update(repr(objects[:1000] + objects[-1000:]).encode() + str(len(objects)).encode())
+answer = f"{h.hexdigest()} {time.monotonic() - t0:.3f}\\n".encode()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", port))
+s.listen(8)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    c.sendall(answer)
+    c.close()
+"""
+
+
+def pod(name: str, image: str, size: int) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {"app": "bench"}},
+        "spec": {
+            "containers": [
+                {
+                    "name": "notebook",
+                    "image": image,
+                    "command": ["python3", "-c", STATE_PROGRAM, str(size), str(PORT)],
+                    # as root, as the local cluster's notebooks (docs/localcluster.md)
+                    "securityContext": {"runAsUser": 0},
+                }
+            ],
+            "terminationGracePeriodSeconds": 0,
+        },
+    }
+
+
+def ask(ip: str) -> tuple[str, float] | None:
+    """The process's answer: (digest of its state, seconds it took to build it)."""
+    try:
+        with socket.create_connection((ip, PORT), timeout=2) as s:
+            data = s.recv(200).decode().split()
+    except OSError:
+        return None
+    return (data[0], float(data[1])) if len(data) == 2 else None
+
+
+async def answering(lc: LocalCluster, name: str, timeout: float) -> tuple[str, float]:
+    async def answer() -> tuple[str, float] | bool:
+        p = lc.store.get("pods", "default", name)
+        status = p.get("status") or {}
+        for cs in status.get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") not in (None, "ContainerCreating"):
+                raise RuntimeError(f"pod {name}: {waiting}")
+        if status.get("phase") != "Running":
+            return False
+        return await asyncio.to_thread(ask, status["podIP"]) or False
+
+    result = await wait_for(answer, f"pod {name} never answered", timeout=timeout)
+    assert isinstance(result, tuple)
+    return result
+
+
+async def delete_pod(lc: LocalCluster, name: str) -> None:
+    lc.store.delete("pods", "default", name, grace_period_seconds=0)
+    await wait_for(lambda: not lc.store.exists("pods", "default", name), f"{name} stayed")
+
+
+def pulled_seconds(lc: LocalCluster, name: str, image: str) -> float:
+    events, _ = lc.store.list("events", "default")
+    for e in events:
+        ours = e["involvedObject"]["name"] == name and e["reason"] == "Pulled"
+        if ours and image in e["message"] and (m := re.search(r" in ([0-9.]+)s", e["message"])):
+            return float(m.group(1))
+    return float("nan")
+
+
+def criu_frozen_seconds(archive: str) -> float:
+    out = subprocess.run(
+        [CHECKPOINTCTL, "inspect", "--stats", archive], capture_output=True, text=True
+    ).stdout
+    m = re.search(r"Frozen time: ([0-9.]+) (µs|ms|s)", out)
+    if not m:
+        return float("nan")
+    return float(m.group(1)) * {"µs": 1e-6, "ms": 1e-3, "s": 1.0}[m.group(2)]
+
+
+async def raw_blob_push_and_pull(registry: str, path: str) -> tuple[float, float]:
+    """One monolithic upload of the file as a blob, then one download: the registry's floor."""
+    digest = await asyncio.to_thread(images.file_digest, path)
+    repo = f"http://{registry}/v2/bench/raw"
+    t0 = time.monotonic()
+    started = await run_command(
+        ["curl", "-sS", "-X", "POST", "-D", "-", "-o", "/dev/null", f"{repo}/blobs/uploads/"]
+    )
+    location = next(
+        line.split(":", 1)[1].strip()
+        for line in started.stdout.splitlines()
+        if line.lower().startswith("location:")
+    )
+    if location.startswith("/"):
+        location = f"http://{registry}{location}"
+    sep = "&" if "?" in location else "?"
+    await run_command(
+        ["curl", "-sS", "-f", "-H", "Content-Type: application/octet-stream",
+         "--upload-file", path, f"{location}{sep}digest={digest}"],
+        timeout=1800,
+    )  # fmt: skip
+    push = time.monotonic() - t0
+    t0 = time.monotonic()
+    await run_command(
+        ["curl", "-sS", "-f", "-o", "/dev/null", f"{repo}/blobs/{digest}"], timeout=1800
+    )
+    return push, time.monotonic() - t0
+
+
+async def one_size(lc: LocalCluster, gb: float, round_: int) -> dict[str, Any]:
+    size = int(gb * (1 << 30))
+    image = lc.images["notebook"]
+    name = f"bench-{round_}"
+    lc.store.create("pods", "default", pod(name, image, size))
+    digest, build_seconds = await answering(lc, name, timeout=600)
+    p = lc.store.get("pods", "default", name)
+    kubelet = lc.kubelet(p["spec"]["nodeName"])
+
+    phases: dict[str, float] = {}
+    t_suspend = time.monotonic()
+    t = time.monotonic()
+    archive = await kubelet.checkpoint("default", name, "notebook", 1200)
+    phases["checkpoint"] = time.monotonic() - t
+    archive_bytes = os.path.getsize(archive)
+    criu_dump = criu_frozen_seconds(archive)
+    ref = f"{lc.checkpoint_repository}/bench:{name}"
+    t = time.monotonic()
+    pushed = await images.build_and_push(archive, ref, {"jhub-suspend.jupyter.org/pod": name})
+    phases["push"] = time.monotonic() - t
+    t = time.monotonic()
+    facts = await images.inspect(ref)
+    assert facts["digest"] == pushed
+    phases["verify"] = time.monotonic() - t
+    # the floors for the same bytes, before the archive goes
+    raw_push, raw_pull = await raw_blob_push_and_pull(lc.registry_host, archive)
+    t = time.monotonic()
+    os.remove(archive)
+    await delete_pod(lc, name)
+    phases["delete"] = time.monotonic() - t
+    suspend = time.monotonic() - t_suspend - raw_push - raw_pull
+
+    restored = f"{name}-restored"
+    checkpoint_image = images.pinned_reference(f"{ref}@{pushed}")
+    spec = pod(restored, checkpoint_image, size)
+    t = time.monotonic()
+    lc.store.create("pods", "default", spec)
+    restored_digest, _ = await answering(lc, restored, timeout=600)
+    resume = time.monotonic() - t
+    assert restored_digest == digest, "the restored process lost its state"
+    phases["pull"] = pulled_seconds(lc, restored, checkpoint_image)
+    phases["restore"] = resume - phases["pull"]
+    await delete_pod(lc, restored)
+
+    fresh = f"{name}-fresh"
+    t = time.monotonic()
+    lc.store.create("pods", "default", pod(fresh, image, size))
+    await answering(lc, fresh, timeout=600)
+    cold = time.monotonic() - t
+    await delete_pod(lc, fresh)
+    await images.delete(ref)
+
+    floor_suspend = criu_dump + raw_push
+    return {
+        "state_gb": gb,
+        "archive_bytes": archive_bytes,
+        "suspend_seconds": round(suspend, 3),
+        "resume_seconds": round(resume, 3),
+        "phases": {k: round(v, 3) for k, v in phases.items()},
+        "floors": {
+            "criu_dump_seconds": round(criu_dump, 3),
+            "raw_blob_push_seconds": round(raw_push, 3),
+            "raw_blob_pull_seconds": round(raw_pull, 3),
+        },
+        "suspend_over_floor": round(suspend / floor_suspend, 2),
+        "resume_pull_over_raw_pull": round(phases["pull"] / raw_pull, 2),
+        "cold_start_and_recompute_seconds": round(cold, 3),
+        "state_build_seconds_in_process": build_seconds,
+    }
+
+
+def write_markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "# Suspend and resume, phase by phase",
+        "",
+        f"Measured {result['date']} on {result['machine']} with `benchmarks/suspend_resume.py`: "
+        "real containerd, runc, CRIU and docker-registry on the local cluster. "
+        "Times in seconds.",
+        "",
+        "| state | archive | suspend | checkpoint | push | verify | delete | floor: CRIU dump "
+        "| floor: blob PUT | suspend / floor | resume | pull | restore + answer "
+        "| floor: blob GET | fresh pod + recompute |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["runs"]:
+        ph, fl = r["phases"], r["floors"]
+        lines.append(
+            f"| {r['state_gb']} GB | {r['archive_bytes'] / 1e9:.2f} GB | {r['suspend_seconds']} "
+            f"| {ph['checkpoint']} | {ph['push']} | {ph['verify']} | {ph['delete']} "
+            f"| {fl['criu_dump_seconds']} | {fl['raw_blob_push_seconds']} "
+            f"| {r['suspend_over_floor']} | {r['resume_seconds']} | {ph['pull']} "
+            f"| {ph['restore']:.3f} | {fl['raw_blob_pull_seconds']} "
+            f"| {r['cold_start_and_recompute_seconds']} |"
+        )
+    lines += [
+        "",
+        "The suspend floor is CRIU's own dump (its frozen time) plus one monolithic upload of",
+        "the same bytes; `checkpoint` also holds containerd's root-filesystem diff and tar of",
+        "the archive. `restore + answer` is containerd's restore with CRIU until the process",
+        "answers; the pull is the kubelet's own figure.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = result["runs"]
+    labels = [f"{r['state_gb']} GB" for r in runs]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    bottom = [0.0] * len(runs)
+    for phase in ("checkpoint", "push", "verify", "delete"):
+        values = [r["phases"][phase] for r in runs]
+        ax1.bar(labels, values, bottom=bottom, label=phase)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    floors = [r["floors"]["criu_dump_seconds"] + r["floors"]["raw_blob_push_seconds"] for r in runs]
+    ax1.plot(labels, floors, "k_", markersize=30, label="floor: dump + blob PUT")
+    ax1.set_title("suspend")
+    ax1.set_ylabel("seconds")
+    ax1.legend()
+    bottom = [0.0] * len(runs)
+    for phase in ("pull", "restore"):
+        values = [r["phases"][phase] for r in runs]
+        ax2.bar(labels, values, bottom=bottom, label=phase)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    cold = [r["cold_start_and_recompute_seconds"] for r in runs]
+    ax2.plot(labels, cold, "r_", markersize=30, label="fresh pod + recompute")
+    ax2.set_title("resume")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=float, nargs="+", default=[0.1, 1.0, 4.0])
+    parser.add_argument("--state-dir", default="")
+    args = parser.parse_args()
+    state = args.state_dir or tempfile.mkdtemp(prefix="jhs-bench-")
+    lc = LocalCluster(
+        state_dir=state,
+        bridge="jhsbench0",
+        pod_cidr="10.98.240.0/24",
+        start_prometheus=False,
+        start_agents=False,
+        nodes=[{"name": "bench-node", "cpu": "2", "memory": "20Gi"}],
+    )
+    lc.initialize([])
+    await lc.up()
+    try:
+        runs = []
+        for i, gb in enumerate(args.sizes):
+            run = await one_size(lc, gb, i)
+            print(json.dumps(run), flush=True)
+            runs.append(run)
+    finally:
+        await lc.down()
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}",
+        "runs": runs,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "suspend_resume.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "suspend_resume.md").write_text(write_markdown(result))
+    plot(result, RESULTS / "suspend_resume.png")
+    print(write_markdown(result))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
