@@ -104,11 +104,6 @@ def _error(action: str, ref: str, e: CommandError) -> ImageError:
     return ImageError(f"{action} {ref} failed: {reason}")
 
 
-def _read_text(path: str) -> str:
-    with open(path) as f:
-        return f.read()
-
-
 def archive_config(archive_path: str) -> dict[str, Any]:
     """An archive's ``config.dump`` (empty if it has none or it is unreadable)."""
     try:
