@@ -30,6 +30,11 @@ from .checkpoints import Checkpoint, LastError, Status
 from .restore import CheckpointImageDriver, RestoreDriver, RestoreFailed
 
 STATE_KEY = "jhub_suspend"
+UNREADABLE_KEY = "unreadable_checkpoint"
+UNREADABLE_MESSAGE = (
+    "Your saved session cannot be read: the hub's encryption key has changed since it was "
+    "saved. Your server starts fresh on the same volume; the saved record is kept for the admin."
+)
 NOTEBOOK_CONTAINER = "notebook"  # KubeSpawner's name for the notebook container
 NO_ROOM_MESSAGE = (
     "No node had room to restore your server in time. Your saved session is kept: "
@@ -159,6 +164,8 @@ class SuspendingKubeSpawner(KubeSpawner):
 
     checkpoint: Checkpoint | None = None
     last_error: LastError | None = None
+    #: a checkpoint record this hub could not read, kept as it was for the admin
+    unreadable_checkpoint: dict[str, Any] | None = None
     _restoring: Checkpoint | None = None
     # The checkpoint this start is restoring (or tried to), and why that failed: for progress().
     _restore_attempt: Checkpoint | None = None
@@ -176,15 +183,36 @@ class SuspendingKubeSpawner(KubeSpawner):
             "checkpoint": self.checkpoint.to_state() if self.checkpoint else None,
             "last_error": self.last_error.to_state() if self.last_error else None,
         }
+        if self.unreadable_checkpoint is not None:
+            state[STATE_KEY][UNREADABLE_KEY] = self.unreadable_checkpoint
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
         ours = state.get(STATE_KEY) or {}
-        self.checkpoint = (
-            Checkpoint.from_state(ours["checkpoint"]) if ours.get("checkpoint") else None
-        )
-        self.last_error = LastError(**ours["last_error"]) if ours.get("last_error") else None
+        self.unreadable_checkpoint = ours.get(UNREADABLE_KEY)
+        self.checkpoint = None
+        try:
+            self.last_error = LastError(**ours["last_error"]) if ours.get("last_error") else None
+        except TypeError:
+            self.last_error = None
+        if raw := ours.get("checkpoint"):
+            try:
+                self.checkpoint = Checkpoint.from_state(raw)
+            except Exception as e:
+                # The hub's crypt key changed, or the record is from an incompatible version:
+                # a state the hub cannot read must never lock the user out. The next start is
+                # fresh; the record is kept, untouched, for the admin.
+                self.log.warning(
+                    "%s: its checkpoint cannot be read (%s: %s); the next start is fresh and "
+                    "the record is kept under %s",
+                    self._log_name,
+                    type(e).__name__,
+                    e,
+                    UNREADABLE_KEY,
+                )
+                self.unreadable_checkpoint = raw
+                self._record_error("restore", UNREADABLE_MESSAGE, f"{type(e).__name__}: {e}")
 
     def clear_state(self) -> None:
         # JupyterHub clears state after every stop; the checkpoint is exactly what must survive.

@@ -1,6 +1,8 @@
 """SuspendingKubeSpawner's own decisions, without a hub or a cluster (KubeSpawner's _mock)."""
 
 import pytest
+from cryptography.fernet import Fernet
+from jupyterhub.crypto import CryptKeeper
 from traitlets import TraitError
 from traitlets.config import Config
 
@@ -11,7 +13,7 @@ from jhub_suspend.checkpoints import (
     NodeFacts,
     Status,
 )
-from jhub_suspend.spawner import STATE_KEY, SuspendingKubeSpawner, human_size
+from jhub_suspend.spawner import STATE_KEY, UNREADABLE_KEY, SuspendingKubeSpawner, human_size
 
 
 @pytest.fixture(autouse=True)
@@ -81,6 +83,37 @@ async def test_the_checkpoint_survives_the_hubs_clear_state():
     assert fresh.last_error == s.last_error
     assert fresh.suspended
     assert state[STATE_KEY]["checkpoint"]["status"] == "suspended"
+
+
+async def test_a_checkpoint_sealed_with_another_key_never_locks_the_user_out():
+    """The hub's crypt key changed since the suspension (a restarted demo, a rotated key):
+    loading the state must not raise (it would fail the user's login and start with a 500).
+    The next start is fresh, the user is told why, and the record is kept for the admin."""
+    keeper = CryptKeeper.instance()
+    old = keeper.keys
+    try:
+        keeper.keys = [Fernet.generate_key()[:32]]
+        s = spawner()
+        s.checkpoint = record()
+        state = s.get_state()
+        sealed = state[STATE_KEY]["checkpoint"]
+        assert sealed["image"].startswith("fernet:")
+
+        keeper.keys = [Fernet.generate_key()[:32]]  # another key
+        fresh = spawner()
+        fresh.load_state(state)
+        assert fresh.checkpoint is None and not fresh.suspended
+        assert fresh.last_error.operation == "restore"
+        assert "encryption key has changed" in fresh.last_error.message
+        assert "InvalidToken" in fresh.last_error.detail
+        # kept as it was, across the hub's saves, for the admin
+        again = fresh.get_state()
+        assert again[STATE_KEY][UNREADABLE_KEY] == sealed
+        later = spawner()
+        later.load_state(again)
+        assert later.unreadable_checkpoint == sealed
+    finally:
+        keeper.keys = old
 
 
 async def test_only_restorable_checkpoints_make_a_server_suspended():

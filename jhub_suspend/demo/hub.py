@@ -101,6 +101,24 @@ async def running_hub(cluster: dict, state_dir: str, **options: Any) -> AsyncIte
         await hub.stop()
 
 
+CRYPT_KEY_FILE = "jupyterhub_crypt_key"
+
+
+def crypt_key(state_dir: str) -> str:
+    """The hub's crypt key, kept in its state directory (mode 0600) as the cookie secret is:
+    made on the first start, read on the next ones."""
+    path = Path(state_dir, CRYPT_KEY_FILE)
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    key = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+    return key
+
+
 async def start_hub(
     cluster: dict,
     state_dir: str,
@@ -141,8 +159,9 @@ async def start_hub(
         "JHUB_SUSPEND_USER_PASSWORD": user_password,
         "JHUB_SUSPEND_ADMIN_PASSWORD": admin_password,
         "JHUB_SUSPEND_SPAWNER": spawner,
-        # Secrets in the spawner's state (the checkpoint's image reference) are encrypted.
-        "JUPYTERHUB_CRYPT_KEY": os.environ.get("JUPYTERHUB_CRYPT_KEY") or secrets.token_hex(32),
+        # Secrets in the spawner's state (the checkpoint's image reference) are encrypted
+        # with a key kept beside the hub's database, so a suspended server survives a restart.
+        "JUPYTERHUB_CRYPT_KEY": os.environ.get("JUPYTERHUB_CRYPT_KEY") or crypt_key(state_dir),
         "PATH": f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}",
         "JHUB_SUSPEND_SERVICE_PORT": str(services.free_port()),
     }
