@@ -28,7 +28,12 @@ The rules, in the order they are applied to each server:
 6. **Keep-running opt-out** (:class:`KeepRunning`) postpones eligibility until it ends, capped at
    :attr:`PolicyConfig.max_keep_running` after it was set; ignored when not allowed.
 7. **Warning.** A server whose utilisation is already idle and that becomes eligible within
-   :attr:`PolicyConfig.warn_before` gets ``"warn"`` with ``suspend_at``.
+   :attr:`PolicyConfig.warn_before` gets ``"warn"`` with ``suspend_at``. And no server is
+   suspended before it has been warned for ``warn_before``: an eligible server that was not
+   (:attr:`ServerObservation.warned_since`, which the service keeps across cycles) is warned
+   first, and suspended ``warn_before`` later if it stays eligible. This matters when the
+   utilisation window is what binds: it turns idle at a moment the activity timeout cannot
+   predict.
 8. **Order and limits.** Eligible servers are ordered: with Pending pods (capacity-pressure mode)
    those whose suspension frees a resource a Pending pod lacks come first; then the most wasteful
    (:func:`waste`) first; then the longest idle. The first
@@ -155,7 +160,9 @@ class ServerObservation:
     ``server_name`` is ``""`` for the default server. ``requests`` are the pod's (all
     containers). ``cpu`` and ``gpu`` are None when Prometheus had no series for the pod.
     ``memory_ratio`` is the current working set / memory request (only used for waste).
-    ``last_activity`` is the hub's, None when the hub has none. Datetimes must be aware.
+    ``last_activity`` is the hub's, None when the hub has none. ``warned_since`` is when the
+    service first warned this server of a suspension in its current run of warnings (None:
+    not warned). Datetimes must be aware.
     """
 
     user: str
@@ -172,6 +179,7 @@ class ServerObservation:
     memory_ratio: float | None = None
     last_activity: datetime | None = None
     keep_running: KeepRunning | None = None
+    warned_since: datetime | None = None
 
     def __post_init__(self) -> None:
         if self.state not in STATES:
@@ -179,6 +187,8 @@ class ServerObservation:
         _require_aware(self.started, "started")
         if self.last_activity is not None:
             _require_aware(self.last_activity, "last_activity")
+        if self.warned_since is not None:
+            _require_aware(self.warned_since, "warned_since")
         if not isinstance(self.groups, frozenset):
             object.__setattr__(self, "groups", frozenset(self.groups))
 
@@ -703,6 +713,14 @@ def _assess(obs: ServerObservation, ctx: _Context) -> Decision:
             reasons.insert(0, f"will be suspended at {_when(eligible)} unless used")
         return Decision(
             obs.user, obs.server_name, action, tuple(reasons), idle_for, eligible, w,
+            namespace=obs.namespace, pod=obs.pod,
+        )  # fmt: skip
+    warned_until = _after(obs.warned_since or ctx.now, cfg.warn_before)
+    if cfg.warn_before > 0 and warned_until > ctx.now:
+        # Eligible, but its user has not had the warning for warn_before yet.
+        reasons.insert(0, f"will be suspended at {_when(warned_until)} unless used")
+        return Decision(
+            obs.user, obs.server_name, "warn", tuple(reasons), idle_for, warned_until, w,
             namespace=obs.namespace, pod=obs.pod,
         )  # fmt: skip
     frees = _frees(obs, ctx) if ctx.pending else ()

@@ -40,7 +40,8 @@ def ago(**kw: float) -> datetime:
 
 
 def obs(user: str = "alice", **kw) -> ServerObservation:
-    """A running CPU server, idle by every rule unless told otherwise."""
+    """A running CPU server, idle by every rule unless told otherwise, whose user the service
+    warned an hour ago (rule 7: no suspension before a warning)."""
     defaults = {
         "server_name": "",
         "state": "running",
@@ -51,6 +52,7 @@ def obs(user: str = "alice", **kw) -> ServerObservation:
         "node": "node-a",
         "cpu": CPU_IDLE,
         "last_activity": ago(hours=2),
+        "warned_since": ago(hours=1),
     }
     defaults.update(kw)
     return ServerObservation(user=user, **defaults)
@@ -569,6 +571,33 @@ def test_warning_uses_gpu_timeout() -> None:
     d = one(gpu_obs(last_activity=ago(minutes=25)))
     assert d.action == "warn"
     assert d.suspend_at == NOW + timedelta(minutes=5)
+
+
+def test_no_suspension_without_a_warning_when_the_utilisation_window_binds() -> None:
+    """The defaults' shape: a 3600 s window and a 3600 s activity timeout. The user left two
+    hours ago, but the kernel computed until just now, so the window has only now turned idle.
+    Before, the server went from "keep" (busy) straight to "suspend"; now it is warned first."""
+    cfg = PolicyConfig()  # the defaults
+    busy_until_now = obs(cpu=Signal(0.5, 60, 60), warned_since=None)
+    assert one(busy_until_now, config=cfg).action == "keep"
+    turned_idle = obs(warned_since=None)  # the next cycle: the window is idle
+    warned = one(turned_idle, config=cfg)
+    assert warned.action == "warn"
+    assert warned.suspend_at == NOW + timedelta(seconds=cfg.warn_before)
+    assert warned.reasons[0] == "will be suspended at 2025-03-01 12:10 UTC unless used"
+    # still warned (and not yet suspended) until warn_before has passed since the warning
+    almost = one(obs(warned_since=ago(seconds=cfg.warn_before - 1)), config=cfg)
+    assert almost.action == "warn" and almost.suspend_at == NOW + timedelta(seconds=1)
+    assert one(obs(warned_since=ago(seconds=cfg.warn_before)), config=cfg).action == "suspend"
+
+
+def test_a_warning_given_before_eligibility_counts() -> None:
+    """When activity binds, the warning comes warn_before ahead and the suspension on time."""
+    warned_early = obs(last_activity=ago(minutes=60), warned_since=ago(minutes=10))
+    assert one(warned_early).action == "suspend"
+    # with warnings turned off, nothing is waited for
+    off = one(obs(warned_since=None), config=PolicyConfig(warn_before=0))
+    assert off.action == "suspend"
 
 
 # --- dry run, plan output ------------------------------------------------------------------------

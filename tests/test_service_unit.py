@@ -442,3 +442,24 @@ async def test_operations_that_succeeded_after_a_snapshot_are_newer_than_it():
     settled = ops.succeeded_since(snapshot_time)
     assert list(settled) == [("ann", "")]
     assert settled[("ann", "")].kind == "suspend"
+
+
+def test_warnings_keep_their_first_time_until_the_server_is_kept():
+    from jhub_suspend.policy import Decision, MetricsHealth, Plan
+    from jhub_suspend.service.loop import warnings_in_force
+
+    t0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+    def plan(**actions):
+        decisions = tuple(Decision(u, "", a, (), 0.0) for u, a in actions.items())
+        return Plan(t0, False, MetricsHealth(True), decisions, ())
+
+    first = warnings_in_force({}, plan(alice="warn", bob="keep"), t0)
+    assert first == {("alice", ""): t0}
+    later = t0 + timedelta(minutes=5)
+    # still warned, or now eligible: the warning's first time stays
+    assert warnings_in_force(first, plan(alice="warn"), later) == {("alice", ""): t0}
+    assert warnings_in_force(first, plan(alice="suspend"), later) == {("alice", ""): t0}
+    # used again (kept), or gone: the next warning starts anew
+    assert warnings_in_force(first, plan(alice="keep"), later) == {}
+    assert warnings_in_force(first, plan(), later) == {}

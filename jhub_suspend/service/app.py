@@ -170,7 +170,9 @@ class SuspendService(Application):
         help="Weight of an unused CPU core, GiB of memory and GPU when ranking servers by waste.",
     ).tag(config=True)
     warn_before = Float(
-        600, help="Warn users this many seconds before their server becomes eligible (0: never)."
+        600,
+        help="""Warn users this many seconds before their server is suspended (0: never). No
+        server is suspended before it has been warned for this long.""",
     ).tag(config=True)
     gpu_resources = Set(
         Unicode(), {"nvidia.com/gpu"}, help="Kubernetes resource names that count as GPUs."

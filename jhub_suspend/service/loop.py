@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,19 @@ from .prom import MetricsUnavailable, Readings, freshness_health
 
 if TYPE_CHECKING:
     from .app import SuspendService
+
+
+def warnings_in_force(
+    warned_since: dict[tuple[str, str], datetime], plan: Plan, now: datetime
+) -> dict[tuple[str, str], datetime]:
+    """Since when each server has been warned, after ``plan`` (pure): a warning keeps its first
+    time while the server stays warned or eligible, and ends when the server is kept."""
+    out = {}
+    for d in plan.decisions:
+        key = (d.user, d.server_name)
+        if d.action in ("warn", "suspend"):
+            out[key] = warned_since.get(key, now)
+    return out
 
 
 @dataclass
@@ -94,6 +107,10 @@ class PolicyLoop:
         self.snapshot: Snapshot | None = None
         self.health = LoopHealth()
         self.known_requests: dict[tuple[str, str], Resources] = {}
+        # When each server was first warned in its current run of warnings: no automatic
+        # suspension comes before a warning of warn_before (policy rule 7). In memory: a
+        # restarted service warns again, which only ever delays a suspension.
+        self.warned_since: dict[tuple[str, str], datetime] = {}
         self._task: asyncio.Task | None = None
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
@@ -158,7 +175,11 @@ class PolicyLoop:
         node_labels = None
         if pending and any(p.node_selector for p in pending):
             node_labels = await svc.kube.node_labels()
-        observations = [o for o in (v.observation() for v in views) if o is not None]
+        observations = [
+            replace(o, warned_since=self.warned_since.get((o.user, o.server_name)))
+            for o in (v.observation() for v in views)
+            if o is not None
+        ]
         plan = policy.decide(
             observations,
             pending,
@@ -212,7 +233,8 @@ class PolicyLoop:
             v.memory_ratio = readings.memory_ratio.get(key)
 
     def _record(self, snap: Snapshot) -> None:
-        """Update metrics, health and restore accounting from a cycle."""
+        """Update metrics, health, warnings and restore accounting from a cycle."""
+        self.warned_since = warnings_in_force(self.warned_since, snap.plan, snap.time)
         m = self.service.metrics
         old = {v.key: v.state for v in self.snapshot.views} if self.snapshot else {}
         ours = self.service.operations.by_server()
