@@ -119,6 +119,13 @@ class SuspendingKubeSpawner(KubeSpawner):
         help="Seconds a checkpoint may take, from the agent's start to the verified push.",
     ).tag(config=True)
 
+    agent_reconnect_timeout = Float(
+        30,
+        help="""Seconds to keep trying to reach a node agent that refuses connections before
+        the suspension fails (the server keeps running). A refused connection means nothing
+        has started, so there is no reason to wait for `checkpoint_timeout`.""",
+    ).tag(config=True)
+
     checkpoint_retention = Float(
         0,
         help="""Seconds to keep a checkpoint image in the registry after it was restored or
@@ -314,6 +321,7 @@ class SuspendingKubeSpawner(KubeSpawner):
             url,
             self.agent_token,
             timeout=self.checkpoint_timeout,
+            reconnect_timeout=self.agent_reconnect_timeout,
             ca_file=self.agent_ca_file or None,
             client_cert=self.agent_client_cert or None,
             client_key=self.agent_client_key or None,

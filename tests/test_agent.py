@@ -566,6 +566,18 @@ async def test_the_client_retries_only_what_never_reached_the_agent():
     assert "sekrit" not in repr(closed)
 
 
+async def test_an_agent_that_is_down_fails_a_checkpoint_fast():
+    """A refused connection means nothing started: the caller hears within the reconnect
+    window, not after the checkpoint's timeout (which would keep the user locked out)."""
+    down = AgentClient(f"http://127.0.0.1:{free_port()}", "t", timeout=900, reconnect_timeout=1)
+    assert down.total_timeout == 960  # what it waited before
+    with pytest.raises(AgentError) as err:
+        await asyncio.wait_for(down.checkpoint("default", "p", "c", f"{REPO}/u:t"), 60)
+    assert err.value.status == 0
+    assert "within 1 s (is it running?)" in err.value.message
+    assert "cannot connect" in err.value.message
+
+
 async def test_a_request_the_agent_may_still_be_working_on_is_not_retried():
     hits: list[int] = []
     never = asyncio.Event()

@@ -165,3 +165,10 @@ async def test_restore_timeout_defaults_below_start_timeout_and_rejects_nonsense
     s = spawner()
     with pytest.raises(TraitError, match="restore_timeout must be above 0"):
         s.restore_timeout = 0
+
+
+async def test_the_agent_client_gives_up_on_a_down_agent_within_the_reconnect_window():
+    s = spawner(checkpoint_timeout=600, agent_reconnect_timeout=5)
+    client = s.agent_for("node-1", "10.0.0.7")
+    assert client.timeout == 600  # a checkpoint that runs may take long
+    assert client.reconnect_timeout == 5  # an agent that refuses connections fails fast

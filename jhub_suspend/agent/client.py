@@ -5,7 +5,9 @@ second dump racing the first would fail or leave an orphaned image. So a request
 (with jittered exponential backoff, under a cap on the total time) only when it certainly
 never reached the agent:
 
-- the connection could not be made (refused, reset while connecting, DNS, connect timeout);
+- the connection could not be made (refused, reset while connecting, DNS, connect timeout),
+  and only for ``reconnect_timeout``: a refused connection means nothing has started, so the
+  caller learns at once that the agent is down rather than after the checkpoint's timeout;
 - a 502 or 503 came back *without* the agent's ``X-JHub-Suspend-Agent`` header, i.e. from a
   proxy or load balancer that had no agent to forward to.
 
@@ -71,8 +73,9 @@ class AgentClient:
 
     ``timeout`` bounds each attempt (a checkpoint waits for CRIU, the push and the
     verification, and may queue behind other checkpoints on the node); ``total_timeout`` caps
-    all attempts together (default ``timeout`` + 60 s). ``ca_file``, ``client_cert`` and
-    ``client_key`` are for an agent served over (m)TLS.
+    all attempts together (default ``timeout`` + 60 s); ``reconnect_timeout`` caps how long
+    attempts that never reached the agent are retried (default 30 s). ``ca_file``,
+    ``client_cert`` and ``client_key`` are for an agent served over (m)TLS.
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class AgentClient:
         *,
         timeout: float = 900.0,
         total_timeout: float | None = None,
+        reconnect_timeout: float = 30.0,
         connect_timeout: float = 10.0,
         ca_file: str | None = None,
         client_cert: str | None = None,
@@ -92,6 +96,7 @@ class AgentClient:
         self.token = token
         self.timeout = timeout
         self.total_timeout = total_timeout if total_timeout is not None else timeout + 60.0
+        self.reconnect_timeout = reconnect_timeout
         self.connect_timeout = connect_timeout
         self.ca_file = ca_file
         self.client_cert = client_cert
@@ -164,6 +169,8 @@ class AgentClient:
                 last[:] = [str(e)]
                 return None
 
+        # An attempt that reaches the agent runs to its own end; only retries stop here.
+        window = min(self.total_timeout, self.reconnect_timeout)
         try:
             return await exponential_backoff(
                 attempt,
@@ -171,13 +178,13 @@ class AgentClient:
                 start_wait=0.2,
                 scale_factor=2,
                 max_wait=5,
-                timeout=self.total_timeout,
+                timeout=window,
             )
         except TimeoutError:
             raise AgentError(
                 0,
-                f"could not reach the node agent at {self.base_url} within "
-                f"{self.total_timeout:.0f} s: {last[0] if last else 'no attempt finished'}",
+                f"could not reach the node agent at {self.base_url} within {window:.0f} s "
+                f"(is it running?): {last[0] if last else 'no attempt finished'}",
             ) from None
 
     async def _attempt(self, method: str, path: str, body: Any, timeout: float) -> HTTPResponse:
