@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 
 import pytest
 from jupyterhub.utils import exponential_backoff
@@ -195,3 +196,26 @@ async def test_stopping_a_cluster_leaves_nothing_behind(tmp_path):
     assert not any(alive(pid) for pid in servers)
     assert _shim_pids(address) == []
     assert not os.path.exists(f"/sys/class/net/{bridge}")
+
+
+async def test_a_killed_agent_is_started_again(cluster):
+    """As a kubelet restarts a DaemonSet's pod: the agent comes back on the same address."""
+    node = "node-1"
+    old = cluster.agents[node]
+    restarts = cluster.agent_restarts[node]
+    os.kill(old.pid, signal.SIGKILL)
+    http = AsyncHTTPClient()
+
+    async def back():
+        new = cluster.agents[node]
+        if new is old or not new.running:
+            return False
+        try:
+            response = await http.fetch(f"{cluster.agent_urls[node]}/healthz")
+        except (HTTPClientError, OSError):
+            return False
+        return json.loads(response.body)["node"] == node
+
+    await exponential_backoff(back, "the killed agent never came back", timeout=60, max_wait=1)
+    assert cluster.agent_restarts[node] == restarts + 1
+    assert cluster.agents[node].pid != old.pid

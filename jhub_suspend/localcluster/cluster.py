@@ -34,6 +34,10 @@ from .kubelet import Kubelet, NodeConfig
 from .scheduler import Scheduler
 from .store import Store
 
+#: back-off before restarting a node agent that exited, doubled while it keeps failing
+AGENT_RESTART_DELAY = 1.0
+AGENT_MAX_RESTART_DELAY = 60.0
+
 DEFAULT_NODES: list[dict[str, Any]] = [
     {"name": "node-1", "cpu": "2", "memory": "4Gi"},
     {"name": "gpu-node-1", "cpu": "2", "memory": "4Gi", "gpus": 1},
@@ -157,6 +161,8 @@ class LocalCluster(Application):
         }
         self.tokens = tokens
         self.agent_urls: dict[str, str] = {}
+        self.agents: dict[str, services.ManagedProcess] = {}
+        self.agent_restarts: dict[str, int] = {}
         self._prometheus: services.PrometheusProcess | None = None
         self._extra_scrape_jobs: list[dict] = []
         self.store = Store()
@@ -292,6 +298,34 @@ class LocalCluster(Application):
             await proc.start()
             await proc.wait_ready(timeout=self.ready_timeout)
             self.agent_urls[name] = url
+            self.agents[name] = proc
+            self.agent_restarts[name] = 0
+            self._tasks.append(
+                asyncio.create_task(self._supervise_agent(name), name=f"supervise-agent-{name}")
+            )
+
+    async def _supervise_agent(self, node: str) -> None:
+        """Start a node's agent again whenever it exits, as a kubelet restarts a DaemonSet's
+        pod: after a back-off that doubles while it keeps failing (1 s to 60 s)."""
+        delay = AGENT_RESTART_DELAY
+        while True:
+            proc = self.agents[node]
+            status = await proc.wait_exit()
+            self.log.warning(
+                "agent on %s exited with status %s; restarting it in %.0f s", node, status, delay
+            )
+            await asyncio.sleep(delay)  # the back-off itself, as the kubelet's
+            self.processes.discard(proc)
+            proc = self.agents[node] = proc.respawn()
+            self.agent_restarts[node] += 1
+            try:
+                await proc.start()
+                await proc.wait_ready(timeout=self.ready_timeout)
+            except services.ServiceError as e:
+                self.log.error("agent on %s did not come back: %s", node, e)
+                delay = min(delay * 2, AGENT_MAX_RESTART_DELAY)
+            else:
+                delay = AGENT_RESTART_DELAY
 
     @property
     def checkpoint_repository(self) -> str:

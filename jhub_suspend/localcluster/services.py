@@ -291,6 +291,12 @@ class ManagedProcess:
         twin._stopping = None
         return twin
 
+    async def wait_exit(self) -> int:
+        """Wait until the process exits; return its exit status."""
+        if self._proc is None:
+            raise ServiceError(f"{self.name} was never started")
+        return await self._proc.wait()
+
     async def start(self) -> ManagedProcess:
         if self._proc is not None:
             raise ServiceError(f"{self.name} was already started (pid {self.pid})")
