@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlencode
@@ -483,6 +484,24 @@ async def fake_agent(ckpt_dir, calls):
         agent.checkpointer.kubelet = FakeKubelet(ckpt_dir, calls)
         agent.checkpointer.images = agent.image_store = FakeImages(calls)  # type: ignore[assignment]
         yield agent
+
+
+async def test_an_agent_sweeps_what_a_killed_agent_left_when_it_starts(tmp_path):
+    """An agent killed mid-suspension leaves the notebook's memory on the node: the archive,
+    and the layout it was pushing from. No operation owns them once an agent starts."""
+    left = tmp_path / "checkpoint-jupyter-alice_default-notebook-2026-11-30T12:00:00Z.tar"
+    left.write_bytes(b"a notebook's memory")
+    layout, _ = images.write_layout(str(left), {})
+    (tmp_path / "unrelated.txt").write_text("not ours")
+    for path in (left, layout):
+        os.utime(path, (time.time() - 5, time.time() - 5))  # from before this agent started
+    async with running_agent(
+        repository=REPO,
+        checkpoint_dir=str(tmp_path),
+        kubelet_url="http://127.0.0.1:1",
+        orphan_archive_age=3600,  # the periodic sweep's age; the start sweeps all
+    ):
+        assert sorted(os.listdir(tmp_path)) == ["unrelated.txt"]
 
 
 async def test_http_api_with_fakes(fake_agent, ckpt_dir):

@@ -554,6 +554,12 @@ class NodeAgent(Application):
             timeout=self.checkpoint_timeout,
         )
         self._semaphore = asyncio.Semaphore(self.max_concurrent_checkpoints)
+        if self.orphan_archive_age > 0:
+            # Before serving, no checkpoint is this agent's: what a previous agent left (one
+            # killed mid-suspension) holds a notebook's memory and is no one's now.
+            swept = await asyncio.to_thread(sweep_orphans, self.checkpoint_dir, 0.0)
+            if swept:
+                self.log.warning("swept %d archive(s) a previous agent left", len(swept))
         sockets = bind_sockets(self.port, self.ip or None)
         self._server = HTTPServer(
             self.make_app(), ssl_options=self.ssl_context(), max_body_size=MAX_BODY_BYTES
