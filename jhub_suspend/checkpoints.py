@@ -19,6 +19,9 @@ SUSPEND_REQUEST_ANNOTATION = f"{ANNOTATION_PREFIX}/suspend-requested"
 # Set by the spawner on a pod whose suspension failed: the pod keeps running and the next start
 # adopts it instead of replacing it.
 SUSPEND_FAILED_ANNOTATION = f"{ANNOTATION_PREFIX}/suspend-failed"
+# Set by the restore driver on a restored pod, whose container image is the checkpoint image:
+# the image the user's server really runs from, for the next checkpoint's record.
+ORIGINAL_IMAGE_ANNOTATION = f"{ANNOTATION_PREFIX}/original-image"
 SEALED_PREFIX = "fernet:"
 
 
@@ -177,10 +180,17 @@ def image_annotations(
         f"{ANNOTATION_PREFIX}/server-name": server_name,
         f"{ANNOTATION_PREFIX}/namespace": namespace,
         f"{ANNOTATION_PREFIX}/pod": pod,
-        f"{ANNOTATION_PREFIX}/original-image": original_image,
+        ORIGINAL_IMAGE_ANNOTATION: original_image,
         f"{ANNOTATION_PREFIX}/reason": reason,
         f"{ANNOTATION_PREFIX}/created": rfc3339(now),
     }
+
+
+def original_image(pod: dict[str, Any], container: dict[str, Any]) -> str:
+    """The image the server runs from: a restored pod's container runs the checkpoint image,
+    so the restore driver's annotation names the real one (pure)."""
+    annotations = pod.get("metadata", {}).get("annotations") or {}
+    return str(annotations.get(ORIGINAL_IMAGE_ANNOTATION) or container["image"])
 
 
 def node_facts(node: dict[str, Any], gpu_count: int) -> NodeFacts:

@@ -15,7 +15,7 @@ from typing import Any
 from traitlets import Dict, List
 from traitlets.config import LoggingConfigurable
 
-from .checkpoints import Checkpoint, NodeFacts
+from .checkpoints import ORIGINAL_IMAGE_ANNOTATION, Checkpoint, NodeFacts
 
 # Waiting reasons after which a restore will not succeed by waiting longer.
 FAILED_WAITING_REASONS = frozenset(
@@ -163,6 +163,10 @@ class CheckpointImageDriver(RestoreDriver):
                 break
         else:
             raise RestoreFailed(f"the pod has no container {container!r} to restore into")
+        pod.metadata.annotations = {
+            **(pod.metadata.annotations or {}),
+            ORIGINAL_IMAGE_ANNOTATION: checkpoint.original_image,
+        }
         required = compatibility_affinity(checkpoint.node, list(self.node_selector_terms))
         affinity = pod.spec.affinity.to_dict() if pod.spec.affinity else None
         pod.spec.affinity = merge_affinity(_camel(affinity), required) or None

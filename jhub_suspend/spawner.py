@@ -351,7 +351,7 @@ class SuspendingKubeSpawner(KubeSpawner):
             server_name=self.name,
             namespace=self.namespace,
             pod=self.pod_name,
-            original_image=container["image"],
+            original_image=ck.original_image(pod, container),
             reason=reason,
             now=now,
         )
@@ -369,7 +369,7 @@ class SuspendingKubeSpawner(KubeSpawner):
             created=ck.rfc3339(now),
             reason=reason,
             container=NOTEBOOK_CONTAINER,
-            original_image=container["image"],
+            original_image=ck.original_image(pod, container),
             node=ck.node_facts(node_obj, ck.pod_gpu_count(pod)),
             status=Status.VERIFIED,
             archive_bytes=result.archive_bytes,

@@ -8,12 +8,14 @@ from jupyterhub.crypto import CryptKeeper
 from kubernetes_asyncio.client import V1Container, V1ObjectMeta, V1Pod, V1PodSpec
 
 from jhub_suspend.checkpoints import (
+    ORIGINAL_IMAGE_ANNOTATION,
     Checkpoint,
     NodeFacts,
     Status,
     image_annotations,
     image_reference,
     node_facts,
+    original_image,
     pod_gpu_count,
 )
 from jhub_suspend.restore import (
@@ -182,8 +184,21 @@ def test_checkpoint_image_driver_swaps_the_image_and_pins_the_node_kind():
         "site",
     ]
     assert out.spec.node_selector == {"pool": "user"}
+    # the restored pod says which image it really runs from, for its next checkpoint
+    assert out.metadata.annotations[ORIGINAL_IMAGE_ANNOTATION] == record().original_image
     with pytest.raises(RestoreFailed, match="no container 'other'"):
         driver.apply(pod, record(), "other")
+
+
+def test_a_restored_pods_next_checkpoint_names_the_users_image():
+    """Suspended a second time, the record must not name the previous checkpoint image."""
+    container = {"name": "notebook", "image": "reg/jhub-suspend/default/jupyter-alice@sha256:c"}
+    restored = {"metadata": {"annotations": {ORIGINAL_IMAGE_ANNOTATION: "jupyter/base:1"}}}
+    assert original_image(restored, container) == "jupyter/base:1"
+    fresh = {"metadata": {"name": "jupyter-alice"}}
+    assert original_image(fresh, {"name": "notebook", "image": "jupyter/base:1"}) == (
+        "jupyter/base:1"
+    )
 
 
 @pytest.mark.parametrize(
