@@ -32,8 +32,9 @@ from .restore import CheckpointImageDriver, RestoreDriver, RestoreFailed
 STATE_KEY = "jhub_suspend"
 UNREADABLE_KEY = "unreadable_checkpoint"
 UNREADABLE_MESSAGE = (
-    "Your saved session cannot be read: the hub's encryption key has changed since it was "
-    "saved. Your server starts fresh on the same volume; the saved record is kept for the admin."
+    "Your saved session cannot be read by this hub (most likely its encryption key has changed "
+    "since it was saved). Your server starts fresh on the same volume; the saved record is "
+    "kept for the admin."
 )
 NOTEBOOK_CONTAINER = "notebook"  # KubeSpawner's name for the notebook container
 NO_ROOM_MESSAGE = (
