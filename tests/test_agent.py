@@ -34,12 +34,14 @@ from jhub_suspend.agent.checkpointer import (
     RegistryUnavailable,
     UnsafeArchivePath,
     VerificationFailed,
-    criu_config_options,
-    criu_config_problem,
     inside,
-    node_setting_hint,
     sweep_orphans,
     verification_problems,
+)
+from jhub_suspend.agent.criuconfig import (
+    criu_config_options,
+    criu_config_problem,
+    node_setting_hint,
 )
 from jhub_suspend.agent.kubelet import KubeletClient, KubeletError
 

@@ -55,10 +55,9 @@ from .checkpointer import (
     CheckpointRequest,
     CheckpointResult,
     RegistryImages,
-    criu_config_options,
-    criu_config_problem,
     sweep_orphans,
 )
+from .criuconfig import criu_config_options, criu_config_problem
 from .kubelet import KubeletClient, KubeletError
 
 AGENT_HEADER = "X-JHub-Suspend-Agent"
