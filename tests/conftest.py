@@ -5,8 +5,10 @@ with a message that says what, so CI cannot pass by skipping.
 """
 
 import os
+import re
 import secrets
 import shutil
+import subprocess
 
 import pytest
 import pytest_asyncio
@@ -31,10 +33,18 @@ def require_command(path_or_name: str, hint: str) -> str:
     return found
 
 
-@pytest.fixture
-def criu_path() -> str:
-    require_root()
-    return require_command(CRIU, "run scripts/install.sh, which installs CRIU >= 4.2")
+def free_pod_cidr() -> str:
+    """A /24 of 10.98.0.0/16 that no interface here holds, so that test runs side by side
+    never route into each other's pods (two runs once shared one: their pids agreed mod 200).
+    The search starts at a place the pid picks, so runs starting together spread out."""
+    out = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    used = {int(n) for n in re.findall(r"inet 10\.98\.(\d+)\.", out)}
+    start = os.getpid() % 200
+    for i in range(200):
+        third = 20 + (start + i) % 200
+        if third not in used:
+            return f"10.98.{third}.0/24"
+    pytest.fail("every 10.98.20-219.0/24 pod network is in use on this machine")
 
 
 # One event loop for the whole run, so the local cluster (an in-process API server, scheduler
@@ -52,7 +62,7 @@ async def cluster(tmp_path_factory):
         state_dir=str(state),
         # Per run, so that test runs side by side on one machine do not share pods.
         bridge=f"jhst{os.getpid() % 10000}",
-        pod_cidr=f"10.98.{20 + os.getpid() % 200}.0/24",
+        pod_cidr=free_pod_cidr(),
         tokens={
             ADMIN_TOKEN: {"user": "admin", "permissions": ["*"]},
             # What the node agent's ClusterRole grants: the kubelet checkpoint call, nothing more.
