@@ -20,7 +20,9 @@ from jhub_suspend.localcluster.kubelet import (
     criu_errors,
     criu_log_path,
     exit_codes,
+    is_checkpoint_image,
     node_object,
+    read_criu_errors,
     running_status,
     terminated_status,
     waiting_status,
@@ -206,3 +208,21 @@ def test_criu_reasons_come_from_the_log_runc_names():
         "Unable to open fd=64 id=0xa5",
         "Restoring FAILED.",
     ]
+
+
+def test_criu_errors_are_read_from_a_log_file(tmp_path):
+    log = tmp_path / "restore.log"
+    log.write_text("(00.1) Error (criu/files-reg.c:2353): Can't open file data.csv on restore\n")
+    assert read_criu_errors(str(log)) == "Can't open file data.csv on restore"
+    assert read_criu_errors(str(tmp_path / "missing.log")) == ""
+    assert read_criu_errors("") == ""
+
+
+def test_a_checkpoint_image_is_known_by_its_config_label():
+    name = "org.criu.checkpoint.container.name"
+    assert is_checkpoint_image({"config": {"Labels": {name: "notebook"}}})
+    # containerd restores only what carries checkpointctl's name; CRI-O's alone is started
+    crio = "io.kubernetes.cri-o.annotations.checkpoint.name"
+    assert not is_checkpoint_image({"config": {"Labels": {crio: "notebook"}}})
+    assert not is_checkpoint_image({"config": {"Cmd": ["jupyterhub-singleuser"]}})
+    assert not is_checkpoint_image({})

@@ -160,7 +160,6 @@ class LocalCluster(Application):
             "permissions": ["nodes/checkpoint"],
         }
         self.tokens = tokens
-        self.agent_urls: dict[str, str] = {}
         self.agents: dict[str, services.ManagedProcess] = {}
         self.agent_restarts: dict[str, int] = {}
         self._prometheus: services.PrometheusProcess | None = None
@@ -220,7 +219,6 @@ class LocalCluster(Application):
             group=self.processes,
         )
         cri_client = await self.containerd.start(timeout=self.ready_timeout)
-        version = await cri_client.version()
 
         for spec in self.nodes:
             kubelet = Kubelet(
@@ -228,9 +226,8 @@ class LocalCluster(Application):
                 NodeConfig(**spec),
                 cri_client,
                 state_dir=self.state_dir,
-                runtime_version=f"{version.runtime_name}://{version.runtime_version}",
+                runtime_version=self.containerd.runtime_version,
                 criu_work_dir=str(self.containerd.criu_work),
-                checkpoint_registries=(self.registry_host,),
                 authorize=self._authorize,
             )
             await kubelet.start(self.host)
@@ -297,7 +294,6 @@ class LocalCluster(Application):
             )
             await proc.start()
             await proc.wait_ready(timeout=self.ready_timeout)
-            self.agent_urls[name] = url
             self.agents[name] = proc
             self.agent_restarts[name] = 0
             self._tasks.append(
@@ -326,6 +322,11 @@ class LocalCluster(Application):
                 delay = min(delay * 2, AGENT_MAX_RESTART_DELAY)
             else:
                 delay = AGENT_RESTART_DELAY
+
+    @property
+    def agent_urls(self) -> dict[str, str]:
+        """Where each node's agent listens (the same across its restarts)."""
+        return {node: str(proc.url) for node, proc in self.agents.items()}
 
     @property
     def checkpoint_repository(self) -> str:

@@ -192,6 +192,8 @@ class Containerd:
         self.group = group
         self.process: services.ManagedProcess | None = None
         self.client: CriClient | None = None
+        #: the runtime as a node reports it (``containerd://2.1.9``), once started
+        self.runtime_version = ""
 
     @property
     def criu_work(self) -> Path:
@@ -288,6 +290,7 @@ class Containerd:
         await self.process.wait_ready(answers, timeout=timeout)
         self.client = client
         version = await client.version()
+        self.runtime_version = f"{version.runtime_name}://{version.runtime_version}"
         log.info(
             "containerd %s (CRI %s) on %s",
             version.runtime_version,
@@ -306,12 +309,10 @@ class Containerd:
             log.warning("listing pod sandboxes: %s", e)
             return
         for sb in sandboxes:
-            for call in (self.client.stop_pod_sandbox, self.client.remove_pod_sandbox):
-                try:
-                    await call(sb.id)
-                except CriError as e:
-                    if not e.not_found:
-                        log.warning("removing sandbox %s: %s", sb.id[:12], e)
+            try:
+                await self.client.remove_pod_sandbox_and_containers(sb.id)
+            except CriError as e:
+                log.warning("removing sandbox %s: %s", sb.id[:12], e)
 
     async def stop(self) -> None:
         await self.remove_all_pods()

@@ -92,6 +92,15 @@ class CriClient:
         req = cri.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id)
         await self._call(self.runtime, "RemovePodSandbox", req, None)
 
+    async def remove_pod_sandbox_and_containers(self, sandbox_id: str) -> None:
+        """Stop and remove a sandbox with its containers; one already gone counts as removed."""
+        for call in (self.stop_pod_sandbox, self.remove_pod_sandbox):
+            try:
+                await call(sandbox_id)
+            except CriError as e:
+                if not e.not_found:
+                    raise
+
     async def list_pod_sandboxes(self, labels: dict[str, str] | None = None) -> list[Any]:
         flt = cri.PodSandboxFilter(label_selector=labels or {})
         req = cri.ListPodSandboxRequest(filter=flt)
@@ -146,8 +155,13 @@ class CriClient:
         req = cri.PullImageRequest(image=cri.ImageSpec(image=image), sandbox_config=sandbox_config)
         return str((await self._call(self.images, "PullImage", req, None)).image_ref)
 
-    async def image_status(self, image: str) -> Any:
-        """The image, or None when the runtime does not have it."""
-        req = cri.ImageStatusRequest(image=cri.ImageSpec(image=image))
-        image_msg = (await self._call(self.images, "ImageStatus", req, None)).image
-        return image_msg if image_msg.id else None
+    async def image_status(self, image: str) -> tuple[Any, dict[str, Any]]:
+        """The image (None when the runtime does not have it) and its OCI config, which
+        containerd gives in its verbose answer (``{}`` when it gives none)."""
+        req = cri.ImageStatusRequest(image=cri.ImageSpec(image=image), verbose=True)
+        response = await self._call(self.images, "ImageStatus", req, None)
+        try:
+            config = json.loads(response.info.get("info", "{}")).get("imageSpec") or {}
+        except ValueError:
+            config = {}
+        return (response.image if response.image.id else None), config

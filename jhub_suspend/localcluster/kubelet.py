@@ -15,8 +15,9 @@ HTTP API:
 
 A pod whose container image is a checkpoint image is created like any other: containerd
 recognises the image (checkpointctl's ``org.criu.checkpoint.container.name`` annotation) and
-restores the container in ``CreateContainer`` and ``StartContainer``. The kubelet only looks at
-the image's annotations to word its events.
+restores the container in ``CreateContainer`` and ``StartContainer``. The kubelet only reads
+the image's config from the runtime (the agent repeats the annotation as a label) to word its
+events.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import platform
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,8 +39,7 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from .. import images
-from ..archive import CHECKPOINT_NAME_ANNOTATIONS
+from ..archive import CRIU_CHECKPOINT_NAME_ANNOTATION
 from . import crispec, metrics
 from .cri import CriClient, CriError, cri
 from .crispec import NODE_LABEL, RunAs
@@ -276,9 +276,8 @@ def criu_errors(log_text: str, limit: int = 3) -> list[str]:
     return list(dict.fromkeys(r.strip() for r in reasons))[:limit]
 
 
-def criu_log_errors(message: str) -> str:
-    """CRIU's reason for a failed checkpoint, read from the log that ``message`` names."""
-    path = criu_log_path(message)
+def read_criu_errors(path: str) -> str:
+    """CRIU's reasons from the log at ``path`` ("" when there is none)."""
     if not path:
         return ""
     try:
@@ -286,6 +285,13 @@ def criu_log_errors(message: str) -> str:
             return "; ".join(criu_errors(f.read()))
     except OSError:
         return ""
+
+
+def is_checkpoint_image(config: Mapping[str, Any]) -> bool:
+    """Whether an image's OCI config marks it as a checkpoint image that containerd restores
+    (pure): the agent's images repeat their manifest annotations as config labels."""
+    labels = (config.get("config") or {}).get("Labels") or {}
+    return CRIU_CHECKPOINT_NAME_ANNOTATION in labels
 
 
 class Kubelet:
@@ -307,8 +313,6 @@ class Kubelet:
         runtime_version: str = "containerd://2",
         criu_work_dir: str = "",
         checkpoint_dir: str | None = None,
-        checkpoint_registries: tuple[str, ...] = (),
-        registry_tls_verify: bool = False,
         authorize: Authorizer | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
@@ -319,8 +323,6 @@ class Kubelet:
         self.criu_work_dir = criu_work_dir
         self.state_dir = state_dir
         self.checkpoint_dir = checkpoint_dir or os.path.join(state_dir, "checkpoints", node.name)
-        self.checkpoint_registries = checkpoint_registries
-        self.registry_tls_verify = registry_tls_verify
         self.authorize = authorize
         self.clock = clock or store.clock
         self.pods: dict[str, PodRecord] = {}
@@ -520,7 +522,6 @@ class Kubelet:
         """Pull the container's image, create and start the container; return its status
         facts. A checkpoint image is restored by the runtime in create and start."""
         name, image = container["name"], container["image"]
-        checkpoint = await self._checkpoint_image(pod, image)
         started = self.clock()
         self._event(pod, "Pulling", f'Pulling image "{image}"')
         try:
@@ -528,7 +529,9 @@ class Kubelet:
         except CriError as e:
             raise PodFailed("ErrImagePull", f'Failed to pull image "{image}": {e.details}') from e
         pulled = self.clock() - started
-        status = await self.runtime.image_status(image_ref)
+        status, image_config = await self.runtime.image_status(image_ref)
+        # Only to word the events: containerd itself decides to restore.
+        checkpoint = is_checkpoint_image(image_config)
         self._event(
             pod,
             "Pulled",
@@ -556,7 +559,9 @@ class Kubelet:
             await self.runtime.start_container(cid)
         except CriError as e:
             reason = "CreateContainerError" if checkpoint else "RunContainerError"
-            why = await asyncio.to_thread(self._restore_log_errors) if checkpoint else ""
+            # runc names no log when a restore fails; it is in the runtime's CRIU work dir.
+            restore_log = os.path.join(self.criu_work_dir, "restore.log")
+            why = await asyncio.to_thread(read_criu_errors, restore_log) if checkpoint else ""
             raise PodFailed(reason, f"{what}: {e.details}" + (f": {why}" if why else "")) from e
         if checkpoint:
             self._event(
@@ -568,34 +573,9 @@ class Kubelet:
         else:
             self._event(pod, "Started", f"Started container {name}")
         info = {"image": image, "started": self.clock(), "id": cid}
-        if checkpoint:
-            info["imageID"] = f"{image}@{checkpoint['digest']}"
+        if status is not None and status.repo_digests:
+            info["imageID"] = status.repo_digests[0]
         return info
-
-    def _restore_log_errors(self) -> str:
-        """CRIU's reason for the restore that just failed: runc names no log in its error, so
-        it is read from the runtime's CRIU work directory."""
-        if not self.criu_work_dir:
-            return ""
-        try:
-            with open(os.path.join(self.criu_work_dir, "restore.log"), errors="replace") as f:
-                return "; ".join(criu_errors(f.read()))
-        except OSError:
-            return ""
-
-    async def _checkpoint_image(self, pod: dict, image: str) -> dict | None:
-        """The checkpoint image's manifest facts, or None for an ordinary image (only images
-        from the checkpoint registries are looked at)."""
-        if not any(image.startswith(r + "/") for r in self.checkpoint_registries):
-            return None
-        try:
-            facts = await images.inspect(image, tls_verify=self.registry_tls_verify)
-        except images.ImageError as e:
-            raise PodFailed("ErrImagePull", f'Failed to pull image "{image}": {e}') from e
-        annotations = facts.get("annotations") or {}
-        if not any(a in annotations for a in CHECKPOINT_NAME_ANNOTATIONS):
-            return None
-        return facts
 
     # ---- stopping a pod --------------------------------------------------------------------
 
@@ -636,12 +616,10 @@ class Kubelet:
                 log.warning("removing container %s: %s", container_id[:12], e)
 
     async def _remove_sandbox(self, sandbox_id: str) -> None:
-        for call in (self.runtime.stop_pod_sandbox, self.runtime.remove_pod_sandbox):
-            try:
-                await call(sandbox_id)
-            except CriError as e:
-                if not e.not_found:
-                    log.warning("removing sandbox %s: %s", sandbox_id[:12], e)
+        try:
+            await self.runtime.remove_pod_sandbox_and_containers(sandbox_id)
+        except CriError as e:
+            log.warning("removing sandbox %s: %s", sandbox_id[:12], e)
 
     # ---- the kubelet's HTTP API ------------------------------------------------------------
 
@@ -673,7 +651,7 @@ class Kubelet:
             )
         except CriError as e:
             # runc names CRIU's log but not CRIU's reason; the log goes with the container.
-            reason = await asyncio.to_thread(criu_log_errors, e.details)
+            reason = await asyncio.to_thread(read_criu_errors, criu_log_path(e.details))
             raise CriError(
                 e.method, e.code, f"{e.details}: {reason}" if reason else e.details
             ) from e
