@@ -226,7 +226,12 @@ async def test_stop_kills_the_whole_group(tmp_path: Path, group: ProcessGroup) -
         group=group,
     ).start()
     assert proc.pid is not None and list(group) == [proc]
-    await proc.wait_ready(lambda: len(group_members(proc.pid or 0)) == 3, timeout=10)
+    # Both children run before the shell writes its line: wait for the line too, or a loaded
+    # machine reads the log too early.
+    await proc.wait_ready(
+        lambda: len(group_members(proc.pid or 0)) == 3 and "started" in proc.log_tail(),
+        timeout=10,
+    )
     assert "started" in proc.log_tail()
     code = await proc.stop(grace=5)
     assert code == -signal.SIGTERM
