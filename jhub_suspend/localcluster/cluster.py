@@ -19,16 +19,18 @@ import os
 import secrets
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from traitlets import Bool, Dict, Float, Integer, List, Unicode, default, validate
 from traitlets.config import Application
 
-from . import apiserver, metrics, nodeimages, services
+from . import apiserver, metrics, nodeimages, registrygc, services
 from .containerd import Containerd, gateway_address
 from .kubelet import Kubelet, NodeConfig
 from .scheduler import Scheduler
@@ -116,6 +118,15 @@ class LocalCluster(Application):
     ).tag(config=True)
     bridge = Unicode("jhs0", help="Name of the bridge the pods' veth pairs join.").tag(config=True)
     registry_port = Integer(0, help="Port of the registry; 0 picks a free one.").tag(config=True)
+    registry_gc_interval = Float(
+        3600,
+        help="""Seconds between garbage collections of the registry (0: never). Deleted
+        checkpoint images free their storage only when it runs. Each collection waits until no
+        node agent has a checkpoint in flight, then stops the registry for the collector's
+        run (about a second), as an operator's maintenance window does; the registry also
+        collects once at start when its storage is not empty.
+        """,
+    ).tag(config=True)
     start_prometheus = Bool(True, help="Start Prometheus scraping the cluster's metrics.").tag(
         config=True
     )
@@ -175,6 +186,9 @@ class LocalCluster(Application):
         self.ksm_url = ""
         self.registry_host = ""
         self.prometheus_url = ""
+        self.registry: services.RegistryProcess | None = None
+        self._registry_lock = asyncio.Lock()
+        self.registry_metrics: registrygc.RegistryMetrics | None = None
 
     # ---- start and stop --------------------------------------------------------------------
 
@@ -196,17 +210,28 @@ class LocalCluster(Application):
             kubelet_address=self._kubelet_address,
         )
         self.api_url = f"http://{self.host}:{port}"
-        self.ksm_url = self._serve(
-            web.Application([(r"/metrics", KubeStateMetricsHandler, {"store": self.store})])
-        )
-
-        registry = await services.start_registry(
+        registry = self.registry = await services.start_registry(
             os.path.join(self.state_dir, "registry"),
             port=self.registry_port,
             group=self.processes,
             timeout=self.ready_timeout,
         )
         self.registry_host = registry.host
+        self.registry_metrics = registrygc.RegistryMetrics(registry.storage_dir)
+        self.ksm_url = self._serve(
+            web.Application(
+                [
+                    (r"/metrics", KubeStateMetricsHandler, {"store": self.store}),
+                    (
+                        r"/metrics/registry",
+                        registrygc.RegistryMetricsHandler,
+                        {"metrics": self.registry_metrics},
+                    ),
+                ]
+            )
+        )
+        if await asyncio.to_thread(registrygc.storage_bytes, registry.storage_dir):
+            await self.collect_registry_garbage()  # what an earlier run left deleted
         # The node images (the notebook image, and busybox as the sandbox image) built by
         # scripts/install.sh, pushed so that containerd pulls them as a node pulls any image.
         self.images = await nodeimages.push_node_images(self.registry_host)
@@ -248,6 +273,8 @@ class LocalCluster(Application):
 
         if self.start_agents:
             await self._start_agents()
+        if self.registry_gc_interval > 0:
+            self._tasks.append(asyncio.create_task(self._registry_gc_loop(), name="registry-gc"))
 
         apiserver.write_kubeconfig(self.kubeconfig_path, self.api_url, token=self.admin_token)
         Path(self.state_dir, "cluster.json").write_text(json.dumps(self.describe(), indent=2))
@@ -322,6 +349,70 @@ class LocalCluster(Application):
                 delay = min(delay * 2, AGENT_MAX_RESTART_DELAY)
             else:
                 delay = AGENT_RESTART_DELAY
+
+    # ---- registry garbage collection -------------------------------------------------------
+
+    async def collect_registry_garbage(self) -> registrygc.GcResult:
+        """Free the storage of deleted images: with no checkpoint in flight, stop the
+        registry, run its garbage collector, start it again on the same port. Skipped (and
+        said why) while any agent is checkpointing or cannot tell."""
+        assert self.registry is not None and self.registry_metrics is not None
+        async with self._registry_lock:
+            busy = await self._agents_busy()
+            if busy:
+                result = registrygc.GcResult(skipped=busy)
+                self.log.info("registry garbage collection postponed: %s", busy)
+                self.registry_metrics.record(result)
+                return result
+            registry = self.registry
+            storage = registry.storage_dir
+            started = time.monotonic()
+            before = await asyncio.to_thread(registrygc.storage_bytes, storage)
+            await registry.stop()
+            self.processes.discard(registry)
+            try:
+                await registrygc.collect_garbage(registry.argv[0], registry.argv[-1])
+            finally:
+                restarted = registry.respawn()
+                assert isinstance(restarted, services.RegistryProcess)
+                await restarted.start()
+                await restarted.wait_ready(timeout=self.ready_timeout)
+                self.registry = restarted
+            after = await asyncio.to_thread(registrygc.storage_bytes, storage)
+            result = registrygc.GcResult(before, after, time.monotonic() - started)
+        self.registry_metrics.record(result)
+        self.log.info(
+            "registry garbage collection freed %d of %d bytes in %.1f s",
+            result.freed,
+            before,
+            result.seconds,
+        )
+        return result
+
+    async def _agents_busy(self) -> str:
+        """Why the registry must not stop now ("" when it may): an agent with a checkpoint in
+        flight, or one that does not answer (it may still have a push running)."""
+        for node, proc in self.agents.items():
+            try:
+                resp = await AsyncHTTPClient().fetch(
+                    HTTPRequest(f"{proc.url}/healthz", request_timeout=5, connect_timeout=2)
+                )
+                in_flight = int(json.loads(resp.body).get("checkpoints", 0))
+            except (OSError, HTTPClientError, ValueError, TypeError) as e:
+                return f"the agent on {node} did not answer ({e})"
+            if in_flight:
+                return f"the agent on {node} has {in_flight} checkpoint(s) in flight"
+        return ""
+
+    async def _registry_gc_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.registry_gc_interval)  # the schedule itself
+            try:
+                await self.collect_registry_garbage()
+            except Exception:
+                assert self.registry_metrics is not None
+                self.registry_metrics.runs.labels("failed").inc()
+                self.log.exception("registry garbage collection failed")
 
     @property
     def agent_urls(self) -> dict[str, str]:
@@ -406,6 +497,11 @@ class LocalCluster(Application):
                 "job": "kube-state-metrics",
                 "targets": [self.ksm_url.split("://", 1)[1]],
                 "metrics_path": "/metrics",
+            },
+            {
+                "job": "registry",
+                "targets": [self.ksm_url.split("://", 1)[1]],
+                "metrics_path": "/metrics/registry",
             },
             *self._extra_scrape_jobs,
         ]
