@@ -117,10 +117,12 @@ class PolicyLoop:
 
     # ---- one cycle -------------------------------------------------------------------------
 
-    async def _readings(self) -> tuple[Readings | None, str | None, str]:
+    async def _readings(self, at: datetime) -> tuple[Readings | None, str | None, str]:
+        """The signals as of ``at``, the cycle's time (the service's clock, so a replay that
+        injects a clock gets Prometheus's answer for that moment)."""
         svc = self.service
         try:
-            readings = await svc.prometheus.read(svc.queries, svc.names, time.time())
+            readings = await svc.prometheus.read(svc.queries, svc.names, at.timestamp())
         except MetricsUnavailable as e:
             return None, e.category, e.message
         return readings, None, ""
@@ -145,7 +147,7 @@ class PolicyLoop:
             all_pending,
             (readings, category, reason),
         ) = await asyncio.gather(
-            users_task, pods_task, markers_task, pending_task, self._readings()
+            users_task, pods_task, markers_task, pending_task, self._readings(now)
         )
         pods_by_key = {
             (p["metadata"].get("namespace", svc.namespace), p["metadata"]["name"]): p for p in pods
