@@ -26,8 +26,8 @@ from traitlets.config import Config
 
 from jhub_suspend import images
 from jhub_suspend.demo.hub import running_hub
-from jhub_suspend.localcluster.services import PrometheusProcess
-from jhub_suspend.service import SuspendService
+from jhub_suspend.localcluster.services import PrometheusProcess, free_port
+from jhub_suspend.service import SuspendService, observe
 from jhub_suspend.suspension import server_model
 from jhub_suspend.testing.hubapi import HubAPI
 from jhub_suspend.testing.kernel import KernelClient
@@ -35,7 +35,7 @@ from jhub_suspend.testing.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
-PINNED = ["gus", "kim", "eve", "cy", "fay", "rex"]
+PINNED = ["gus", "kim", "eve", "cy", "fay", "rex", "lou", "zed", "ola"]
 TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 WINDOWS = {
     "idle_window": 20,
@@ -111,8 +111,10 @@ async def call(
     token: str | None = None,
     body: Any = None,
     raw: bytes | None = None,
+    base: str | None = None,
 ) -> tuple[int, Any]:
-    """A request to the suspend service through the hub's proxy: (status, JSON or text)."""
+    """A request to the suspend service (through the hub's proxy, or at ``base``): (status,
+    JSON or text)."""
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"token {token}"
@@ -121,7 +123,7 @@ async def call(
         data = b""
     resp = await AsyncHTTPClient().fetch(
         HTTPRequest(
-            hub.service_url + path,
+            (base or hub.service_url) + path,
             method=method,
             headers=headers,
             body=data,
@@ -645,3 +647,59 @@ async def test_retention_deletes_used_images_and_discards_old_suspensions(hub, a
     await fresh.start()
     assert await fresh.execute("print('kept' in globals())") == "False\n"
     await stop(api, user)
+
+
+async def test_a_server_started_after_the_last_cycle_is_listed_and_then_listed_suspended(
+    hub, api, cluster
+):
+    """Issue 10, defect 3: ``GET servers?user=U`` said ``[]`` right after U's server was
+    suspended through the API, because the server had started after the service's last cycle
+    and the listing showed only that cycle's servers. A service whose cycle never comes again
+    within the test lists it all the same, in its current state."""
+    user = "lou"  # pinned: the module's policy loop leaves it alone
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/services/suspend/"
+    svc = await local_service(cluster, hub, cycle_interval=3600, service_url=base)
+    await svc.serve()
+    try:
+        await wait_for(lambda: svc.loop.snapshot is not None, "no first cycle", 60)
+        assert svc.loop.snapshot is not None
+        cycle = svc.loop.snapshot.time
+        await start(api, user)
+        token = await user_token(api, user)
+
+        status, body = await call(hub, "GET", f"api/servers?user={user}", token, base=base)
+        assert status == 200, body
+        (entry,) = body["servers"]
+        assert (entry["user"], entry["server_name"], entry["state"]) == (user, "", "running")
+        assert entry["started"] > observe.rfc3339(cycle)  # after the last cycle
+        assert entry["pod"] == f"jupyter-{user}" and entry["node"] == "node-1"
+        assert entry["decision"] is None
+        assert entry["decision_note"].startswith("not yet assessed"), entry
+        assert body["policy_as_of"] == observe.rfc3339(cycle)
+
+        status, body = await call(hub, "POST", f"api/servers/{user}/suspend", token, base=base)
+        assert status == 202, body
+        op_path = body["status_url"].split("/services/suspend/", 1)[1]
+        status, body = await call(hub, "GET", f"api/servers?user={user}", token, base=base)
+        assert [s["state"] for s in body["servers"]] == ["suspending"], body
+        assert body["servers"][0]["operation"]["id"] in op_path
+
+        async def finished():
+            status, op = await call(hub, "GET", op_path, token, base=base)
+            assert status == 200, op
+            return op if op["status"] != "running" else False
+
+        op = await wait_for(finished, "the suspension never finished", 150)
+        assert op["status"] == "succeeded", op
+        status, body = await call(hub, "GET", f"api/servers?user={user}", token, base=base)
+        assert status == 200, body
+        (entry,) = body["servers"]
+        assert entry["state"] == "suspended", entry
+        assert entry["checkpoint"]["digest"] == op["result"]["checkpoint"]["digest"]
+        assert entry["operation"] is None and entry["decision"] is None
+        status, body = await call(hub, "GET", "api/servers?state=suspended", token, base=base)
+        assert [s["user"] for s in body["servers"]] == [user]
+        assert svc.loop.snapshot.time == cycle  # all of it without a cycle in between
+    finally:
+        await svc.close()

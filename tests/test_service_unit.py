@@ -420,30 +420,6 @@ def test_agent_client_uses_the_tls_settings():
     assert service(agent_urls={}).agent() is None
 
 
-async def test_operations_that_succeeded_after_a_snapshot_are_newer_than_it():
-    from jhub_suspend.service.operations import Operations
-
-    ops = Operations()
-    snapshot_time = NOW
-
-    def finish(status, minutes):
-        async def work(op):
-            op.status = status
-            op.finished = NOW + timedelta(minutes=minutes)
-
-        return work
-
-    done = [
-        ops.start("suspend", "ann", "", "admin", "idle", NOW, finish("succeeded", 1)),
-        ops.start("resume", "bo", "", "bo", "user", NOW, finish("succeeded", -1)),  # before
-        ops.start("suspend", "cy", "", "admin", "idle", NOW, finish("failed", 1)),
-    ]
-    await asyncio.gather(*(o.task for o in done))
-    settled = ops.succeeded_since(snapshot_time)
-    assert list(settled) == [("ann", "")]
-    assert settled[("ann", "")].kind == "suspend"
-
-
 def test_warnings_keep_their_first_time_until_the_server_is_kept():
     from jhub_suspend.policy import Decision, MetricsHealth, Plan
     from jhub_suspend.service.loop import warnings_in_force

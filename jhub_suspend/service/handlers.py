@@ -13,16 +13,25 @@ Errors are JSON ``{"message": ...}``; no traceback reaches a client.
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
 import json
 import math
+import os
+import re
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any, cast
 
+import aiohttp
+import yaml
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated, UserNotAllowed
+from kubernetes_asyncio.client.rest import ApiException
 from tornado import web
 
-from . import observe
-from .actions import ActionError, _public_checkpoint, keep_running_dict
+from . import listing, observe
+from .actions import ActionError
 from .hubclient import HubError
 
 if TYPE_CHECKING:
@@ -115,6 +124,9 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         except HubError as e:
             self.service.log.warning("Hub API error: %s", e.message)
             raise web.HTTPError(502, "the hub API failed; try again") from None
+        except (ApiException, aiohttp.ClientError) as e:
+            self.service.log.warning("Kubernetes API error: %s", e)
+            raise web.HTTPError(502, "the Kubernetes API failed; try again") from None
 
     def json_body(self) -> Any:
         if not self.request.body:
@@ -127,18 +139,6 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
 
 def _t(value: datetime | None) -> str | None:
     return observe.rfc3339(value) if value else None
-
-
-def _signal(sig: Any, scale: float) -> dict[str, Any] | None:
-    if sig is None:
-        return None
-    value = sig.usable_value
-    return {
-        "max": None if value is None else value * scale,
-        "samples": sig.samples,
-        "expected_samples": sig.expected_samples,
-        "coverage": sig.coverage,
-    }
 
 
 class IndexHandler(BaseHandler):
@@ -164,6 +164,8 @@ class IndexHandler(BaseHandler):
 
 
 class ServersHandler(BaseHandler):
+    """Every server the hub knows, as it is now (see :mod:`.listing`)."""
+
     async def get(self) -> None:
         user = self.get_argument("user", None)
         state = self.get_argument("state", None)
@@ -176,99 +178,58 @@ class ServersHandler(BaseHandler):
             if user is not None and user != self.who.get("name"):
                 raise web.HTTPError(403, "you may list only your own servers")
             user = self.who.get("name")
-        snap = self.service.loop.snapshot
-        if snap is None:
-            raise web.HTTPError(503, "the first policy cycle has not completed yet; try again")
-        ops = {(o.user, o.server_name): o for o in self.service.operations.running()}
-        # Suspensions and resumes that finished after the cycle's snapshot: their outcome wins.
-        settled = self.service.operations.succeeded_since(snap.time)
-        prefix = self.service.service_prefix
-        max_kr = self.service.policy_config.max_keep_running
-        out = []
-        for v in snap.views:
-            if user is not None and v.user != user:
-                continue
-            if server_name is not None and v.server_name != server_name:
-                continue
-            op = ops.get(v.key)
-            view_state = v.state
-            if op is not None and view_state in ("running", "suspended"):
-                view_state = "suspending" if op.kind == "suspend" else "restoring"
-            checkpoint = _public_checkpoint(v.checkpoint) if v.checkpoint else None
-            if op is None and v.key in settled:
-                done = settled[v.key]
-                view_state = "suspended" if done.kind == "suspend" else "running"
-                checkpoint = done.result.get("checkpoint", checkpoint)
-            if state is not None and view_state != state:
-                continue
-            d = snap.decisions.get(v.key)
-            idle = d.idle_for if d else None
-            if idle is None and v.state == "running":
-                ref = v.last_activity or v.started
-                idle = max(0.0, (snap.time - ref).total_seconds()) if ref else None
-            req = v.requests
-            warning = None
-            if d is not None and d.action == "warn" and d.suspend_at:
-                warning = {"suspend_at": _t(d.suspend_at), "message": d.reasons[0]}
-            out.append(
-                {
-                    "user": v.user,
-                    "server_name": v.server_name,
-                    "state": view_state,
-                    "namespace": v.namespace,
-                    "pod": v.pod_name,
-                    "node": v.node,
-                    "started": _t(v.started),
-                    "last_activity": _t(v.last_activity),
-                    "idle_seconds": idle,
-                    "requests": None
-                    if req is None
-                    else {"cpu": req.cpu, "memory": req.memory, "gpu": req.gpu},
-                    "utilisation": {
-                        # CPU: percent of the CPU request (max over the idle window)
-                        "cpu_percent_of_request": _signal(v.cpu, 100),
-                        # GPU: percent utilisation (max over the GPU idle window)
-                        "gpu_percent": _signal(v.gpu, 1),
-                        "memory_ratio_of_request": v.memory_ratio
-                        if v.memory_ratio is not None and math.isfinite(v.memory_ratio)
-                        else None,
-                    },
-                    "checkpoint": checkpoint,
-                    "last_error": v.last_error,
-                    "keep_running": keep_running_dict(v.keep_running, max_kr)
-                    if v.keep_running
-                    else None,
-                    "decision": None
-                    if d is None
-                    else {
-                        "action": d.action,
-                        "reasons": list(d.reasons),
-                        "suspend_at": _t(d.suspend_at),
-                    },
-                    "warning": warning,
-                    "operation": None if op is None else op.to_dict(prefix),
-                }
-            )
+        svc = self.service
+        snap = svc.loop.snapshot  # before the read: the cycle's view is never newer than it
+        views = await self.act(svc.loop.current_views(user))
+        now = svc.now()
+        entries = listing.server_entries(
+            [
+                v
+                for v in views
+                if (server_name is None or v.server_name == server_name)
+                and (state is None or v.state == state)
+            ],
+            snap,
+            now=now,
+            operations={(o.user, o.server_name): o for o in svc.operations.running()},
+            prefix=svc.service_prefix,
+            max_keep_running=svc.policy_config.max_keep_running,
+        )
         self.write_json(
             {
-                "as_of": _t(snap.time),
-                "metrics": {"ok": snap.plan.metrics.ok, "reason": snap.plan.metrics.reason},
-                "servers": out,
+                "as_of": _t(now),
+                "policy_as_of": _t(snap.time) if snap else None,
+                "metrics": {"ok": snap.plan.metrics.ok, "reason": snap.plan.metrics.reason}
+                if snap
+                else {"ok": None, "reason": "the policy has not completed a cycle yet"},
+                "servers": entries,
             }
         )
 
 
-ACTIONS = ("suspend", "resume", "checkpoint", "keep-running")
+# What a server answers to, and with which method each: the routes and the 405s come from here.
+ACTION_METHODS = {
+    "suspend": "POST",
+    "resume": "POST",
+    "checkpoint": "DELETE",
+    "keep-running": "PUT",
+}
 
 
 class ServerActionHandler(BaseHandler):
-    """``servers/{user}[/{server_name}]/{action}``."""
+    """``servers/{user}[/{server_name}]/{action}``, each action with its method
+    (:data:`ACTION_METHODS`)."""
 
     def _target(self, user: str, *rest: str) -> tuple[str, str, str]:
         if len(rest) == 2:
             server_name, action = rest
         else:
             server_name, action = "", rest[0]
+        if ACTION_METHODS[action] != self.request.method:
+            raise web.HTTPError(
+                405,
+                f"{self.request.method} is not allowed on {action}; use {ACTION_METHODS[action]}",
+            )
         self.require_owner(user)
         return user, server_name, action
 
@@ -283,23 +244,17 @@ class ServerActionHandler(BaseHandler):
         user, server_name, action = self._target(user, *rest)
         if action == "suspend":
             op = await self.act(self.service.actions.suspend(user, server_name, self.name))
-        elif action == "resume":
-            op = await self.act(self.service.actions.resume(user, server_name, self.name))
         else:
-            raise web.HTTPError(405, f"POST is not allowed on {action}")
+            op = await self.act(self.service.actions.resume(user, server_name, self.name))
         self._accepted(op)
 
     async def delete(self, user: str, *rest: str) -> None:
-        user, server_name, action = self._target(user, *rest)
-        if action != "checkpoint":
-            raise web.HTTPError(405, f"DELETE is not allowed on {action}")
+        user, server_name, _ = self._target(user, *rest)
         result = await self.act(self.service.actions.discard(user, server_name, self.name))
         self.write_json(result)
 
     async def put(self, user: str, *rest: str) -> None:
-        user, server_name, action = self._target(user, *rest)
-        if action != "keep-running":
-            raise web.HTTPError(405, f"PUT is not allowed on {action}")
+        user, server_name, _ = self._target(user, *rest)
         body = self.json_body()
         if not isinstance(body, dict) or not isinstance(body.get("enabled"), bool):
             raise web.HTTPError(400, 'send {"enabled": true|false, "hours": optional number}')
@@ -423,6 +378,35 @@ class OAuthCallbackHandler(HubOAuthCallbackHandler):
         self.hub_auth = service.hub_auth
 
 
+OPENAPI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "openapi.yaml")
+
+
+@functools.cache
+def _openapi_source() -> dict[str, Any]:
+    with open(OPENAPI, encoding="utf-8") as f:
+        return cast(dict[str, Any], yaml.safe_load(f))
+
+
+def openapi_document(prefix: str) -> dict[str, Any]:
+    """The API's OpenAPI description (``openapi.yaml``) for a service at ``prefix``."""
+    doc = copy.deepcopy(_openapi_source())
+    doc["servers"] = [{"url": prefix.rstrip("/") or "/"}]
+    with contextlib.suppress(PackageNotFoundError):
+        doc["info"]["version"] = version("jhub-suspend")
+    return doc
+
+
+class OpenAPIHandler(web.RequestHandler):
+    """``GET api/openapi.json``: the API's description. Public, as the hub's own is."""
+
+    def initialize(self, service: SuspendService) -> None:
+        self.service = service
+
+    def get(self) -> None:
+        self.set_header("Content-Type", JSON)
+        self.finish(json.dumps(openapi_document(self.service.service_prefix)))
+
+
 class NotFoundHandler(BaseHandler):
     async def prepare(self) -> None:
         raise web.HTTPError(404, f"no such API endpoint: {self.request.path}")
@@ -432,7 +416,7 @@ def routes(service: SuspendService) -> list[tuple]:
     p = service.service_prefix
     api = f"{p}api/"
     seg = r"([^/]+)"
-    act = r"(suspend|resume|checkpoint|keep-running)"
+    act = "(" + "|".join(map(re.escape, ACTION_METHODS)) + ")"
     kw = {"service": service}
     from .ui import routes as ui_routes  # the admin page, login, session, charts, static files
 
@@ -441,6 +425,7 @@ def routes(service: SuspendService) -> list[tuple]:
         (f"{p}oauth_callback", OAuthCallbackHandler, kw),
         (f"{p}metrics", MetricsHandler, kw),
         (f"{p}health", HealthHandler, kw),
+        (f"{api}openapi.json", OpenAPIHandler, kw),
         (f"{api}servers", ServersHandler, kw),
         (f"{api}servers/{seg}/{act}", ServerActionHandler, kw),
         (f"{api}servers/{seg}/{seg}/{act}", ServerActionHandler, kw),

@@ -89,6 +89,18 @@ class Kube:
             )
         return list(data.get("items") or [])
 
+    async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One pod as JSON, or None when there is none."""
+        try:
+            return await self._read(
+                f"read pod {namespace}/{name}",
+                lambda: self.core.read_namespaced_pod(name, namespace, _preload_content=False),
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
     async def node_labels(self) -> dict[str, dict[str, str]] | None:
         """Labels per node, or None when this service may not list nodes."""
         try:

@@ -24,10 +24,12 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from .. import policy
 from ..policy import MetricsHealth, PendingPod, Plan, Resources
 from . import observe
+from .hubclient import HubError
 from .kube import marker_digest
 from .observe import ServerView
 from .prom import MetricsUnavailable, Readings, freshness_health
@@ -205,6 +207,63 @@ class PolicyLoop:
         if record:
             self._record(snap)
         return snap
+
+    async def current_views(self, user: str | None = None) -> list[ServerView]:
+        """Every server the hub knows now (``user``'s, or everyone's), in its current state.
+
+        Reads what a cycle reads, less Prometheus: the hub's users with their servers (one
+        request for one user), their pods (one list for everyone; for one user, each of their
+        pods by name) and, when a stopped server has a checkpoint, the discard markers. A user
+        the hub does not know has no servers.
+        """
+        svc = self.service
+        if user is None:
+            users, _ = await svc.hub.users()
+        else:
+            try:
+                model = await svc.hub.request(
+                    "GET", f"users/{quote(user, safe='')}?include_stopped_servers=1"
+                )
+            except HubError as e:
+                if e.status in (400, 404):  # no such user (or no name the hub could have)
+                    return []
+                raise
+            users = [model] if isinstance(model, dict) else []
+
+        def pod_of(server: dict[str, Any]) -> tuple[str, str] | None:
+            state = server.get("state") or {}
+            if not state.get("pod_name") or not (server.get("ready") or server.get("pending")):
+                return None
+            return (state.get("namespace") or svc.namespace, state["pod_name"])
+
+        servers = [s for u in users for s in (u.get("servers") or {}).values()]
+        if user is None:
+            pods = {
+                (p["metadata"].get("namespace", svc.namespace), p["metadata"]["name"]): p
+                for p in await svc.kube.list_pods(svc.namespace)
+            }
+        else:
+            keys = {k for k in map(pod_of, servers) if k is not None}
+            found = await asyncio.gather(*(svc.kube.read_pod(ns, name) for ns, name in keys))
+            pods = {k: p for k, p in zip(keys, found, strict=True) if p is not None}
+        discarded: frozenset[str] = frozenset()
+        if any(
+            not s.get("ready")
+            and not s.get("pending")
+            and ((s.get("state") or {}).get("jhub_suspend") or {}).get("checkpoint")
+            for s in servers
+        ):
+            digests = {marker_digest(m) for m in await svc.kube.list_markers(svc.namespace)}
+            discarded = frozenset(digests - {""})
+        return observe.build_views(
+            users,
+            pods,
+            default_namespace=svc.namespace,
+            gpu_resources=svc.gpu_resources,
+            discarded_digests=discarded,
+            operations=svc.operations.by_server(),
+            known_requests=self.known_requests,
+        )
 
     def _health(
         self,

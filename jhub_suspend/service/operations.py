@@ -68,15 +68,6 @@ class Operations:
             (o for o in self.running() if o.user == user and o.server_name == server_name), None
         )
 
-    def succeeded_since(self, when: datetime) -> dict[tuple[str, str], Operation]:
-        """Per server, the last operation that succeeded after ``when``: its outcome is newer
-        than what a policy cycle observed at ``when``."""
-        return {
-            (o.user, o.server_name): o
-            for o in self._ops.values()
-            if o.status == "succeeded" and o.finished is not None and o.finished > when
-        }
-
     def by_server(self) -> dict[tuple[str, str], str]:
         """Kind of the running operation per server."""
         return {(o.user, o.server_name): o.kind for o in self.running()}

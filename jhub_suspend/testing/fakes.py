@@ -1,7 +1,8 @@
 """Small fakes of the suspend service's IO boundary, for unit tests and benchmarks.
 
-* :class:`FakeHub`: the hub's ``GET /hub/api/users`` with JupyterHub's pagination, served over
-  HTTP on loopback (so the real :class:`~jhub_suspend.service.hubclient.HubClient` is used);
+* :class:`FakeHub`: the hub's ``GET /hub/api/users`` with JupyterHub's pagination, and ``GET
+  /hub/api/users/{name}``, served over HTTP on loopback (so the real
+  :class:`~jhub_suspend.service.hubclient.HubClient` is used);
 * :class:`FakePrometheus`: ``GET /api/v1/query`` answering the policy's queries for synthetic
   pods, over HTTP (so the real prometheus-api-client is used), or something malformed;
 * :class:`FakeKube`: the service's :class:`~jhub_suspend.service.kube.Kube`, in process.
@@ -107,6 +108,23 @@ class _Users(web.RequestHandler):
         self.finish(json.dumps(body))
 
 
+class _User(web.RequestHandler):
+    """``GET users/{name}``: one user, stopped servers included."""
+
+    def initialize(self, hub: FakeHub) -> None:
+        self.hub = hub
+
+    def get(self, name: str) -> None:
+        self.hub.requests += 1
+        user = next((u for u in self.hub.users if u.get("name") == name), None)
+        if user is None:
+            self.set_status(404)
+            self.finish(json.dumps({"status": 404, "message": "Not Found"}))
+            return
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(user))
+
+
 def _serve(app: web.Application) -> tuple[HTTPServer, str]:
     sockets = bind_sockets(0, "127.0.0.1")
     server = HTTPServer(app)
@@ -123,7 +141,14 @@ class FakeHub:
     _server: HTTPServer | None = None
 
     def start(self) -> str:
-        self._server, base = _serve(web.Application([(r"/hub/api/users", _Users, {"hub": self})]))
+        self._server, base = _serve(
+            web.Application(
+                [
+                    (r"/hub/api/users", _Users, {"hub": self}),
+                    (r"/hub/api/users/([^/]+)", _User, {"hub": self}),
+                ]
+            )
+        )
         self.url = f"{base}/hub/api"
         return self.url
 
@@ -210,6 +235,18 @@ class FakeKube:
     async def list_pods(self, namespace: str | None) -> list[dict[str, Any]]:
         self.calls += 1
         return self.pods if namespace is not None else []
+
+    async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls += 1
+        return next(
+            (
+                p
+                for p in self.pods
+                if p["metadata"]["name"] == name
+                and p["metadata"].get("namespace", namespace) == namespace
+            ),
+            None,
+        )
 
     async def list_markers(self, namespace: str) -> list[dict[str, Any]]:
         self.calls += 1

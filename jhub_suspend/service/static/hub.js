@@ -235,8 +235,8 @@
 
   JHS.session()
     .then(function () {
-      // The listing is as of the service's last cycle (503 before the first one): without it
-      // the banner and the keep-running switch wait; Suspend and Discard still work.
+      // The listing (the hub's servers now, with the last cycle's decisions): without it the
+      // banner and the keep-running switch wait; Suspend and Discard still work.
       var listing = JHS.api("GET", "servers").catch(function () {
         return { servers: [] };
       });
