@@ -59,5 +59,8 @@ def checkpoint_image_annotations(
         "host.arch": GO_ARCH.get(platform.machine(), platform.machine()),
         "host.kernel": platform.release(),
     }
-    ann.update({CRIU_ANNOTATION_PREFIX + k: str(v) for k, v in facts.items() if v})
+    # config.dump is JSON: a value that is not a string is not checkpointctl's, and left out
+    ann.update(
+        {CRIU_ANNOTATION_PREFIX + k: v for k, v in facts.items() if v and isinstance(v, str)}
+    )
     return ann

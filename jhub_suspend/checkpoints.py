@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import datetime
 import re
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
+from cryptography.fernet import InvalidToken
 from jupyterhub.crypto import CryptKeeper
 
 ANNOTATION_PREFIX = "jhub-suspend.jupyter.org"
@@ -88,12 +89,38 @@ class Checkpoint:
         return data
 
     @classmethod
-    def from_state(cls, data: dict[str, Any]) -> Checkpoint:
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        values["image"] = unseal_secret(values.get("image", ""))
-        values["node"] = NodeFacts(**(values.get("node") or {}))
+    def from_state(cls, data: Any) -> Checkpoint:
+        """The record :meth:`to_state` wrote; :class:`ValueError` if it cannot be read. Keys
+        this version does not know (a newer version's) are ignored."""
+        values = _record_fields(cls, data, "checkpoint record")
+        values["node"] = NodeFacts(
+            **_record_fields(NodeFacts, values.get("node") or {}, "checkpoint record's node")
+        )
+        values["image"] = unseal_secret(values["image"])
         return cls(**values)
+
+
+# Field types as the dataclasses above spell them (postponed annotations are strings).
+_RECORD_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float)}
+
+
+def _record_fields(cls: type, data: Any, what: str) -> dict[str, Any]:
+    """The values of ``cls``'s fields in a state record, checked against their types."""
+    if not isinstance(data, dict):
+        raise ValueError(f"the {what} is a {type(data).__name__}, not an object")
+    values = {}
+    for f in fields(cls):
+        if f.name not in data:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise ValueError(f"the {what} has no {f.name!r}")
+            continue
+        value = data[f.name]
+        types = _RECORD_TYPES.get(str(f.type))
+        # bool is an int to Python, never a size or a duration in a record
+        if types and (isinstance(value, bool) or not isinstance(value, types)):
+            raise ValueError(f"the {what}'s {f.name!r} is {value!r:.80}, not a {f.type}")
+        values[f.name] = value
+    return values
 
 
 @dataclass(frozen=True)
@@ -132,7 +159,13 @@ def unseal_secret(value: str) -> str:
             "a checkpoint reference is encrypted but JUPYTERHUB_CRYPT_KEY is not set; "
             "set the key the hub used when it recorded the checkpoint"
         )
-    return keeper.fernet.decrypt(value[len(SEALED_PREFIX) :].encode()).decode()
+    try:
+        return keeper.fernet.decrypt(value[len(SEALED_PREFIX) :].encode()).decode()
+    except (InvalidToken, UnicodeError) as e:
+        raise ValueError(
+            f"a checkpoint reference does not decrypt with JUPYTERHUB_CRYPT_KEY "
+            f"({type(e).__name__}): it was encrypted with another key, or altered"
+        ) from None
 
 
 def rfc3339(t: datetime.datetime) -> str:

@@ -109,12 +109,14 @@ def archive_config(archive_path: str) -> dict[str, Any]:
     try:
         with tarfile.open(archive_path, "r:*") as tar:
             for member in tar:
-                if member.name.lstrip("./") == ckpt.CONFIG_DUMP_FILE:
+                # A regular file only: a link's target may be missing (KeyError) or elsewhere.
+                if member.isfile() and member.name.lstrip("./") == ckpt.CONFIG_DUMP_FILE:
                     f = tar.extractfile(member)
                     if f is not None:
                         config = json.load(f)
                         return config if isinstance(config, dict) else {}
-    except (OSError, tarfile.TarError, ValueError):
+    # EOFError: a compressed archive cut short; RecursionError: JSON nested too deep
+    except (OSError, EOFError, tarfile.TarError, ValueError, RecursionError):
         pass
     return {}
 
@@ -124,8 +126,8 @@ def complete_annotations(annotations: Mapping[str, str], config: Mapping[str, An
     is the one a name annotation gives, else the ``config.dump`` name; checkpointctl's metadata
     comes from ``config.dump`` where the caller gave none."""
     given = [annotations[a] for a in ckpt.CHECKPOINT_NAME_ANNOTATIONS if annotations.get(a)]
-    name = given[0] if given else str(config.get("name", ""))
-    if not name:
+    name = given[0] if given else config.get("name")
+    if not name or not isinstance(name, str):
         return dict(annotations)
     return {
         **ckpt.checkpoint_image_annotations(name, config=config),
@@ -305,18 +307,35 @@ async def inspect(
         )
     except CommandError as e:
         raise _error("inspecting", ref, e) from e
-    raw = result.stdout
+    return manifest_facts(ref, result.stdout)
+
+
+def manifest_facts(ref: str, raw: str) -> dict[str, Any]:
+    """What :func:`inspect` says of the image manifest ``raw`` that the registry returned for
+    ``ref`` (pure); :class:`ImageError` if it is not an image manifest."""
     try:
         manifest = json.loads(raw)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise ImageError(f"inspecting {ref}: the registry returned no JSON manifest") from e
+    if not isinstance(manifest, dict):
+        raise ImageError(f"inspecting {ref}: the manifest is a JSON {type(manifest).__name__}")
     if "manifests" in manifest:
         raise ImageError(f"{ref} is an image index, not a checkpoint image")
     layers = manifest.get("layers") or []
+    annotations = manifest.get("annotations") or {}
+    if not isinstance(layers, list) or not all(isinstance(layer, dict) for layer in layers):
+        raise ImageError(f"inspecting {ref}: the manifest's layers are not a list of objects")
+    sizes = [layer.get("size", 0) for layer in layers]
+    if not all(type(size) is int and size >= 0 for size in sizes):
+        raise ImageError(
+            f"inspecting {ref}: a layer's size is not a number of bytes: {sizes!r:.200}"
+        )
+    if not isinstance(annotations, dict):
+        raise ImageError(f"inspecting {ref}: the manifest's annotations are not an object")
     return {
         "digest": "sha256:" + hashlib.sha256(raw.encode()).hexdigest(),
-        "annotations": dict(manifest.get("annotations") or {}),
-        "size": sum(int(layer.get("size", 0)) for layer in layers),
+        "annotations": dict(annotations),
+        "size": sum(sizes),
         "media_type": manifest.get("mediaType", ""),
         "layers": [layer.get("digest", "") for layer in layers],
     }

@@ -503,7 +503,7 @@ def _parse_value(raw: Any, where: str) -> float:
         raise MalformedResponse(f"{where}: timestamp {ts!r} is not a number")
     try:
         float(ts)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an integer beyond any float
         raise MalformedResponse(f"{where}: timestamp {ts!r} is not a number") from None
     if not isinstance(text, str):
         raise MalformedResponse(f"{where}: sample value {text!r} is not a string")

@@ -198,6 +198,10 @@ class SuspendingKubeSpawner(KubeSpawner):
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
         ours = state.get(STATE_KEY) or {}
+        if not isinstance(ours, dict):
+            # Not what get_state wrote: read it as an unreadable checkpoint record, so that it
+            # is kept for the admin and the user is told.
+            ours = {"checkpoint": ours}
         self.unreadable_checkpoint = ours.get(UNREADABLE_KEY)
         self.checkpoint = None
         try:

@@ -72,9 +72,11 @@ DNS_LABEL = re.compile(_LABEL)
 DNS_SUBDOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 REPOSITORY = re.compile(rf"(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*")
+# ASCII: a tag's \w is the OCI distribution spec's [A-Za-z0-9_], not Unicode's.
 IMAGE_REF = re.compile(
     rf"(?P<name>{REPOSITORY.pattern})"
-    r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[a-f0-9]{64}))?"
+    r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[a-f0-9]{64}))?",
+    re.ASCII,
 )
 
 
@@ -131,12 +133,26 @@ def check_annotations(value: Any, container: str) -> dict[str, str]:
             raise ApiError(400, f"annotation {k!r}: keys and values must be strings")
         if len(k) > 317 or any(c.isspace() or c == "=" for c in k):
             raise ApiError(400, f"annotation key {k!r} is not valid")
+        try:
+            (k + v).encode()
+        except UnicodeEncodeError:
+            # JSON's \ud800 escapes decode to lone surrogates, which no registry keeps as sent.
+            raise ApiError(400, f"annotation {k!r} is not valid Unicode text") from None
     if len(json.dumps(value)) > MAX_ANNOTATION_BYTES:
         raise ApiError(400, f"annotations exceed {MAX_ANNOTATION_BYTES} bytes")
     for name in CHECKPOINT_NAME_ANNOTATIONS:
         if value.get(name, container) != container:
             raise ApiError(400, f"annotation {name} must name the container")
     return dict(value)
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """A request body's JSON value, or a 400 :class:`ApiError`."""
+    try:
+        return json.loads(raw or b"")
+    except (ValueError, RecursionError):
+        # RecursionError: nesting deeper than the interpreter's recursion limit.
+        raise ApiError(400, "the body must be JSON") from None
 
 
 def parse_checkpoint_request(body: Any, repository: str) -> CheckpointRequest:
@@ -242,10 +258,7 @@ class BaseHandler(web.RequestHandler):
         self.finish(json.dumps({"message": message}))
 
     def json_body(self) -> Any:
-        try:
-            return json.loads(self.request.body or b"")
-        except ValueError:
-            raise ApiError(400, "the body must be JSON") from None
+        return parse_json_body(self.request.body)
 
 
 class CheckpointsHandler(BaseHandler):
