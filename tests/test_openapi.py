@@ -14,8 +14,9 @@ import pytest
 from openapi_spec_validator import validate
 from tornado import web
 from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
+from traitlets.config import Config
 
-from jhub_suspend.service import actions, handlers, ui
+from jhub_suspend.service import SuspendService, actions, handlers, ui
 from jhub_suspend.service.handlers import ACTION_METHODS, openapi_document, routes
 
 PREFIX = "/services/suspend/"
@@ -139,3 +140,17 @@ def test_errors_are_documented_as_the_handlers_write_them():
                 name = schema["$ref"].rsplit("/", 1)[1]
                 required = DOC["components"]["schemas"][name]["required"]
                 assert "message" in required, (method, path, status)
+
+
+def test_the_charts_series_are_the_ones_the_service_serves():
+    cfg = Config()
+    cfg.SuspendService.prometheus_url = "http://127.0.0.1:9"
+    svc = SuspendService(config=cfg)
+    svc.prepare()
+    (series,) = [
+        p for p in DOC["paths"]["/api/metrics/range"]["get"]["parameters"] if p["name"] == "series"
+    ]
+    pattern = series["schema"]["pattern"]
+    names = set(re.match(r"\^\(([^)]*)\)", pattern).group(1).split("|"))
+    assert names == set(ui.series_queries(svc))
+    assert re.fullmatch(pattern, "cpu_used,restores") and not re.fullmatch(pattern, "cpu_used,")

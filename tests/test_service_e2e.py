@@ -13,14 +13,18 @@ service instance are used:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import re
+import time
 from typing import Any
 
 import pytest
 import pytest_asyncio
+import schemathesis
 from kubernetes_asyncio import client
+from schemathesis.specs.openapi import checks as openapi_checks
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from traitlets.config import Config
 
@@ -500,6 +504,9 @@ async def test_authentication_and_bad_input(hub, api):
         (b'{"enabled": "yes"}', "enabled"),
         (b'{"enabled": true, "hours": "two"}', "hours must be a number"),
         (b'{"enabled": true, "hours": -1}', "hours must be > 0"),
+        # an integer no float holds (it answered 500: math.isfinite overflowed)
+        (b'{"enabled": true, "hours": 1' + b"0" * 400 + b"}", "hours must be > 0"),
+        (b'{"enabled": true, "hours": NaN}', "hours must be > 0"),
         (b'{"enabled": true, "colour": "red"}', "unknown fields"),
     ):
         status, body = await call(hub, "PUT", "api/servers/kim/keep-running", admin, raw=raw)
@@ -524,6 +531,12 @@ async def test_authentication_and_bad_input(hub, api):
     assert status == 409 and "no checkpoint" in body["message"]
     status, body = await call(hub, "GET", "api/policy", admin)
     assert status == 200 and body["policy"]["exempt_groups"] == ["pinned"]
+    # the charts' range (it answered 500 for NaN: round() of a NaN step)
+    for minutes in ("nan", "inf", "sixty"):
+        status, body = await call(
+            hub, "GET", f"api/metrics/range?series=cpu_used&minutes={minutes}", admin
+        )
+        assert status == 400 and "minutes must be a number" in body["message"], (minutes, body)
 
 
 def _prometheus(cluster) -> PrometheusProcess:
@@ -665,6 +678,8 @@ async def test_a_server_started_after_the_last_cycle_is_listed_and_then_listed_s
         await wait_for(lambda: svc.loop.snapshot is not None, "no first cycle", 60)
         assert svc.loop.snapshot is not None
         cycle = svc.loop.snapshot.time
+        seen = svc.loop.snapshot.view(user, "")
+        assert seen is None or seen.state != "running"  # it starts after the cycle
         await start(api, user)
         token = await user_token(api, user)
 
@@ -672,7 +687,6 @@ async def test_a_server_started_after_the_last_cycle_is_listed_and_then_listed_s
         assert status == 200, body
         (entry,) = body["servers"]
         assert (entry["user"], entry["server_name"], entry["state"]) == (user, "", "running")
-        assert entry["started"] > observe.rfc3339(cycle)  # after the last cycle
         assert entry["pod"] == f"jupyter-{user}" and entry["node"] == "node-1"
         assert entry["decision"] is None
         assert entry["decision_note"].startswith("not yet assessed"), entry
@@ -703,3 +717,260 @@ async def test_a_server_started_after_the_last_cycle_is_listed_and_then_listed_s
         assert svc.loop.snapshot.time == cycle  # all of it without a cycle in between
     finally:
         await svc.close()
+
+
+# ---- fuzzing the REST API against its OpenAPI description --------------------------------------
+
+FUZZ_EXAMPLES = 25  # per operation and caller: about a minute for all of them
+CHECKS = (
+    schemathesis.checks.not_a_server_error,
+    openapi_checks.status_code_conformance,
+    openapi_checks.content_type_conformance,
+    openapi_checks.response_headers_conformance,
+    openapi_checks.response_schema_conformance,
+)
+
+
+async def world(hub, api: HubAPI, core) -> dict[str, Any]:
+    """What a request could change, read from the hub and Kubernetes (and the operations the
+    service has under way): every server's state, the pods with our annotations, the discard
+    markers. Activity times are left out: reading an API may touch them."""
+    servers = {}
+    for user in await api.request("GET", "users?include_stopped_servers=1"):
+        for name, s in (user.get("servers") or {}).items():
+            ck = ours(s).get("checkpoint") or {}
+            servers[f"{user['name']}/{name}"] = (
+                s.get("ready"), s.get("pending"), s.get("started"),
+                ck.get("digest"), ck.get("status"), json.dumps(ours(s).get("last_error")),
+            )  # fmt: skip
+    pods = {
+        p.metadata.name: (
+            p.metadata.deletion_timestamp is not None,
+            {k: v for k, v in (p.metadata.annotations or {}).items() if "jhub-suspend" in k},
+        )
+        for p in (await core.list_namespaced_pod("default")).items
+    }
+    markers = sorted(
+        s.metadata.name
+        for s in (await core.list_namespaced_secret("default")).items
+        if s.metadata.name.startswith("jhub-suspend-discard-")
+    )
+    status, listing = await call(hub, "GET", "api/servers", hub.service_token)
+    assert status == 200, listing
+    operations = {
+        f"{s['user']}/{s['server_name']}": s["operation"]["id"]
+        for s in listing["servers"]
+        if s["operation"]
+    }
+    return {"servers": servers, "pods": pods, "markers": markers, "operations": operations}
+
+
+class Fuzz:
+    """Runs schemathesis' cases for every operation of the published description, as one
+    caller at a time, in a thread (its HTTP client blocks; the hub, service and cluster run on
+    the test's event loop). Collects what went wrong instead of stopping at the first."""
+
+    def __init__(self, hub, api, core, schema, loop, owner: str) -> None:
+        self.hub, self.api, self.core, self.schema, self.loop = hub, api, core, schema, loop
+        self.owner = owner
+        self.base_url = hub.url + "/services/suspend"
+        self.failures: list[str] = []
+        self.statuses: dict[str, dict[int, int]] = {}
+        self.accepted: list[tuple[str, str, dict]] = []  # (caller, what, operation or answer)
+        self.operation_ids: list[str] = []
+        self.requests = 0
+        self._world: dict | None = None
+
+    def run_async(self, coro, timeout: float = 300) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def world(self) -> dict:
+        if self._world is None:
+            self._world = self.run_async(world(self.hub, self.api, self.core))
+        return self._world
+
+    def strategy(self, operation, caller: str):
+        from hypothesis import strategies as st
+        from schemathesis import GenerationMode
+
+        params = {p.name for p in operation.iter_parameters()}
+        modes = [GenerationMode.POSITIVE]
+        if params or operation.body:
+            modes.append(GenerationMode.NEGATIVE)
+        fixed: list[dict] = [{}]
+        if "user" in params:  # the owner's own server, and another user's
+            fixed.append({"user": self.owner})
+        if "id" in params and self.operation_ids:
+            fixed.append({"id": self.operation_ids[-1]})
+        return st.one_of(
+            *(
+                operation.as_strategy(generation_mode=mode, path_parameters=p or None)
+                for mode in modes
+                for p in fixed
+            )
+        )
+
+    def check(self, case, caller: str, token: str | None) -> None:
+        what = f"{caller}: {case.method} {case.formatted_path}"
+        headers = {k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"}
+        case.headers = headers
+        if token is not None:
+            headers = {**headers, "Authorization": f"token {token}"}
+        mutating = case.method != "GET"
+        before = self.world() if mutating else None
+        self.requests += 1
+        try:
+            response = case.call(
+                base_url=self.base_url, headers=headers, timeout=60, allow_redirects=False
+            )
+        except Exception as e:  # the client refused to send it (e.g. a bad header)
+            self.failures.append(f"{what}: not sent: {type(e).__name__}: {e}")
+            return
+        status = response.status_code
+        by_status = self.statuses.setdefault(f"{case.method} {case.path}", {})
+        by_status[status] = by_status.get(status, 0) + 1
+        problems = []
+        if status >= 500:
+            problems.append(f"answered {status}")
+        if "Traceback" in response.text:
+            problems.append("a traceback in the body")
+        try:
+            case.validate_response(response, checks=list(CHECKS))
+        except (AssertionError, BaseExceptionGroup) as e:  # one failed check, or a group
+            for failure in getattr(e, "exceptions", None) or [e]:
+                text = str(failure).strip() or type(failure).__name__
+                problems.append(" ".join(text.split("\n\n")[:2]).replace("\n", " "))
+        if problems:
+            self.failures.append(
+                f"{what}: {'; '.join(problems)}\n    body sent: {case.body!r:.200}\n"
+                f"    answer: {status} {response.text[:300]!r}"
+            )
+        if not mutating:
+            return
+        if 200 <= status < 300:
+            self.accepted.append((caller, what, response.json()))
+            if status == 202:  # wait until the suspension or resume has finished
+                op = response.json()["operation"]
+                self.operation_ids.append(op["id"])
+                done = self.run_async(self.finished(op["id"]))
+                if done["status"] != "succeeded":
+                    self.failures.append(f"{what}: the accepted operation failed: {done}")
+            self._world = None
+        else:
+            self._world = None
+            after = self.world()
+            if after != before:
+                self.failures.append(f"{what}: refused with {status}, yet it {diff(before, after)}")
+
+    async def finished(self, op_id: str) -> dict:
+        async def done():
+            status, op = await call(
+                self.hub, "GET", f"api/operations/{op_id}", self.hub.service_token
+            )
+            assert status == 200, op
+            return op if op["status"] != "running" else False
+
+        return await wait_for(done, f"operation {op_id} never finished", 180)
+
+    def examples(self, operation, caller: str, token: str | None):
+        """A Hypothesis test that sends ``operation``'s cases as ``caller``."""
+        from hypothesis import HealthCheck, Phase, given, settings
+
+        @settings(
+            max_examples=FUZZ_EXAMPLES,
+            deadline=None,
+            database=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(case=self.strategy(operation, caller))
+        def fuzz(case) -> None:
+            self.check(case, caller, token)
+
+        return fuzz
+
+    def run(self, callers: list[tuple[str, str | None, bool]]) -> None:
+        """``callers``: (who, token, whether to send only GETs)."""
+        for caller, token, read_only in callers:
+            for result in self.schema.get_all_operations():
+                operation = result.ok()
+                if read_only and operation.method.upper() != "GET":
+                    continue
+                start = self.world()
+                accepted = len(self.accepted)
+                self.examples(operation, caller, token)()
+                # GETs (and whatever was refused) changed nothing over the whole operation
+                self._world = None
+                if len(self.accepted) == accepted and self.world() != start:
+                    self.failures.append(
+                        f"{caller}: {operation.method.upper()} {operation.path}: "
+                        f"{diff(start, self.world())}"
+                    )
+
+
+def diff(before: dict, after: dict) -> str:
+    """What changed between two :func:`world` readings."""
+    out = []
+    for part, b in before.items():
+        a = after[part]
+        if isinstance(b, dict):
+            for key in sorted(set(b) | set(a)):
+                if b.get(key) != a.get(key):
+                    out.append(f"{part} {key}: {b.get(key)!r} -> {a.get(key)!r}")
+        elif b != a:
+            out.append(f"{part}: {b!r} -> {a!r}")
+    return "changed " + "; ".join(out) if out else "nothing changed"
+
+
+async def test_fuzzing_the_api_answers_only_documented_statuses_and_refusals_change_nothing(
+    hub, api, core
+):
+    """schemathesis against the running service, through the hub's proxy, from the description
+    it publishes: as the owner of a server (who may act on it), as another user, without a
+    token, and an admin's reads. Every answer is a documented 2xx or 4xx that matches its
+    schema, with no traceback; a refused request changes nothing (the hub's servers, the pods'
+    annotations, the discard markers, the service's operations); and the owner's notebook
+    survives whatever was accepted."""
+    owner, other = "zed", "ola"  # pinned: the module's policy loop leaves them alone
+    await start(api, owner)
+    kernel = KernelClient(server_url(hub, owner), hub.service_token)
+    await kernel.start()
+    await kernel.execute("fuzzed = 42")
+    owner_token = await user_token(api, owner)
+    callers = [
+        ("owner", owner_token, False),
+        ("another user", await user_token(api, other), False),
+        ("no token", None, False),
+        # the admins' reads too (the plan, the charts' series), which the others never reach
+        ("admin", hub.service_token, True),
+    ]
+    status, doc = await call(hub, "GET", "api/openapi.json")  # published without a token
+    assert status == 200 and doc["servers"] == [{"url": "/services/suspend"}]
+    schema = schemathesis.openapi.from_dict(doc)
+    fuzz = Fuzz(hub, api, core, schema, asyncio.get_running_loop(), owner)
+    t0 = time.monotonic()
+    await asyncio.to_thread(fuzz.run, callers)
+    took = time.monotonic() - t0
+    print(f"fuzzed: {fuzz.requests} requests in {took:.0f} s, {len(fuzz.accepted)} accepted")
+    print(json.dumps(fuzz.statuses, indent=1))
+    assert not fuzz.failures, f"{len(fuzz.failures)} problems:\n" + "\n".join(fuzz.failures)
+    # the run reached the accepting paths as well as every kind of refusal
+    seen = {s for by_status in fuzz.statuses.values() for s in by_status}
+    assert {200, 202, 400, 401, 403, 404, 409} <= seen, seen
+
+    # The owner's server: running, or suspended and resumed now; the kernel's state is intact
+    # unless an accepted request discarded the checkpoint.
+    server = await api.server(owner)
+    if (
+        server
+        and not server.get("ready")
+        and ours(await server_model(api.request, owner)).get("checkpoint")
+    ):
+        status, body = await call(hub, "POST", f"api/servers/{owner}/resume", owner_token)
+        assert status == 202, body
+        await fuzz.finished(body["operation"]["id"])
+    discarded = any("checkpoint" in what for _, what, _ in fuzz.accepted)
+    if not discarded:
+        assert (await api.server(owner) or {}).get("ready")
+        assert await kernel.execute("print(fuzzed)") == "42\n"
+    await stop(api, owner)

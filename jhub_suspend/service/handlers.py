@@ -17,7 +17,6 @@ import contextlib
 import copy
 import functools
 import json
-import math
 import os
 import re
 from datetime import datetime
@@ -264,9 +263,10 @@ class ServerActionHandler(BaseHandler):
         hours = body.get("hours")
         if hours is not None:
             if isinstance(hours, bool) or not isinstance(hours, int | float):
-                raise web.HTTPError(400, f"hours must be a number, not {hours!r}")
-            if not math.isfinite(hours) or hours <= 0 or hours > 24 * 366:
-                raise web.HTTPError(400, f"hours must be > 0 and at most a year, got {hours!r}")
+                raise web.HTTPError(400, f"hours must be a number, not {hours!r:.40}")
+            # comparisons, not math.isfinite: an integer too big for a float overflows that
+            if not 0 < hours <= 24 * 366:  # NaN and the infinities fail it too
+                raise web.HTTPError(400, f"hours must be > 0 and at most a year, got {hours!r:.40}")
         result = await self.act(
             self.service.actions.keep_running(
                 user, server_name, body["enabled"], float(hours) if hours else None, self.name

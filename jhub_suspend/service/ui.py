@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 import time
 from typing import TYPE_CHECKING, Any, cast
@@ -322,7 +323,9 @@ class MetricsRangeHandler(BaseHandler):
         try:
             minutes = float(self.get_argument("minutes", "60"))
         except ValueError:
-            raise web.HTTPError(400, "minutes must be a number") from None
+            minutes = math.nan
+        if not math.isfinite(minutes):  # NaN would reach round() below
+            raise web.HTTPError(400, "minutes must be a number")
         minutes = min(max(minutes, 5), 31 * 24 * 60)
         end = time.time()
         start = end - 60 * minutes
