@@ -17,6 +17,9 @@ ANNOTATION_PREFIX = "jhub-suspend.jupyter.org"
 # Set on a pod by whoever asks for a suspension (the service, an admin, the user); the
 # spawner's stop() checkpoints a pod that carries it.
 SUSPEND_REQUEST_ANNOTATION = f"{ANNOTATION_PREFIX}/suspend-requested"
+# When it was set (RFC 3339): a mark that outlived every requester's patience is stale (its
+# requester died before the stop), and the service clears it.
+SUSPEND_REQUESTED_AT_ANNOTATION = f"{ANNOTATION_PREFIX}/suspend-requested-at"
 # Set by the spawner on a pod whose suspension failed: the pod keeps running and the next start
 # adopts it instead of replacing it.
 SUSPEND_FAILED_ANNOTATION = f"{ANNOTATION_PREFIX}/suspend-failed"
@@ -45,6 +48,9 @@ class Status:
 
 # A checkpoint in one of these states is what remains of its server: a start restores it.
 RESTORABLE_STATUSES = frozenset({Status.VERIFIED, Status.SUSPENDED})
+# ... and so is one whose restore was under way when the hub stopped, once the hub has the
+# server stopped: its image is intact, and the next start tries again.
+RESTORABLE_WHEN_STOPPED = RESTORABLE_STATUSES | {Status.RESTORING}
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,8 @@ class Checkpoint:
     status: str = Status.VERIFIED
     archive_bytes: int = 0
     seconds: float = 0.0
+    #: restores from it that never finished because the hub stopped during them
+    interrupted_restores: int = 0
 
     @property
     def restorable(self) -> bool:

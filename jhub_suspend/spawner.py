@@ -17,12 +17,24 @@ import asyncio
 import contextlib
 import datetime
 import os
+from dataclasses import replace
 from typing import Any
 
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
 from sqlalchemy.orm import object_session
-from traitlets import Bool, Dict, Float, Instance, TraitError, Type, Unicode, default, validate
+from traitlets import (
+    Bool,
+    Dict,
+    Float,
+    Instance,
+    Integer,
+    TraitError,
+    Type,
+    Unicode,
+    default,
+    validate,
+)
 
 from . import checkpoints as ck
 from .agent.client import AgentClient, AgentError
@@ -145,6 +157,14 @@ class SuspendingKubeSpawner(KubeSpawner):
         """,
     ).tag(config=True)
 
+    max_interrupted_restores = Integer(
+        2,
+        help="""How many times a restore that the hub's own stop interrupted (a crash, a
+        restart, an upgrade) is tried again on the next start. After that the checkpoint is
+        kept for the admin as `restore_failed` and the user gets a fresh server, so that a
+        restore that brings the hub down cannot do so forever.""",
+    ).tag(config=True)
+
     @default("restore_timeout")
     def _default_restore_timeout(self) -> float:
         return 0.6 * self.start_timeout
@@ -177,6 +197,8 @@ class SuspendingKubeSpawner(KubeSpawner):
     _restoring: Checkpoint | None = None
     # The checkpoint this start is restoring (or tried to), and why that failed: for progress().
     _restore_attempt: Checkpoint | None = None
+    # True while stop() checkpoints and deletes the pod (see poll)
+    _suspending = False
     _restore_failure: str | None = None
     _start_decided = asyncio.Event()
     _progress_news = asyncio.Event()
@@ -268,6 +290,27 @@ class SuspendingKubeSpawner(KubeSpawner):
             self.log.exception("Stopping %s failed", self._log_name)
             raise
 
+    async def poll(self) -> int | None:
+        status = await super().poll()
+        checkpoint = self.checkpoint
+        if (
+            status is None
+            and checkpoint is not None
+            and checkpoint.status == Status.VERIFIED
+            and not self._suspending
+            and not getattr(self, "_stop_pending", False)
+        ):
+            # A suspension verified its checkpoint, then the hub stopped before it deleted the
+            # pod (a hub restart polls first). The running server wins; the checkpoint would
+            # otherwise stay unowned in the registry, or be restored over newer work later.
+            self.log.warning(
+                "%s runs, and its suspension never finished: discarding its checkpoint",
+                self._log_name,
+            )
+            await self._release(checkpoint.with_status(Status.DISCARDED))
+            self._persist_state()
+        return status
+
     async def _current_pod(self) -> dict[str, Any] | None:
         """The pod as the API has it now. The reflector may lag behind a suspension mark set a
         moment ago, and a stop that missed the mark would delete the pod without a checkpoint."""
@@ -290,6 +333,13 @@ class SuspendingKubeSpawner(KubeSpawner):
             self.will_resume = self.suspended
             await super().stop(now)
             return
+        self._suspending = True
+        try:
+            await self._suspend_and_stop(pod, reason, now)
+        finally:
+            self._suspending = False
+
+    async def _suspend_and_stop(self, pod: dict[str, Any], reason: str, now: bool) -> None:
         try:
             checkpoint = await self.suspend(pod, reason)
         except Exception as e:  # whatever went wrong, the pod must not be lost
@@ -299,7 +349,11 @@ class SuspendingKubeSpawner(KubeSpawner):
                 "suspend", f"Suspending failed, the server keeps running: {e}", repr(e)
             )
             await self._annotate_pod(
-                {ck.SUSPEND_REQUEST_ANNOTATION: None, ck.SUSPEND_FAILED_ANNOTATION: str(e)[:1000]}
+                {
+                    ck.SUSPEND_REQUEST_ANNOTATION: None,
+                    ck.SUSPEND_REQUESTED_AT_ANNOTATION: None,
+                    ck.SUSPEND_FAILED_ANNOTATION: str(e)[:1000],
+                }
             )
             self.will_resume = True
             return
@@ -411,9 +465,7 @@ class SuspendingKubeSpawner(KubeSpawner):
             return adopted
         checkpoint = self.checkpoint
         if checkpoint and checkpoint.status == Status.RESTORING:
-            # A restore was under way when the hub stopped: never try it again.
-            self.checkpoint = checkpoint = checkpoint.with_status(Status.RESTORE_FAILED)
-            self._record_error("restore", "The previous restore did not finish")
+            self.checkpoint = checkpoint = self._after_interrupted_restore(checkpoint)
         if checkpoint and checkpoint.restorable and await self._discarded_elsewhere(checkpoint):
             self.log.info("The checkpoint of %s was discarded while it was stopped", self._log_name)
             self.checkpoint = checkpoint = None
@@ -425,6 +477,23 @@ class SuspendingKubeSpawner(KubeSpawner):
             self._start_decided.set()
             return await super()._start()
         return await self._restore(checkpoint)
+
+    def _after_interrupted_restore(self, checkpoint: Checkpoint) -> Checkpoint:
+        """A restore was under way when the hub stopped. Its image is intact, so try again,
+        but only ``max_interrupted_restores`` times: a restore that itself brought the hub
+        down must not do it forever."""
+        attempts = checkpoint.interrupted_restores + 1
+        if attempts > self.max_interrupted_restores:
+            self._record_error(
+                "restore",
+                f"The last {attempts} restores of your saved session did not finish; "
+                "it is kept for the administrator",
+            )
+            return checkpoint.with_status(Status.RESTORE_FAILED)
+        self.log.warning(
+            "The restore of %s was interrupted (%d time(s)); trying again", self._log_name, attempts
+        )
+        return replace(checkpoint, status=Status.SUSPENDED, interrupted_restores=attempts)
 
     async def _discarded_elsewhere(self, checkpoint: Checkpoint) -> bool:
         """Whether the service (or an admin) discarded this checkpoint while the server was
@@ -457,17 +526,32 @@ class SuspendingKubeSpawner(KubeSpawner):
         # From the API, not the reflector: the mark was set moments ago by the failed stop,
         # and missing it would make KubeSpawner replace the live pod.
         pod = await self._current_pod()
-        annotations = (pod or {}).get("metadata", {}).get("annotations") or {}
-        if ck.SUSPEND_FAILED_ANNOTATION not in annotations or not self.is_pod_running(pod):
+        if pod is None or not self.is_pod_running(pod):
             return None
-        assert pod is not None
+        annotations = pod.get("metadata", {}).get("annotations") or {}
+        restored = self._restored_by(pod)
+        if ck.SUSPEND_FAILED_ANNOTATION not in annotations and not restored:
+            return None
         self.log.info("Adopting the running pod %s for %s", self.pod_name, self._log_name)
         self.pod_id = pod["metadata"]["uid"]
         await self._annotate_pod({ck.SUSPEND_FAILED_ANNOTATION: None})
-        if self.checkpoint and self.checkpoint.status == Status.VERIFIED:
+        if restored and self.checkpoint:
+            # The restore finished after the hub that started it stopped: the restored pod is
+            # the server, and the checkpoint was used.
+            await self._release(self.checkpoint.with_status(Status.RESTORED))
+        elif self.checkpoint and self.checkpoint.status == Status.VERIFIED:
             # The suspension never deleted the pod: the running server wins.
             await self._release(self.checkpoint.with_status(Status.DISCARDED))
         return self._get_pod_url(pod)
+
+    def _restored_by(self, pod: dict[str, Any]) -> bool:
+        """Whether the pod runs the checkpoint this server was being restored from."""
+        checkpoint = self.checkpoint
+        if checkpoint is None or checkpoint.status != Status.RESTORING:
+            return False
+        containers = pod.get("spec", {}).get("containers") or []
+        images = {c.get("image") for c in containers if c.get("name") == checkpoint.container}
+        return checkpoint.image in images
 
     async def _restore(self, checkpoint: Checkpoint) -> tuple[str, int] | str:
         self._restoring = self._restore_attempt = checkpoint

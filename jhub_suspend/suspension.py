@@ -7,6 +7,7 @@ admin API and the tests all suspend through this one function.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
@@ -15,7 +16,12 @@ from jupyterhub.utils import exponential_backoff
 from kubernetes_asyncio.client import CoreV1Api
 from kubernetes_asyncio.client.rest import ApiException
 
-from .checkpoints import RESTORABLE_STATUSES, SUSPEND_REQUEST_ANNOTATION
+from .checkpoints import (
+    RESTORABLE_STATUSES,
+    SUSPEND_REQUEST_ANNOTATION,
+    SUSPEND_REQUESTED_AT_ANNOTATION,
+    rfc3339,
+)
 
 # request(method, path, body) -> parsed JSON, against the hub's REST API (e.g. /hub/api)
 HubRequest = Callable[[str, str, Any], Awaitable[Any]]
@@ -65,7 +71,11 @@ async def request_suspension(
         raise SuspensionError(
             409, f"server {user}/{server_name} is not a SuspendingKubeSpawner server"
         )
-    patch = {"metadata": {"annotations": {SUSPEND_REQUEST_ANNOTATION: reason}}}
+    mark = {
+        SUSPEND_REQUEST_ANNOTATION: reason,
+        SUSPEND_REQUESTED_AT_ANNOTATION: rfc3339(datetime.datetime.now(datetime.UTC)),
+    }
+    patch = {"metadata": {"annotations": mark}}
     try:
         await core.patch_namespaced_pod(pod, namespace, patch)
     except ApiException as e:
@@ -87,6 +97,14 @@ async def request_suspension(
     # The checkpoint failed and the spawner left the pod running, but JupyterHub ends a server
     # whenever stop() returns. Start it again at once: the spawner adopts the live pod (nothing
     # restarts), so the hub routes to it and the user keeps a running server.
+    return await restart_kept_server(hub, user, server_name, timeout=timeout)
+
+
+async def restart_kept_server(
+    hub: HubRequest, user: str, server_name: str = "", *, timeout: float = 600
+) -> dict:
+    """Start a server whose pod was kept running after a failed suspension, and wait until the
+    hub has it running again (the spawner adopts the pod). Returns its model."""
     await hub("POST", server_path(user, server_name), None)
 
     async def running_again() -> dict | bool:

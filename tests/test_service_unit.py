@@ -83,10 +83,61 @@ MARKED = {"metadata": {"annotations": {"jhub-suspend.jupyter.org/suspend-request
         (_server(), None, {}, "stopped"),
         (_server(ready=True), {}, {"operation": "suspend"}, "suspending"),
         (_server(status="suspended"), None, {"operation": "resume"}, "restoring"),
+        # A restore the hub's restart interrupted: stopped, and the next start tries again.
+        (_server(status="restoring"), None, {}, "suspended"),
+        (_server(pending="spawn", status="restoring"), None, {}, "restoring"),
+        (_server(status="restoring"), None, {"discarded": True}, "stopped"),
     ],
 )
 def test_server_states(server, pod, kwargs, state):
     assert observe.server_state(server, pod, **kwargs) == state
+
+
+def _view(server, pod):
+    (view,) = observe.build_views(
+        [{"name": "u", "servers": {"": {**server, "state": {**server["state"], "pod_name": "p"}}}}],
+        {("default", "p"): pod} if pod is not None else {},
+        default_namespace="default",
+        gpu_resources=set(),
+    )
+    return view
+
+
+RUNNING_POD = {"metadata": {"name": "p"}, "status": {"phase": "Running"}}
+FAILED_SUSPENSION = {"operation": "suspend", "message": "Suspending failed, keeps running"}
+
+
+def test_a_stopped_server_whose_pod_kept_running_is_locked_out():
+    """Its suspension failed and whoever asked died before starting it again (issue 10's
+    fault matrix): the service hands it back."""
+    assert _view(_server(last_error=FAILED_SUSPENSION), RUNNING_POD).locked_out
+    # Not when the pod is gone or going, the hub runs it, or another operation failed.
+    assert not _view(_server(last_error=FAILED_SUSPENSION), None).locked_out
+    deleting = {**RUNNING_POD, "metadata": {"name": "p", "deletionTimestamp": "x"}}
+    assert not _view(_server(last_error=FAILED_SUSPENSION), deleting).locked_out
+    done = {**RUNNING_POD, "status": {"phase": "Succeeded"}}
+    assert not _view(_server(last_error=FAILED_SUSPENSION), done).locked_out
+    assert not _view(_server(ready=True, last_error=FAILED_SUSPENSION), RUNNING_POD).locked_out
+    restore_failed = {"operation": "restore", "message": "m"}
+    assert not _view(_server(last_error=restore_failed), RUNNING_POD).locked_out
+
+
+def test_a_suspension_mark_no_stop_followed_is_stale_after_the_requesters_patience():
+    def marked(at):
+        annotations = {"jhub-suspend.jupyter.org/suspend-requested": "idle"}
+        if at is not None:
+            annotations["jhub-suspend.jupyter.org/suspend-requested-at"] = at
+        return {**RUNNING_POD, "metadata": {"name": "p", "annotations": annotations}}
+
+    view = _view(_server(ready=True), marked("2026-01-01T12:00:00Z"))
+    assert view.state == "suspending"
+    assert not view.stale_mark(NOW.replace(hour=12, minute=10), patience=900)
+    assert view.stale_mark(NOW.replace(hour=12, minute=16), patience=900)
+    # An undated mark (set by hand) is never taken for stale; a stop in progress is not one.
+    undated = _view(_server(ready=True), marked(None))
+    assert not undated.stale_mark(NOW.replace(hour=23), patience=900)
+    stopping = _view(_server(pending="stop"), marked("2026-01-01T12:00:00Z"))
+    assert not stopping.stale_mark(NOW.replace(hour=23), patience=900)
 
 
 def test_keep_running_round_trip():

@@ -172,3 +172,61 @@ async def test_the_agent_client_gives_up_on_a_down_agent_within_the_reconnect_wi
     client = s.agent_for("node-1", "10.0.0.7")
     assert client.timeout == 600  # a checkpoint that runs may take long
     assert client.reconnect_timeout == 5  # an agent that refuses connections fails fast
+
+
+async def test_an_interrupted_restore_is_tried_again_a_bounded_number_of_times():
+    """The hub stopped during a restore (issue 10's fault matrix): the image is intact, so the
+    next start restores again, up to max_interrupted_restores times, then keeps it aside."""
+    s = spawner(max_interrupted_restores=2)
+    again = s._after_interrupted_restore(record(Status.RESTORING))
+    assert again.status == Status.SUSPENDED and again.restorable
+    assert again.interrupted_restores == 1
+    assert s.last_error is None
+    twice = s._after_interrupted_restore(again.with_status(Status.RESTORING))
+    assert twice.restorable and twice.interrupted_restores == 2
+    given_up = s._after_interrupted_restore(twice.with_status(Status.RESTORING))
+    assert given_up.status == Status.RESTORE_FAILED and not given_up.restorable
+    assert "did not finish" in s.last_error.message
+    # The count travels through the hub's state.
+    assert Checkpoint.from_state(twice.to_state(seal=False)).interrupted_restores == 2
+
+
+async def test_a_running_pod_of_the_checkpoint_being_restored_is_the_restored_server():
+    s = spawner()
+    s.checkpoint = record(Status.RESTORING)
+    restored = {"spec": {"containers": [{"name": "notebook", "image": s.checkpoint.image}]}}
+    fresh = {"spec": {"containers": [{"name": "notebook", "image": "img"}]}}
+    assert s._restored_by(restored)
+    assert not s._restored_by(fresh)
+    s.checkpoint = record(Status.SUSPENDED)  # no restore under way: not adopted as one
+    assert not s._restored_by(restored)
+
+
+async def test_polling_a_running_server_discards_a_suspension_that_never_finished(monkeypatch):
+    """A checkpoint verified just before the hub stopped, whose pod was never deleted: the
+    running server wins, but never while this hub is itself suspending or stopping it."""
+    from kubespawner import KubeSpawner
+
+    async def running(self):
+        return None
+
+    monkeypatch.setattr(KubeSpawner, "poll", running)
+    released = []
+
+    async def release(self, checkpoint):
+        released.append(checkpoint.status)
+        self.checkpoint = None
+
+    monkeypatch.setattr(SuspendingKubeSpawner, "_release", release)
+    s = spawner()
+    s.checkpoint = record(Status.VERIFIED)
+    s._suspending = True
+    assert await s.poll() is None and released == []
+    s._suspending, s._stop_pending = False, True
+    assert await s.poll() is None and released == []
+    s._stop_pending = False
+    assert await s.poll() is None
+    assert released == [Status.DISCARDED] and s.checkpoint is None
+    s.checkpoint = record(Status.SUSPENDED)  # only a verified one is stale
+    await s.poll()
+    assert released == [Status.DISCARDED]

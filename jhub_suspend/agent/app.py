@@ -63,7 +63,6 @@ from .kubelet import KubeletClient, KubeletError
 AGENT_HEADER = "X-JHub-Suspend-Agent"
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 TOKEN_ENV = "JHUB_SUSPEND_AGENT_TOKEN"
-SWEEP_INTERVAL = 60.0
 MAX_ANNOTATION_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -262,9 +261,20 @@ class BaseHandler(web.RequestHandler):
 
 
 class CheckpointsHandler(BaseHandler):
+    caller_gone = False
+
+    def on_connection_close(self) -> None:
+        self.caller_gone = True
+
     async def post(self) -> None:
         req = parse_checkpoint_request(self.json_body(), self.agent.repository)
         result = await self.agent.checkpoint(req)
+        if self.caller_gone:
+            # The caller (the hub) died or gave up: nobody will record this image, and the pod
+            # is still running (it is deleted only after this answer), so the image is an
+            # unowned copy of the notebook's memory.
+            await self.agent.abandon(result)
+            return
         self.set_status(201)
         self.finish(json.dumps(result.to_json()))
 
@@ -411,6 +421,16 @@ class NodeAgent(Application):
         many seconds and not in use, e.g. one the kubelet finished after a timeout.
         0 disables. Default: twice checkpoint_timeout, at least 10 minutes.""",
     ).tag(config=True)
+
+    orphan_sweep_interval = Float(
+        60.0, help="Seconds between sweeps of orphaned archives (see orphan_archive_age)."
+    ).tag(config=True)
+
+    @validate("orphan_sweep_interval")
+    def _valid_sweep_interval(self, proposal: dict) -> float:
+        if proposal["value"] <= 0:
+            raise TraitError("orphan_sweep_interval must be positive")
+        return float(proposal["value"])
 
     @default("orphan_archive_age")
     def _default_orphan_age(self) -> float:
@@ -638,7 +658,7 @@ class NodeAgent(Application):
                 self.orphan_archive_age,
                 set(self.checkpointer.archives_in_use),
             )
-            await asyncio.sleep(SWEEP_INTERVAL)
+            await asyncio.sleep(self.orphan_sweep_interval)  # the schedule itself
 
     # ---- operations ------------------------------------------------------------------------
 
@@ -700,6 +720,18 @@ class NodeAgent(Application):
             ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()),
         )
         return result
+
+    async def abandon(self, result: CheckpointResult) -> None:
+        """Delete the image of a checkpoint whose caller went away before the answer."""
+        self.log.warning(
+            "the caller of the checkpoint %s went away before the answer; deleting the image",
+            result.image,
+        )
+        try:
+            await self.delete_image(result.image)
+        except ApiError as e:
+            self.metrics.failures.labels("cleanup").inc()
+            self.log.error("could not delete abandoned image %s: %s", result.image, e.message)
 
     async def delete_image(self, ref: str) -> None:
         """Delete ``ref`` from the registry; an image that is already gone counts as deleted."""

@@ -26,6 +26,7 @@ from tornado.httpserver import HTTPServer
 from tornado.iostream import StreamClosedError
 from tornado.netutil import bind_sockets
 
+from .faults import FaultPoints, InjectedFault
 from .store import RESOURCES, ApiError, ResourceInfo, Store, WatchStream, resource_info
 
 log = logging.getLogger(__name__)
@@ -385,6 +386,7 @@ class ResourceHandler(BaseHandler):
     authorizer: Authorizer
     kubelet_address: Callable[[str], str | None] | None
     kubelet_token: str | None
+    faults: FaultPoints | None
     _watch: WatchStream | None = None
 
     def initialize(  # type: ignore[override]
@@ -394,11 +396,13 @@ class ResourceHandler(BaseHandler):
         authorizer: Authorizer = authorize,
         kubelet_address: Callable[[str], str | None] | None = None,
         kubelet_token: str | None = None,
+        faults: FaultPoints | None = None,
     ) -> None:
         super().initialize(store, tokens)
         self.authorizer = authorizer
         self.kubelet_address = kubelet_address
         self.kubelet_token = kubelet_token
+        self.faults = faults
 
     async def get(self) -> None:
         await self._dispatch("GET")
@@ -439,8 +443,18 @@ class ResourceHandler(BaseHandler):
         query = self.query()
         if target.name is None:
             await self._collection(method, target, query)
-        else:
-            self._item(method, target, query)
+            return
+        if (
+            self.faults
+            and method == "DELETE"
+            and target.resource == "pods"
+            and not target.subresource
+        ):
+            try:
+                await self.faults.reach("pod-delete", target.name)
+            except InjectedFault as e:
+                raise ApiError(e.status, "InternalError", e.message) from e
+        self._item(method, target, query)
 
     async def _collection(self, method: str, target: Target, query: dict[str, str]) -> None:
         info = resource_info(target.resource)
@@ -698,6 +712,7 @@ def make_app(
     kubelet_address: Callable[[str], str | None] | None = None,
     authorizer: Authorizer = authorize,
     kubelet_token: str | None = None,
+    faults: FaultPoints | None = None,
 ) -> web.Application:
     """The API server application.
 
@@ -711,6 +726,7 @@ def make_app(
         "authorizer": authorizer,
         "kubelet_address": kubelet_address,
         "kubelet_token": kubelet_token,
+        "faults": faults,
     }
     return web.Application(
         [

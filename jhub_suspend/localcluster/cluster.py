@@ -32,6 +32,7 @@ from traitlets.config import Application
 
 from . import apiserver, metrics, nodeimages, registrygc, services
 from .containerd import Containerd, gateway_address
+from .faults import FaultPoints
 from .kubelet import Kubelet, NodeConfig
 from .scheduler import Scheduler
 from .store import Store
@@ -144,6 +145,10 @@ class LocalCluster(Application):
         True,
         help="Start a jhub-suspend node agent per node, as the agent DaemonSet does.",
     ).tag(config=True)
+    agent_args = List(
+        Unicode(),
+        help="Extra command-line arguments for every node agent, e.g. `--NodeAgent.x=y`.",
+    ).tag(config=True)
     agent_token = Unicode(
         help="Token the node agents accept; generated when empty. Written to `agent-token`."
     ).tag(config=True)
@@ -176,6 +181,8 @@ class LocalCluster(Application):
         self._prometheus: services.PrometheusProcess | None = None
         self._extra_scrape_jobs: list[dict] = []
         self.store = Store()
+        #: where tests stop or fail the API server and kubelets on cue (see faults.py)
+        self.faults = FaultPoints()
         self.kubelets: list[Kubelet] = []
         self.containerd: Containerd | None = None
         self.images: dict[str, str] = {}
@@ -208,6 +215,7 @@ class LocalCluster(Application):
             port=self.api_port,
             tokens={t: v["user"] for t, v in self.tokens.items()},
             kubelet_address=self._kubelet_address,
+            faults=self.faults,
         )
         self.api_url = f"http://{self.host}:{port}"
         registry = self.registry = await services.start_registry(
@@ -254,6 +262,7 @@ class LocalCluster(Application):
                 runtime_version=self.containerd.runtime_version,
                 criu_work_dir=str(self.containerd.criu_work),
                 authorize=self._authorize,
+                faults=self.faults,
             )
             await kubelet.start(self.host)
             self.kubelets.append(kubelet)
@@ -312,6 +321,7 @@ class LocalCluster(Application):
                     "--NodeAgent.registry_tls_verify=False",
                     f"--NodeAgent.ip={self.host}",
                     f"--NodeAgent.port={port}",
+                    *self.agent_args,
                 ],
                 log_path=os.path.join(self.state_dir, "agents", f"{name}.log"),
                 env={**os.environ, "JHUB_SUSPEND_AGENT_TOKEN": self.agent_token},

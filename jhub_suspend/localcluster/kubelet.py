@@ -43,6 +43,7 @@ from ..archive import CRIU_CHECKPOINT_NAME_ANNOTATION
 from . import crispec, metrics
 from .cri import CriClient, CriError, cri
 from .crispec import NODE_LABEL, RunAs
+from .faults import FaultPoints, InjectedFault
 from .podstatus import set_condition
 from .store import ApiError, Store, rfc3339
 
@@ -315,8 +316,10 @@ class Kubelet:
         checkpoint_dir: str | None = None,
         authorize: Authorizer | None = None,
         clock: Callable[[], float] | None = None,
+        faults: FaultPoints | None = None,
     ) -> None:
         self.store = store
+        self.faults = faults or FaultPoints()
         self.node = node
         self.runtime = runtime
         self.runtime_version = runtime_version
@@ -525,9 +528,12 @@ class Kubelet:
         started = self.clock()
         self._event(pod, "Pulling", f'Pulling image "{image}"')
         try:
+            await self.faults.reach("pull", rec.name)
             image_ref = await self.runtime.pull_image(image, rec.sandbox_config)
         except CriError as e:
             raise PodFailed("ErrImagePull", f'Failed to pull image "{image}": {e.details}') from e
+        except InjectedFault as e:
+            raise PodFailed("ErrImagePull", f'Failed to pull image "{image}": {e}') from e
         pulled = self.clock() - started
         status, image_config = await self.runtime.image_status(image_ref)
         # Only to word the events: containerd itself decides to restore.
@@ -550,9 +556,13 @@ class Kubelet:
             raise PodFailed("CreateContainerConfigError", str(e)) from e
         what = "restoring checkpoint failed" if checkpoint else "Error"
         try:
+            if checkpoint:
+                await self.faults.reach("restore", rec.name)
             cid = await self.runtime.create_container(rec.sandbox_id, config, rec.sandbox_config)
         except CriError as e:
             raise PodFailed("CreateContainerError", f"{what}: {e.details}") from e
+        except InjectedFault as e:
+            raise PodFailed("CreateContainerError", f"{what}: {e}") from e
         rec.containers[name] = cid
         self._event(pod, "Created", f"Created container {name}")
         try:
@@ -646,9 +656,13 @@ class Kubelet:
             self.checkpoint_dir, f"checkpoint-{pod}_{namespace}-{container}-{stamp}.tar"
         )
         try:
+            await self.faults.reach("checkpoint", pod)
             await self.runtime.checkpoint_container(
                 rec.containers[container], path, max(1, int(timeout))
             )
+            await self.faults.reach("checkpoint-written", pod)
+        except InjectedFault as e:
+            raise web.HTTPError(e.status, "%s", e.message) from e
         except CriError as e:
             # runc names CRIU's log but not CRIU's reason; the log goes with the container.
             reason = await asyncio.to_thread(read_criu_errors, criu_log_path(e.details))

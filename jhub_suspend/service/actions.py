@@ -14,9 +14,15 @@ from jupyterhub.utils import exponential_backoff
 from kubernetes_asyncio.client.rest import ApiException
 
 from ..agent.client import AgentError
-from ..checkpoints import pinned_image
+from ..checkpoints import RESTORABLE_WHEN_STOPPED, pinned_image
 from ..policy import KeepRunning
-from ..suspension import SuspensionError, request_suspension, server_model, server_path
+from ..suspension import (
+    SuspensionError,
+    request_suspension,
+    restart_kept_server,
+    server_model,
+    server_path,
+)
 from . import observe
 from .hubclient import HubError
 from .kube import marker_digest
@@ -192,13 +198,46 @@ class Actions:
             "resume", user, server_name, requested_by, "manual", svc.now(), work
         )
 
+    def hand_back(self, user: str, server_name: str) -> Operation:
+        """Start a locked-out server again (see ServerView.locked_out): the spawner adopts the
+        live pod, nothing restarts, and the hub routes to it again."""
+        svc = self.service
+
+        async def work(op: Operation) -> None:
+            try:
+                after = await restart_kept_server(
+                    svc.hub.request, user, server_name, timeout=svc.restore_timeout
+                )
+            except Exception as e:
+                op.status, op.message = "failed", str(e) or type(e).__name__
+            else:
+                running = bool(after.get("ready"))
+                op.status = "succeeded" if running else "failed"
+                op.message = "handed back" if running else "the server did not start"
+            finally:
+                op.finished = svc.now()
+                if op.status == "running":
+                    op.status, op.message = "failed", "cancelled"
+            self.log.info("Handing back %s: %s %s", _name(user, server_name), op.status, op.message)
+
+        self.log.warning(
+            "%s kept running after a failed suspension but the hub has it stopped; "
+            "starting it again (its live pod is adopted)",
+            _name(user, server_name),
+        )
+        return svc.operations.start(
+            "resume", user, server_name, "service", "hand-back", svc.now(), work
+        )
+
     # ---- discard ---------------------------------------------------------------------------
 
     @staticmethod
     def _restorable(model: dict[str, Any]) -> dict[str, Any] | None:
         ours = (model.get("state") or {}).get("jhub_suspend") or {}
         checkpoint = ours.get("checkpoint")
-        if checkpoint and checkpoint.get("status") in observe.RESTORABLE:
+        stopped = not model.get("ready") and not model.get("pending")
+        statuses = RESTORABLE_WHEN_STOPPED if stopped else observe.RESTORABLE
+        if checkpoint and checkpoint.get("status") in statuses:
             return dict(checkpoint)
         return None
 

@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from .. import checkpoints as ck
 from .. import policy
 from ..policy import MetricsHealth, PendingPod, Plan, Resources
 from . import observe
@@ -363,6 +364,8 @@ class PolicyLoop:
                 for d in plan.to_suspend:
                     reason = "capacity" if d.frees else "idle"
                     self.service.actions.start_suspension(d.user, d.server_name, "policy", reason)
+            # A repair, not a policy action: done in dry-run mode too.
+            await self._repair(snap)
             await self.service.retention.maybe_sweep(snap)
         except Exception as e:
             m.cycles.labels("error").inc()
@@ -374,6 +377,28 @@ class PolicyLoop:
             m.cycle_duration.observe(time.monotonic() - t0)
         m.cycles.labels("ok" if plan.metrics.ok else "failsafe").inc()
         return snap
+
+    async def _repair(self, snap: Snapshot) -> None:
+        """Undo what a requester that died mid-suspension left: hand back a server the hub
+        stopped while its pod kept running, and clear a mark no stop followed. Repairs, not
+        policy: done in dry-run mode too."""
+        svc = self.service
+        busy = svc.operations.by_server()
+        for view in snap.views:
+            if view.key in busy:
+                continue
+            if view.locked_out:
+                svc.actions.hand_back(view.user, view.server_name)
+            elif view.stale_mark(snap.time, svc.suspend_timeout):
+                self.log.warning(
+                    "Clearing the suspension mark on pod %s/%s: set %s, no stop followed",
+                    view.namespace, view.pod_name, view.suspend_marked,
+                )  # fmt: skip
+                await svc.kube.patch_pod_annotations(
+                    view.namespace,
+                    view.pod_name,
+                    {ck.SUSPEND_REQUEST_ANNOTATION: None, ck.SUSPEND_REQUESTED_AT_ANNOTATION: None},
+                )
 
     # ---- the supervised task ---------------------------------------------------------------
 

@@ -28,7 +28,13 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ..checkpoints import ANNOTATION_PREFIX, RESTORABLE_STATUSES, SUSPEND_REQUEST_ANNOTATION
+from ..checkpoints import (
+    ANNOTATION_PREFIX,
+    RESTORABLE_STATUSES,
+    RESTORABLE_WHEN_STOPPED,
+    SUSPEND_REQUEST_ANNOTATION,
+    SUSPEND_REQUESTED_AT_ANNOTATION,
+)
 from ..policy import (
     KeepRunning,
     PendingPod,
@@ -168,6 +174,22 @@ def pending_pods(
     return out
 
 
+def pod_alive(pod: Mapping[str, Any] | None) -> bool:
+    """Whether a pod exists, is not being deleted, and is still running or starting."""
+    if pod is None or (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    return (pod.get("status") or {}).get("phase") in ("Pending", "Running")
+
+
+def suspend_mark_time(pod: Mapping[str, Any] | None) -> datetime | None:
+    """When the pod's suspension mark was set; None without a mark, or when it is undated
+    (set by hand, or by an older version) and so cannot be known to be stale."""
+    annotations = pod_annotations(pod)
+    if SUSPEND_REQUEST_ANNOTATION not in annotations:
+        return None
+    return parse_time(annotations.get(SUSPEND_REQUESTED_AT_ANNOTATION))
+
+
 def server_state(
     server: Mapping[str, Any],
     pod: Mapping[str, Any] | None,
@@ -188,7 +210,10 @@ def server_state(
         pending == "stop" and SUSPEND_REQUEST_ANNOTATION in pod_annotations(pod)
     ):
         return "suspending"
-    if status == "restoring" or (operation == "resume" and not server.get("ready")):
+    stopped = not server.get("ready") and not pending and operation != "resume"
+    if (status == "restoring" and not stopped) or (
+        operation == "resume" and not server.get("ready")
+    ):
         return "restoring"
     if pending == "spawn":
         return "restoring" if status in RESTORABLE and not discarded else "starting"
@@ -196,8 +221,8 @@ def server_state(
         return "stopping"
     if server.get("ready"):
         return "suspending" if SUSPEND_REQUEST_ANNOTATION in pod_annotations(pod) else "running"
-    if status in RESTORABLE and not discarded:
-        return "suspended"
+    if status in (RESTORABLE_WHEN_STOPPED if stopped else RESTORABLE) and not discarded:
+        return "suspended"  # a restore the hub's restart interrupted is tried again on start
     if status == "restore_failed" or (ours.get("last_error") and status not in RESTORABLE):
         return "failed"
     return "stopped"
@@ -220,6 +245,12 @@ class ServerView:
     checkpoint: dict[str, Any] | None = None
     last_error: dict[str, Any] | None = None
     keep_running: KeepRunning | None = None
+    #: its pod exists, is not being deleted and has not terminated
+    pod_alive: bool = False
+    #: when the suspension mark on its pod was set (see :func:`suspend_mark_time`)
+    suspend_marked: datetime | None = None
+    #: what the hub has pending for it ("spawn", "stop"), if anything
+    pending: str | None = None
     cpu: Signal | None = None
     gpu: Signal | None = None
     memory_ratio: float | None = None
@@ -228,6 +259,30 @@ class ServerView:
     @property
     def key(self) -> tuple[str, str]:
         return (self.user, self.server_name)
+
+    def stale_mark(self, now: datetime, patience: float) -> bool:
+        """Whether its pod carries a suspension mark that no stop followed: the server runs,
+        and the mark is older than any requester waits (``patience``), so the requester died
+        between marking the pod and stopping the server. It would show the server as
+        suspending for ever, and turn the user's next stop into a suspension."""
+        return (
+            self.state == "suspending"
+            and not self.pending
+            and self.suspend_marked is not None
+            and (now - self.suspend_marked).total_seconds() > patience
+        )
+
+    @property
+    def locked_out(self) -> bool:
+        """Its suspension failed and the pod kept running, but the hub counts the server as
+        stopped (JupyterHub ends a server whenever stop() returns) and nobody started it
+        again, e.g. because whoever asked for the suspension died: the notebook runs, and the
+        hub does not route its user to it."""
+        return (
+            self.state == "failed"
+            and (self.last_error or {}).get("operation") == "suspend"
+            and self.pod_alive
+        )
 
     def observation(self) -> ServerObservation | None:
         """The policy's input, for servers in one of the policy's states with a start time."""
@@ -305,6 +360,9 @@ def build_views(
                     checkpoint=checkpoint,
                     last_error=ours.get("last_error"),
                     keep_running=keep_running_of(pod),
+                    pod_alive=pod_alive(pod),
+                    suspend_marked=suspend_mark_time(pod),
+                    pending=server.get("pending"),
                 )
             )
     return views

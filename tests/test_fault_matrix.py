@@ -1,0 +1,306 @@
+"""The fault matrix (issue 10): the hub, the suspend service or a node agent is SIGKILLed at each
+step of a suspension and of a restore, on the shared local cluster, and afterwards nothing is
+lost.
+
+The steps are held on cue by the emulated kubelet and API server (``cluster.faults``, see
+``jhub_suspend/localcluster/faults.py``); the push, which is the agent's own, is caught by
+watching for its skopeo process. After every fault the same invariants are checked:
+
+* the notebook is running, or it has a verified checkpoint; either way its kernel's state
+  comes back;
+* nothing was checkpointed twice;
+* once the parts are back, no pod, image, archive, layout or suspension mark is left over;
+* the user sees a clear state and, if something failed, a message without a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from jupyterhub.utils import exponential_backoff
+from test_suspend_e2e import ours, pod_exists, server_with_kernel, suspend_services_of
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+from jhub_suspend import checkpoints as ck
+from jhub_suspend.demo.hub import running_hub
+from jhub_suspend.suspension import server_model
+from jhub_suspend.testing.hubapi import HubAPI
+from jhub_suspend.testing.waiting import wait_for
+
+pytestmark = pytest.mark.slow
+
+NODE = "node-1"
+SUSPEND_STEPS = ("before-checkpoint", "after-checkpoint", "during-push", "before-pod-delete")
+RESUME_STEPS = ("during-pull", "during-restore")
+VICTIMS = ("hub", "service", "agent")
+# The kubelet's (or API server's) fault point each step is held at; the push has none.
+HELD_AT = {
+    "before-checkpoint": "checkpoint",
+    "after-checkpoint": "checkpoint-written",
+    "before-pod-delete": "pod-delete",
+    "during-pull": "pull",
+    "during-restore": "restore",
+}
+
+
+@pytest_asyncio.fixture(scope="module")
+async def hub(cluster, tmp_path_factory):
+    state = tmp_path_factory.mktemp("hub")
+    # Short cycles, and a short wait for a stop: the service hands back a locked-out server
+    # within seconds, and clears a mark no stop followed after 20 s.
+    config = "c.SuspendService.cycle_interval = 2\nc.SuspendService.suspend_timeout = 20\n"
+    async with running_hub(cluster.describe(), str(state), service_config=config) as h:
+        yield h
+    cluster.faults.clear()
+
+
+@pytest_asyncio.fixture
+async def api(hub, cluster):
+    api = HubAPI(hub.api_url, hub.service_token)
+    yield api
+    cluster.faults.clear()
+    for user in await api.request("GET", "users"):
+        for name, server in (user.get("servers") or {}).items():
+            if server.get("ready") or server.get("pending"):
+                await api.stop_server(user["name"], name)
+
+
+# ---- killing, and watching for the push --------------------------------------------------
+
+
+async def kill(victim: str, hub, cluster) -> None:
+    if victim == "hub":
+        await hub.crash_and_restart()
+    elif victim == "service":
+        pids = suspend_services_of(hub)
+        assert pids, "no suspend service is running to kill"
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+    else:
+        # The whole process group, as a container's processes die with it.
+        os.killpg(cluster.agents[NODE].pid, signal.SIGKILL)
+
+
+def pushing(pod: str) -> bool:
+    """Whether skopeo is pushing a layout of this pod's archive now."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ours = any(f"checkpoint-{pod}_".encode() in a for a in argv)
+        if argv and argv[0].endswith(b"skopeo") and b"copy" in argv and ours:
+            return True
+    return False
+
+
+async def wait_pushing(pod: str) -> None:
+    await exponential_backoff(
+        lambda: pushing(pod),
+        f"the agent never pushed the checkpoint of {pod}",
+        start_wait=0.005,
+        max_wait=0.02,
+        timeout=120,
+    )
+
+
+# ---- the invariants ----------------------------------------------------------------------
+
+
+async def settled(api, user: str) -> dict[str, Any]:
+    """The server once it is running, or stopped with a restorable checkpoint. A server stopped
+    without one while its pod runs is waited for: the service hands it back."""
+
+    async def done():
+        s = await server_model(api.request, user)
+        if not s or s.get("pending"):
+            return False
+        status = (ours(s).get("checkpoint") or {}).get("status")
+        return s if s.get("ready") or status in ck.RESTORABLE_WHEN_STOPPED else False
+
+    try:
+        return await wait_for(done, "", 180)
+    except TimeoutError:
+        s = await server_model(api.request, user)
+        raise AssertionError(
+            f"{user}'s server is neither running nor restorable: the notebook is lost or its "
+            f"user locked out: {s and ours(s)}"
+        ) from None
+
+
+def leftovers(cluster, pod: str) -> list[str]:
+    directory = cluster.kubelet(NODE).checkpoint_dir
+    try:
+        return [n for n in os.listdir(directory) if n.startswith(f"checkpoint-{pod}_")]
+    except FileNotFoundError:
+        return []
+
+
+async def tags(cluster, pod: str) -> list[str]:
+    repo = ck.image_repository(cluster.checkpoint_repository, "default", pod)
+    name = repo.split("/", 1)[1]
+    resp = await AsyncHTTPClient().fetch(
+        f"http://{cluster.registry_host}/v2/{name}/tags/list", raise_error=False
+    )
+    if resp.code == 404:
+        return []
+    assert resp.code == 200, resp.body
+    return json.loads(resp.body).get("tags") or []
+
+
+def clear_message(record: dict[str, Any]) -> None:
+    error = record.get("last_error") or {}
+    message = error.get("message", "")
+    assert message, f"a failure without a message for the user: {record}"
+    assert "Traceback" not in message, message
+
+
+async def check_invariants(
+    hub, api, core, cluster, user, kernel, value, checkpoints, most: int
+) -> str:
+    """Check what must hold after any fault; return what became of the server."""
+    server = await settled(api, user)
+    record = ours(server)
+    pod = server["state"]["pod_name"]
+    if server.get("ready"):
+        outcome = "running"
+        assert await pod_exists(core, pod), "the hub says running, but the pod is gone"
+    else:
+        checkpoint = record.get("checkpoint") or {}
+        assert checkpoint.get("status") in ck.RESTORABLE_WHEN_STOPPED, (
+            f"the server is stopped and has no restorable checkpoint: the notebook is lost: "
+            f"{record}"
+        )
+        assert not await pod_exists(core, pod), "the hub says stopped, but the pod still runs"
+        outcome = "suspended"
+        await api.start_server(user)
+    if record.get("last_error"):
+        clear_message(record)
+    assert await kernel.execute("print(v)") == f"{value}\n", "the kernel's state did not survive"
+    assert checkpoints.hits <= most, f"checkpointed {checkpoints.hits} times"
+
+    # Once the parts are back: no suspension mark, no stray pod, image, archive or layout.
+    async def unmarked():
+        live = await core.read_namespaced_pod(pod, "default")
+        return ck.SUSPEND_REQUEST_ANNOTATION not in (live.metadata.annotations or {})
+
+    await wait_for(unmarked, f"the suspension mark stayed on {pod}", 60)
+    pods = await core.list_namespaced_pod("default")
+    assert [p.metadata.name for p in pods.items] == [pod]
+    await wait_for(lambda: not leftovers(cluster, pod), f"archives of {pod} stayed on the node", 60)
+    remaining = await tags(cluster, pod)
+    assert not remaining, f"checkpoint images nobody owns: {remaining}"
+    await wait_for(lambda: cluster.agents[NODE].running, "the agent never came back", 60)
+    return outcome
+
+
+async def suspend_through_the_service(hub, user: str) -> None:
+    """Ask for the suspension as an admin does, through the service's REST API."""
+    resp = await AsyncHTTPClient().fetch(
+        HTTPRequest(
+            f"{hub.service_url}api/servers/{user}/suspend",
+            method="POST",
+            body=b"",
+            headers={"Authorization": f"token {hub.service_token}"},
+        ),
+        raise_error=False,
+    )
+    assert resp.code == 202, (resp.code, resp.body)
+
+
+async def finish(request: asyncio.Future, victim: str) -> None:
+    """Wait for the hub's answer to the request; a killed hub may never give one."""
+    if victim == "hub":
+        with contextlib.suppress(Exception):
+            await request
+    else:
+        await request
+
+
+async def service_back(hub) -> None:
+    """The hub restarts a managed service that died (it polls every 30 s or so)."""
+
+    async def healthy():
+        resp = await AsyncHTTPClient().fetch(
+            HTTPRequest(hub.service_url + "health", request_timeout=5), raise_error=False
+        )
+        return resp.code == 200
+
+    await wait_for(healthy, "the suspend service never came back", 90)
+
+
+# ---- the matrix --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("victim", VICTIMS)
+@pytest.mark.parametrize("step", SUSPEND_STEPS)
+async def test_killed_during_a_suspension(hub, api, core, cluster, victim, step):
+    await service_back(hub)
+    user = f"s-{victim}-{SUSPEND_STEPS.index(step)}"
+    kernel = await server_with_kernel(hub, api, user)
+    value = f"{victim} at {step}"
+    # A larger notebook for the push, so that it lasts long enough to be caught.
+    pad = "pad = bytearray(os.urandom(64 << 20))\n" if step == "during-push" else ""
+    await kernel.execute(f"import os\n{pad}v = {value!r}")
+    pod = (await server_model(api.request, user))["state"]["pod_name"]
+    checkpoints = cluster.faults.arm("checkpoint-written", pod=pod, hold=False)
+    held = cluster.faults.arm(HELD_AT[step], pod=pod) if step in HELD_AT else None
+
+    await suspend_through_the_service(hub, user)
+    if held is not None:
+        await held.wait_reached()
+    else:
+        await wait_pushing(pod)
+    await kill(victim, hub, cluster)
+    if held is not None:
+        # A hub killed before it deleted the pod never sent the delete.
+        killed_caller = victim == "hub" and step == "before-pod-delete"
+        held.release(fail=(503, "the caller is gone") if killed_caller else None)
+        cluster.faults.disarm(held)
+    outcome = await check_invariants(
+        hub, api, core, cluster, user, kernel, value, checkpoints, most=1
+    )
+    print(f"FAULT {victim} killed {step}: {outcome}")
+    await api.stop_server(user)
+
+
+@pytest.mark.parametrize("victim", VICTIMS)
+@pytest.mark.parametrize("step", RESUME_STEPS)
+async def test_killed_during_a_restore(hub, api, core, cluster, victim, step):
+    user = f"r-{victim}-{RESUME_STEPS.index(step)}"
+    kernel = await server_with_kernel(hub, api, user)
+    value = f"{victim} at {step}"
+    await kernel.execute(f"v = {value!r}")
+    pod = (await server_model(api.request, user))["state"]["pod_name"]
+    await service_back(hub)
+    await suspend_through_the_service(hub, user)
+
+    async def suspended():
+        s = await server_model(api.request, user)
+        return (ours(s).get("checkpoint") or {}).get("status") == "suspended"
+
+    await wait_for(suspended, f"{user}'s server was never suspended", 120)
+    checkpoints = cluster.faults.arm("checkpoint-written", pod=pod, hold=False)
+    held = cluster.faults.arm(HELD_AT[step], pod=pod)
+
+    start = asyncio.ensure_future(api.request("POST", f"users/{user}/server"))
+    await held.wait_reached()
+    await kill(victim, hub, cluster)
+    held.release()
+    cluster.faults.disarm(held)
+    await finish(start, victim)
+    outcome = await check_invariants(
+        hub, api, core, cluster, user, kernel, value, checkpoints, most=0
+    )
+    print(f"FAULT {victim} killed {step}: {outcome}")
+    await api.stop_server(user)
