@@ -134,8 +134,11 @@ def run(args: argparse.Namespace) -> int:
             json.dump(data, out, indent=2)
             out.write("\n")
         else:
-            if not data["metrics"]["ok"]:
-                print(f"warning: metrics unusable: {data['metrics']['reason']}", file=sys.stderr)
+            health = data["metrics"]
+            if health["ok"] is None:  # before the policy's first cycle: no decisions yet
+                print(f"note: {health['reason']}", file=sys.stderr)
+            elif not health["ok"]:
+                print(f"warning: metrics unusable: {health['reason']}", file=sys.stderr)
             print(_table(data["servers"]), file=out)
         return 0
     if args.command == "plan":
