@@ -72,7 +72,7 @@ async def cluster(tmp_path_factory):
             },
         },
         # Archives a killed agent's kubelet call leaves are swept within a test's patience.
-        agent_args=["--NodeAgent.orphan_archive_age=10", "--NodeAgent.orphan_sweep_interval=2"],
+        agent_args=["--NodeAgent.orphan_archive_age=5", "--NodeAgent.orphan_sweep_interval=2"],
         nodes=[
             {"name": "node-1", "cpu": "1", "memory": "4Gi"},
             {
