@@ -38,7 +38,9 @@ The rules, in the order they are applied to each server:
    those whose suspension frees a resource a Pending pod lacks come first; then the most wasteful
    (:func:`waste`) first; then the longest idle. The first
    ``min(max_suspensions_per_cycle, max_concurrent_suspensions - in_flight)`` are suspended; the
-   rest are kept with a "limit reached; next cycle" reason.
+   rest stay warned, with a "limit reached; next cycle" reason: they are still eligible, so
+   their users' warnings go on (a "keep" would end them, and rule 7 would then make them wait
+   another ``warn_before`` after the next warning).
 """
 
 from __future__ import annotations
@@ -794,7 +796,7 @@ def decide(
     for i in order[slots:]:
         d = decisions[i]
         decisions[i] = Decision(
-            d.user, d.server_name, "keep", (limit, *d.reasons), d.idle_for, d.suspend_at,
+            d.user, d.server_name, "warn", (limit, *d.reasons), d.idle_for, d.suspend_at,
             d.waste, d.frees, d.namespace, d.pod,
         )  # fmt: skip
     chosen = tuple(decisions[i] for i in order[:slots])

@@ -7,6 +7,7 @@ import json
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -411,12 +412,32 @@ def test_limits(per_cycle, concurrent, in_flight, expected) -> None:
     assert plan.counts["suspend"] == expected
     # The most wasteful go first.
     assert [d.user for d in plan.to_suspend] == [f"user-{k}" for k in range(4, 4 - expected, -1)]
-    deferred = [d for d in plan.decisions if d.action == "keep"]
+    # The others stay warned (their warnings go on), not kept.
+    deferred = [d for d in plan.decisions if d.action == "warn"]
     assert len(deferred) == 5 - expected
+    assert plan.counts["keep"] == 0
     for d in deferred:
         assert d.reasons[0].startswith("suspension limit reached")
         assert d.reasons[0].endswith(f"{in_flight} in flight); next cycle")
         assert d.suspend_at is not None and d.suspend_at <= NOW
+
+
+def test_a_server_the_limit_holds_back_is_suspended_next_cycle_without_a_new_warning() -> None:
+    """Found by the reclaim replay: held back as "keep", a server lost its warning, was warned
+    afresh, and waited another warn_before."""
+    from jhub_suspend.service.loop import warnings_in_force
+
+    cfg = PolicyConfig(max_concurrent_suspensions=1, warn_before=600)
+    warned = NOW - timedelta(seconds=900)
+    fleet = [replace(o, warned_since=warned) for o in _idle_fleet(2)]
+    first = run(*fleet, config=cfg)
+    assert [d.user for d in first.to_suspend] == ["user-1"]
+    since = warnings_in_force({(o.user, o.server_name): warned for o in fleet}, first, NOW)
+    assert since[("user-0", "")] == warned  # still warned since then
+    later = NOW + timedelta(seconds=60)
+    held = replace(fleet[0], warned_since=since[("user-0", "")])
+    second = decide([held], [], cfg, later, OK)
+    assert [d.user for d in second.to_suspend] == ["user-0"]
 
 
 def test_negative_in_flight_is_rejected() -> None:
@@ -453,8 +474,8 @@ def test_pending_gpu_pod_picks_idle_gpu_server_over_more_wasteful_cpu_server() -
     assert plan.to_suspend[0].frees == ("jhub/jupyter-newbie",)
     assert "frees room for Pending jhub/jupyter-newbie" in plan.to_suspend[0].reasons
     assert plan.pending == 1
-    hog = plan.decisions[0]
-    assert hog.action == "keep" and hog.frees == ()
+    hog = plan.decisions[0]  # eligible, held back by the limit: still warned
+    assert hog.action == "warn" and hog.frees == ()
 
 
 def test_without_pending_the_most_wasteful_goes_first() -> None:
@@ -750,11 +771,12 @@ def test_decide_reads_inputs_once_and_scales(n) -> None:
     assert observations.passes == 1
     assert pending.passes == 1
     assert len(plan.decisions) == n
-    expected_suspend = min(10, n // 2)  # idle CPU + idle GPU servers, capped at 10
+    eligible = n // 2  # idle CPU + idle GPU servers
+    expected_suspend = min(10, eligible)  # capped at 10; the rest stay warned
     assert plan.counts == {
         "suspend": expected_suspend,
-        "warn": n // 4,
-        "keep": n - n // 4 - expected_suspend,
+        "warn": n // 4 + eligible - expected_suspend,
+        "keep": n - n // 4 - eligible,
     }
     # GPU servers help both pending pods and waste the most: they go first.
     gpu_users = {s.user for s in servers if s.is_gpu}
