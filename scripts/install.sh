@@ -126,8 +126,10 @@ fi
 mkdir -p "$prefix/bin"
 ln -sf "$chp" "$prefix/bin/configurable-http-proxy"
 
-# The Python environment: the project itself, editable, with JupyterLab for the demo's notebooks
-# and the test and lint tools.
+# The Python environment: the project itself, editable, with JupyterLab for the demo's notebooks,
+# the local cluster's dependencies and the test and lint tools. The editable install maps the
+# jhub_suspend package to this checkout, so the subpackages the wheel leaves out (localcluster,
+# testing, demo: see setup.cfg) import from here too; the check below makes sure they do.
 stamp=$venv/.jhub-suspend-installed
 # Debian's own python3 (3.11 on bookworm): pods run as an unprivileged user (runAsUser), and
 # must be able to execute the environment's interpreter, which a pyenv under /root would forbid.
@@ -142,9 +144,10 @@ fi
 if [ ! -f "$stamp" ] || [ "$repo/setup.cfg" -nt "$stamp" ]; then
   log "python: installing jhub-suspend and its test dependencies"
   # pip warns once per configured local index that lacks a package; those lines are noise.
-  "$venv/bin/pip" install -q -e "$repo[demo,test,lint,bench]" 2>&1 \
+  "$venv/bin/pip" install -q -e "$repo[demo,localcluster,test,lint,bench]" 2>&1 \
     | grep -vE "is neither a file nor a directory|BuildBackendWarning|^ *(!!|\*+|Please be careful|name as your package|with strategy|return)" || true
-  "$venv/bin/python" -c "import jhub_suspend, kubespawner, kubernetes_asyncio, pytest_asyncio, grpc, grpc_tools" \
+  (cd / && "$venv/bin/python" -c "import jhub_suspend, kubespawner, kubernetes_asyncio, pytest_asyncio, grpc, grpc_tools
+import jhub_suspend.localcluster, jhub_suspend.testing, jhub_suspend.demo") \
     || { echo "python: the install into $venv is incomplete" >&2; exit 1; }
   touch "$stamp"
 fi

@@ -7,7 +7,8 @@ scraping the kubelets' cAdvisor and DCGM endpoints and the kube-state-metrics en
 writes a kubeconfig for clients and a ``cluster.json`` describing where everything listens, and
 stops all of it again, even after a failure.
 
-Run it with ``jhub-suspend-localcluster`` (or ``python -m jhub_suspend.localcluster``).
+Run it with ``python -m jhub_suspend.localcluster`` from this repository (it is not in the
+wheel: see setup.cfg).
 """
 
 from __future__ import annotations
