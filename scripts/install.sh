@@ -117,12 +117,7 @@ if [ ! -x "$chp" ]; then
   mkdir -p "$prefix/node"
   npm install --prefix "$prefix/node" --no-audit --no-fund configurable-http-proxy >/dev/null
 fi
-# uPlot, the admin page's charting library, served by the suspend service (no CDN).
-if [ ! -f "$prefix/node/node_modules/uplot/dist/uPlot.iife.min.js" ]; then
-  log "npm: installing uplot"
-  mkdir -p "$prefix/node"
-  npm install --prefix "$prefix/node" --no-audit --no-fund uplot >/dev/null
-fi
+# (uPlot, the admin page's charting library, is vendored in the package: scripts/vendor-uplot.sh.)
 mkdir -p "$prefix/bin"
 ln -sf "$chp" "$prefix/bin/configurable-http-proxy"
 

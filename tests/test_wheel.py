@@ -9,6 +9,7 @@ its commands must run, without this checkout on the path.
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
 import shutil
@@ -26,6 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # what helm-values/hub-image/Dockerfile and agent-image/Dockerfile copy into the build
 SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "jhub_suspend")
 LEFT_OUT = ("jhub_suspend.localcluster", "jhub_suspend.testing", "jhub_suspend.demo")
+# uPlot, vendored: the admin page's charts (its licence and version with it)
+VENDORED = ROOT / "jhub_suspend" / "service" / "static" / "vendor" / "uplot"
+UPLOT = ("uPlot.iife.min.js", "uPlot.min.css", "LICENSE", "VERSION")
 # the test extra's tools: the product never imports them
 TEST_TOOLS = {"pytest", "_pytest", "pytest_asyncio", "playwright", "hypothesis", "schemathesis"}
 
@@ -124,6 +128,8 @@ def test_the_wheel_holds_the_product_only(wheel: Path) -> None:
     for module in ("jhub_suspend.spawner", "jhub_suspend.service.app", "jhub_suspend.agent.app"):
         assert module in modules, module
     assert "jhub_suspend/service/static/admin.js" in names
+    for name in UPLOT:
+        assert f"jhub_suspend/service/static/vendor/uplot/{name}" in names, name
     assert "jhub_suspend/service/openapi.yaml" in names
     assert any(n.endswith("/share/jupyter/labextensions/jhub-suspend/package.json") for n in names)
     for module, name in modules.items():
@@ -194,3 +200,57 @@ def test_the_wheel_works_in_a_clean_environment(venv: Path, tmp_path: Path) -> N
     assert not (venv / "bin" / "jhub-suspend-localcluster").exists()
     lab = venv / "share" / "jupyter" / "labextensions" / "jhub-suspend"
     assert (lab / "package.json").is_file() and (lab / "static" / "remoteEntry.js").is_file()
+
+
+# The admin page as the installed service serves it: every script and style sheet of its own
+# that the page loads (uPlot among them), fetched from the service.
+SERVE = """
+import asyncio, hashlib, json, re
+from tornado.httpclient import AsyncHTTPClient
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+from traitlets.config import Config
+from jhub_suspend.service import ui
+from jhub_suspend.service.app import SuspendService
+
+async def main():
+    cfg = Config()
+    cfg.SuspendService.prometheus_url = "http://127.0.0.1:9"
+    cfg.SuspendService.hub_api_token = "not-used"
+    svc = SuspendService(config=cfg)
+    svc.prepare()
+    html = ui.page(svc, "jhub-suspend: servers", ui.ADMIN_BODY, "admin", "admin.js")
+    prefix = svc.service_prefix
+    paths = re.findall(r'(?:src|href)="(' + re.escape(prefix) + r'static/[^"]+)"', html)
+    (sock,) = bind_sockets(0, "127.0.0.1")
+    server = HTTPServer(svc.make_app())
+    server.add_sockets([sock])
+    base = "http://127.0.0.1:%d" % sock.getsockname()[1]
+    served = {}
+    for path in paths:
+        r = await AsyncHTTPClient().fetch(base + path, raise_error=False)
+        served[path[len(prefix):]] = [r.code, hashlib.sha256(r.body).hexdigest()]
+    server.stop()
+    print(json.dumps(served))
+
+asyncio.run(main())
+"""
+
+
+def test_the_installed_service_serves_the_admin_charts(venv: Path, tmp_path: Path) -> None:
+    served = json.loads(_run([venv / "bin" / "python", "-c", SERVE], cwd=tmp_path))
+    static = ROOT / "jhub_suspend" / "service" / "static"
+    for path in ("static/vendor/uplot/uPlot.iife.min.js", "static/vendor/uplot/uPlot.min.css"):
+        assert path in served, (path, served)
+    for path, (code, digest) in served.items():
+        assert code == 200, path
+        body = (static / path.removeprefix("static/")).read_bytes()
+        assert digest == hashlib.sha256(body).hexdigest(), path
+
+
+def test_the_vendored_uplot_is_the_version_it_says() -> None:
+    """scripts/vendor-uplot.sh writes VERSION; the library's own banner names its version."""
+    version = (VENDORED / "VERSION").read_text().split()[1]
+    assert f"(v{version})" in (VENDORED / "uPlot.iife.min.js").read_text()[:200]
+    assert "MIT License" in (VENDORED / "LICENSE").read_text()
+    assert sorted(p.name for p in VENDORED.iterdir()) == sorted(UPLOT)

@@ -37,10 +37,9 @@ if TYPE_CHECKING:
     from .app import SuspendService
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The service's static files, uPlot included (static/vendor/uplot, vendored with its licence and
+# version: no CDN, the pages work offline, and every install of the package serves it).
 STATIC = os.path.join(HERE, "static")
-# uPlot, installed by scripts/install.sh with npm (no CDN: the pages work offline).
-NODE_MODULES = os.environ.get("JHUB_SUSPEND_NODE_MODULES", "/opt/jhub-suspend/node/node_modules")
-UPLOT = os.path.join(NODE_MODULES, "uplot", "dist")
 
 
 def _hub_prefix(service: SuspendService) -> str:
@@ -388,6 +387,5 @@ def routes(service: SuspendService) -> list[tuple]:
         (f"{p}login", LoginHandler, kw),
         (f"{p}api/session", SessionHandler, kw),
         (f"{p}api/metrics/range", MetricsRangeHandler, kw),
-        (f"{p}static/vendor/uplot/(.*)", StaticHandler, {"path": UPLOT}),
         (f"{p}static/(.*)", StaticHandler, {"path": STATIC}),
     ]
