@@ -63,9 +63,10 @@ from jhub_suspend.localcluster import services
 from jhub_suspend.policy import Decision, PolicyConfig
 from jhub_suspend.service import SuspendService
 from jhub_suspend.service.actions import Actions
-from jhub_suspend.service.loop import PolicyLoop, Snapshot
+from jhub_suspend.service.loop import PolicyLoop
 from jhub_suspend.service.prom import PrometheusReader
 from jhub_suspend.service.retention import Retention
+from jhub_suspend.service.snapshot import Snapshot
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

@@ -491,6 +491,50 @@ def build_queries(
     )
 
 
+def chart_queries(
+    names: MetricNames,
+    pods: PodSelector,
+    *,
+    rate_window: float,
+    step: float,
+    gpu_source: GpuSource = "auto",
+    per_gpu: GpuAggregation = "avg",
+) -> dict[str, str]:
+    """The admin page's charts: one series each, summed over every notebook pod, by name.
+
+    CPU and GPUs reserved (requests) and used (CPU cores busy; GPUs busy as utilisation times
+    the pod's GPUs), and what this service exports about itself. ``step`` is the policy's query
+    step; the CPU rate window holds at least four of them.
+    """
+
+    def reserved(resource: str) -> str:
+        sel = _selector(
+            names.requests,
+            [*_pod_matchers(names, pods), matcher(names.resource, "=", resource)],
+            names.extra_matchers,
+        )
+        return f"sum({sel}) or vector(0)"
+
+    usage = _selector(
+        names.cpu_usage,
+        [*_pod_matchers(names, pods), *_container_matchers(names)],
+        names.extra_matchers,
+    )
+    rate = format_duration(max(rate_window, 4 * step))
+    gpu = gpu_util_expr(names, pods, gpu_source, per_gpu)
+    gpus_per_pod = _request_sum(names, pods, names.gpu_resource)
+    return {
+        "cpu_reserved": reserved(names.cpu_resource),
+        "cpu_used": f"sum(rate({usage}[{rate}])) or vector(0)",
+        "gpu_reserved": reserved(names.gpu_resource),
+        "gpu_used": f"sum(({gpu}) / 100 * on({_by(names)}) {gpus_per_pod}) or vector(0)",
+        "reclaimed_cpu": "sum(jhub_suspend_reclaimed_cpu_cores)",
+        "reclaimed_gpus": "sum(jhub_suspend_reclaimed_gpus)",
+        "suspensions": 'sum(increase(jhub_suspend_suspensions_total{outcome="success"}[5m]))',
+        "restores": "sum(increase(jhub_suspend_restores_total[5m]))",
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Parsing
 

@@ -23,11 +23,16 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from jhub_suspend import images
-from jhub_suspend.agent import AgentClient, AgentError, NodeAgent
-from jhub_suspend.agent.app import AgentConfigError, ApiError, check_ref, parse_checkpoint_request
+from jhub_suspend.agent import AgentClient, AgentError
+from jhub_suspend.agent.app import (
+    AgentConfigError,
+    ApiError,
+    NodeAgent,
+    check_ref,
+    parse_checkpoint_request,
+)
 from jhub_suspend.agent.checkpointer import (
     Checkpointer,
-    CheckpointRequest,
     ImageBuildFailed,
     KubeletFailed,
     NotFound,
@@ -44,6 +49,7 @@ from jhub_suspend.agent.criuconfig import (
     node_setting_hint,
 )
 from jhub_suspend.agent.kubelet import KubeletClient, KubeletError
+from jhub_suspend.agent.protocol import CheckpointRequest
 
 CKPT = "io.kubernetes.cri-o.annotations.checkpoint.name"
 CRIU_NAME = "org.criu.checkpoint.container.name"

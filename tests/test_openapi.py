@@ -17,7 +17,8 @@ from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 from traitlets.config import Config
 
 from jhub_suspend.service import SuspendService, actions, handlers, ui
-from jhub_suspend.service.handlers import ACTION_METHODS, openapi_document, routes
+from jhub_suspend.service.app import routes
+from jhub_suspend.service.handlers import ACTION_METHODS, openapi_document
 
 PREFIX = "/services/suspend/"
 # Pages for browsers, not the API: the OAuth login and its callback, static files, and the
@@ -152,5 +153,5 @@ def test_the_charts_series_are_the_ones_the_service_serves():
     ]
     pattern = series["schema"]["pattern"]
     names = set(re.match(r"\^\(([^)]*)\)", pattern).group(1).split("|"))
-    assert names == set(ui.series_queries(svc))
+    assert names == set(svc.chart_queries)
     assert re.fullmatch(pattern, "cpu_used,restores") and not re.fullmatch(pattern, "cpu_used,")

@@ -17,6 +17,7 @@ from jhub_suspend.promql import (
     MetricNames,
     PodSelector,
     build_queries,
+    chart_queries,
     cpu_ratio_queries,
     duration,
     escape_label_value,
@@ -173,6 +174,48 @@ def test_all_names_configurable() -> None:
     assert 'r=~"core|ram|gpus"' in q.requests
     assert 'gpu_a{gns="jhub", gp=~"jupyter-.*"}' in q.gpu.max
     assert '"p", "$1", "gp", "(.*)"' in q.gpu.max
+
+
+def test_chart_queries_default_names() -> None:
+    q = chart_queries(DEFAULT, PODS, rate_window=120, step=60)
+    requests = 'kube_pod_container_resource_requests{namespace="jhub", pod=~"jupyter-.*", '
+    assert q["cpu_reserved"] == f'sum({requests}resource="cpu"}}) or vector(0)'
+    assert q["cpu_used"] == (
+        "sum(rate(container_cpu_usage_seconds_total"
+        '{namespace="jhub", pod=~"jupyter-.*", container!="", container!="POD"}[4m])) or vector(0)'
+    )
+    assert q["gpu_reserved"] == f'sum({requests}resource="nvidia_com_gpu"}}) or vector(0)'
+    assert q["gpu_used"] == (
+        f"sum((({GPU_ACTIVE}) or ({GPU_UTIL})) / 100 * on(namespace, pod) "
+        f'sum by (namespace, pod) ({requests}resource="nvidia_com_gpu"}})) or vector(0)'
+    )
+    assert q["reclaimed_cpu"] == "sum(jhub_suspend_reclaimed_cpu_cores)"
+
+
+def test_chart_queries_use_the_configured_names() -> None:
+    """The GPU join is on the configured pod labels, not on ``namespace`` and ``pod``."""
+    names = MetricNames(
+        cpu_usage="cpu_total",
+        requests="ksm_requests",
+        namespace="ns",
+        pod="p",
+        container="c",
+        resource="r",
+        gpu_namespace="gns",
+        gpu_pod="gp",
+        cpu_resource="core",
+        gpu_resource="gpus",
+        extra_matchers='c="notebook"',
+    )
+    q = chart_queries(names, PODS, rate_window=300, step=30, gpu_source="util")
+    for default in ("namespace", "pod", "container", "resource", "nvidia"):
+        assert not any(default in text for text in q.values()), default
+    assert q["cpu_reserved"] == (
+        'sum(ksm_requests{ns="jhub", p=~"jupyter-.*", r="core", c="notebook"}) or vector(0)'
+    )
+    assert q["cpu_used"].endswith('c="notebook"}[5m])) or vector(0)')
+    assert ") / 100 * on(ns, p) sum by (ns, p) (ksm_requests{" in q["gpu_used"]
+    assert '"p", "$1", "gp", "(.*)"' in q["gpu_used"]
 
 
 def test_build_queries_count_is_constant() -> None:

@@ -13,9 +13,10 @@ from jhub_suspend.policy import Decision, MetricsHealth, Plan, Resources, Signal
 from jhub_suspend.service import SuspendService
 from jhub_suspend.service.hubclient import HubClient
 from jhub_suspend.service.listing import server_entries
-from jhub_suspend.service.loop import PolicyLoop, Snapshot
+from jhub_suspend.service.loop import PolicyLoop
 from jhub_suspend.service.observe import ServerView
 from jhub_suspend.service.operations import Operation
+from jhub_suspend.service.snapshot import Snapshot
 from jhub_suspend.testing import fakes
 
 CYCLE = datetime(2026, 1, 1, 12, tzinfo=UTC)

@@ -52,15 +52,13 @@ from .checkpointer import (
     FAILURE_REASONS,
     Checkpointer,
     CheckpointError,
-    CheckpointRequest,
-    CheckpointResult,
     RegistryImages,
     sweep_orphans,
 )
 from .criuconfig import criu_config_options, criu_config_problem
 from .kubelet import KubeletClient, KubeletError
+from .protocol import AGENT_HEADER, CheckpointRequest, CheckpointResult
 
-AGENT_HEADER = "X-JHub-Suspend-Agent"
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 TOKEN_ENV = "JHUB_SUSPEND_AGENT_TOKEN"
 MAX_ANNOTATION_BYTES = 64 * 1024

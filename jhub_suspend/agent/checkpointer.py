@@ -20,13 +20,14 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .. import images
 from ..archive import checkpoint_image_annotations
 from .criuconfig import node_setting_hint
 from .kubelet import KubeletError
+from .protocol import CheckpointRequest, CheckpointResult
 
 log = logging.getLogger(__name__)
 
@@ -108,51 +109,6 @@ class RegistryImages:
 
     async def delete(self, ref: str) -> None:
         await images.delete(ref, tls_verify=self.tls_verify, config=self.config)
-
-
-@dataclass(frozen=True)
-class CheckpointRequest:
-    namespace: str
-    pod: str
-    container: str
-    #: where to push: ``repository[:tag]`` (no digest; the push assigns it)
-    image: str
-    annotations: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class CheckpointResult:
-    #: ``repository@sha256:...``, what a pod spec should name
-    image: str
-    digest: str
-    #: the image's (compressed) layer size in bytes
-    size: int
-    archive_bytes: int
-    #: seconds per phase: checkpoint, push, verify, total
-    timings: dict[str, float]
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> CheckpointResult:
-        """Parse an agent's answer; raises ValueError (or KeyError, TypeError) if malformed."""
-        digest = str(data["digest"])
-        if not digest.startswith("sha256:") or "@" not in str(data["image"]):
-            raise ValueError(f"not a pinned checkpoint image: {data['image']!r}")
-        return cls(
-            image=str(data["image"]),
-            digest=digest,
-            size=int(data["size"]),
-            archive_bytes=int(data["archive_bytes"]),
-            timings={str(k): float(v) for k, v in dict(data["timings"]).items()},
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "image": self.image,
-            "digest": self.digest,
-            "size": self.size,
-            "archive_bytes": self.archive_bytes,
-            "timings": dict(self.timings),
-        }
 
 
 def inside(path: str, directory: str) -> str | None:

@@ -31,8 +31,7 @@ from urllib.parse import urlencode
 from jupyterhub.utils import exponential_backoff
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
-from .app import AGENT_HEADER
-from .checkpointer import CheckpointResult
+from .protocol import AGENT_HEADER, CheckpointResult
 
 __all__ = ["AgentClient", "AgentError", "CheckpointResult"]
 

@@ -7,15 +7,17 @@ status the API answers: 404 unknown user or server, 409 wrong state.
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any, Protocol
 
 from jupyterhub.utils import exponential_backoff
 from kubernetes_asyncio.client.rest import ApiException
 
-from ..agent.client import AgentError
+from ..agent.client import AgentClient, AgentError
 from ..checkpoints import RESTORABLE_WHEN_STOPPED, pinned_image
-from ..policy import KeepRunning
+from ..policy import KeepRunning, PolicyConfig
 from ..suspension import (
     SuspensionError,
     request_suspension,
@@ -24,12 +26,32 @@ from ..suspension import (
     server_path,
 )
 from . import observe
-from .hubclient import HubError
-from .kube import marker_digest
-from .operations import Operation
+from .hubclient import HubClient, HubError
+from .kube import Kube, marker_digest
+from .listing import keep_running_dict, public_checkpoint
+from .metrics import ServiceMetrics
+from .operations import Operation, Operations
 
-if TYPE_CHECKING:
-    from .app import SuspendService
+
+class ActionsContext(Protocol):
+    """What the actions use of the service that runs them."""
+
+    log: logging.Logger
+    hub: HubClient
+    kube: Kube
+    operations: Operations
+    metrics: ServiceMetrics
+    namespace: str
+    checkpoint_repository: str
+    suspend_timeout: float
+    restore_timeout: float
+
+    @property
+    def policy_config(self) -> PolicyConfig: ...
+
+    def now(self) -> datetime: ...
+
+    def agent(self) -> AgentClient | None: ...
 
 
 class ActionError(Exception):
@@ -45,7 +67,7 @@ def _name(user: str, server_name: str) -> str:
 
 
 class Actions:
-    def __init__(self, service: SuspendService) -> None:
+    def __init__(self, service: ActionsContext) -> None:
         self.service = service
         self.log = service.log
         # image references whose deletion failed; the retention sweep tries again
@@ -115,7 +137,7 @@ class Actions:
                 if checkpoint.get("status") in observe.RESTORABLE:
                     outcome, op.status = "success", "succeeded"
                     op.message = "suspended"
-                    op.result = {"checkpoint": _public_checkpoint(checkpoint)}
+                    op.result = {"checkpoint": public_checkpoint(checkpoint)}
                     svc.metrics.checkpoint_bytes.observe(float(checkpoint.get("size") or 0))
                 else:
                     error = ours.get("last_error") or {}
@@ -339,20 +361,3 @@ class Actions:
             "server_name": server_name,
             "keep_running": keep_running_dict(kr, cfg.max_keep_running),
         }
-
-
-def keep_running_dict(kr: KeepRunning, max_keep_running: float | None) -> dict[str, Any]:
-    end = kr.effective_until(max_keep_running)
-    return {
-        "since": observe.rfc3339(kr.since),
-        "until": observe.rfc3339(kr.until) if kr.until else None,
-        "effective_until": observe.rfc3339(end) if end else None,
-    }
-
-
-def _public_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint record without its (sealed) image reference."""
-    return {
-        k: checkpoint.get(k)
-        for k in ("digest", "size", "created", "reason", "status", "archive_bytes", "seconds")
-    }

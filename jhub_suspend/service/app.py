@@ -41,8 +41,8 @@ from traitlets.config import Application, catch_config_error
 from .. import promql
 from ..agent.client import AgentClient
 from ..policy import DEFAULT_WASTE_WEIGHTS, PolicyConfig
+from . import handlers, ui
 from .actions import Actions
-from .handlers import routes
 from .hubclient import HubClient
 from .kube import Kube, make_api_client
 from .loop import PolicyLoop
@@ -57,6 +57,11 @@ ADMIN_SCOPE = "custom:jhub-suspend:admin"
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def routes(service: ui.ChartsContext) -> list[tuple]:
+    """Every route: the pages first, then the API, whose last route answers 404 under api/."""
+    return [*ui.routes(service), *handlers.routes(service)]
 
 
 def _default_namespace() -> str:
@@ -476,15 +481,26 @@ class SuspendService(Application):
         """Check the settings and build what needs no IO (also for in-process use)."""
         self._policy_config = self._build_policy_config()
         self.names = promql.MetricNames(**self.metric_names)
+        pods = promql.PodSelector(self.namespace, self.pod_regex)
+        gpu_source = cast(promql.GpuSource, self.gpu_source)
+        per_gpu = cast(promql.GpuAggregation, self.gpu_aggregation)
         self.queries = promql.build_queries(
             self.names,
-            promql.PodSelector(self.namespace, self.pod_regex),
+            pods,
             cpu_window=self.idle_window,
             gpu_window=self.gpu_idle_window,
             step=self.query_step,
             rate_window=self.rate_window,
-            gpu_source=cast(promql.GpuSource, self.gpu_source),
-            per_gpu=cast(promql.GpuAggregation, self.gpu_aggregation),
+            gpu_source=gpu_source,
+            per_gpu=per_gpu,
+        )
+        self.chart_queries = promql.chart_queries(
+            self.names,
+            pods,
+            rate_window=self.rate_window,
+            step=self.query_step,
+            gpu_source=gpu_source,
+            per_gpu=per_gpu,
         )
         if not self.prometheus_url:
             raise TraitError("SuspendService.prometheus_url must be set")

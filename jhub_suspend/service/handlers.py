@@ -17,32 +17,64 @@ import contextlib
 import copy
 import functools
 import json
+import logging
 import os
 import re
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 import aiohttp
 import yaml
-from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated, UserNotAllowed
+from jupyterhub.services.auth import (
+    HubOAuth,
+    HubOAuthCallbackHandler,
+    HubOAuthenticated,
+    UserNotAllowed,
+)
 from kubernetes_asyncio.client.rest import ApiException
+from prometheus_client import CONTENT_TYPE_LATEST
 from tornado import web
 
+from .. import promql
+from ..policy import PolicyConfig
 from . import listing, observe
-from .actions import ActionError
+from .actions import ActionError, Actions
 from .hubclient import HubError
-
-if TYPE_CHECKING:
-    from .app import SuspendService
+from .loop import PolicyLoop
+from .metrics import ServiceMetrics
+from .operations import Operations
 
 JSON = "application/json; charset=UTF-8"
 
 
-class BaseHandler(HubOAuthenticated, web.RequestHandler):
-    service: SuspendService
+class WebContext(Protocol):
+    """What the handlers use of the service that serves them."""
 
-    def initialize(self, service: SuspendService) -> None:
+    log: logging.Logger
+    hub_auth: HubOAuth
+    service_prefix: str
+    admin_scope: str
+    cycle_interval: float
+    cycle_timeout: float
+    loop: PolicyLoop
+    actions: Actions
+    operations: Operations
+    metrics: ServiceMetrics
+    queries: promql.Queries
+
+    @property
+    def policy_config(self) -> PolicyConfig: ...
+
+    def now(self) -> datetime: ...
+
+    def is_admin(self, model: dict[str, Any]) -> bool: ...
+
+
+class BaseHandler(HubOAuthenticated, web.RequestHandler):
+    service: WebContext
+
+    def initialize(self, service: WebContext) -> None:
         self.service = service
         self.hub_auth = service.hub_auth
 
@@ -334,12 +366,10 @@ class PlanHandler(BaseHandler):
 class MetricsHandler(web.RequestHandler):
     """Prometheus text; aggregates only, no user names, so no authentication."""
 
-    def initialize(self, service: SuspendService) -> None:
+    def initialize(self, service: WebContext) -> None:
         self.service = service
 
     def get(self) -> None:
-        from prometheus_client import CONTENT_TYPE_LATEST
-
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(self.service.metrics.render())
 
@@ -347,7 +377,7 @@ class MetricsHandler(web.RequestHandler):
 class HealthHandler(web.RequestHandler):
     """Liveness: 200 while the loop runs and cycles complete, else 503. No user data."""
 
-    def initialize(self, service: SuspendService) -> None:
+    def initialize(self, service: WebContext) -> None:
         self.service = service
 
     def get(self) -> None:
@@ -374,7 +404,7 @@ class HealthHandler(web.RequestHandler):
 class OAuthCallbackHandler(HubOAuthCallbackHandler):
     """Finishes the hub's OAuth login for browsers, with this service's HubOAuth."""
 
-    def initialize(self, service: SuspendService) -> None:
+    def initialize(self, service: WebContext) -> None:
         self.hub_auth = service.hub_auth
 
 
@@ -399,7 +429,7 @@ def openapi_document(prefix: str) -> dict[str, Any]:
 class OpenAPIHandler(web.RequestHandler):
     """``GET api/openapi.json``: the API's description. Public, as the hub's own is."""
 
-    def initialize(self, service: SuspendService) -> None:
+    def initialize(self, service: WebContext) -> None:
         self.service = service
 
     def get(self) -> None:
@@ -412,16 +442,14 @@ class NotFoundHandler(BaseHandler):
         raise web.HTTPError(404, f"no such API endpoint: {self.request.path}")
 
 
-def routes(service: SuspendService) -> list[tuple]:
+def routes(service: WebContext) -> list[tuple]:
+    """The API's routes, ending with the 404 of every other path under ``api/``."""
     p = service.service_prefix
     api = f"{p}api/"
     seg = r"([^/]+)"
     act = "(" + "|".join(map(re.escape, ACTION_METHODS)) + ")"
     kw = {"service": service}
-    from .ui import routes as ui_routes  # the admin page, login, session, charts, static files
-
     return [
-        *ui_routes(service),
         (f"{p}oauth_callback", OAuthCallbackHandler, kw),
         (f"{p}metrics", MetricsHandler, kw),
         (f"{p}health", HealthHandler, kw),

@@ -8,6 +8,9 @@ from Prometheus, the policy's decision and warning) is joined to it when the cyc
 run of the same server in the same state. Otherwise ``decision`` is null and ``decision_note``
 says why (``not yet assessed: ...``), so a client never mistakes an old decision for a current
 one.
+
+The API's form of a checkpoint record and of a keep-running opt-out, which the actions answer
+too, are here.
 """
 
 from __future__ import annotations
@@ -17,12 +20,11 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ..policy import Decision, Signal
-from .actions import _public_checkpoint, keep_running_dict
+from ..policy import Decision, KeepRunning, Signal
 from .observe import POLICY_STATES, ServerView, rfc3339
+from .snapshot import Snapshot
 
 if TYPE_CHECKING:
-    from .loop import Snapshot
     from .operations import Operation
 
 
@@ -130,7 +132,7 @@ def server_entries(
                     if memory_ratio is not None and math.isfinite(memory_ratio)
                     else None,
                 },
-                "checkpoint": _public_checkpoint(v.checkpoint) if v.checkpoint else None,
+                "checkpoint": public_checkpoint(v.checkpoint) if v.checkpoint else None,
                 "last_error": v.last_error,
                 "keep_running": keep_running_dict(v.keep_running, max_keep_running)
                 if v.keep_running
@@ -148,3 +150,20 @@ def server_entries(
             }
         )
     return out
+
+
+def keep_running_dict(kr: KeepRunning, max_keep_running: float | None) -> dict[str, Any]:
+    end = kr.effective_until(max_keep_running)
+    return {
+        "since": rfc3339(kr.since),
+        "until": rfc3339(kr.until) if kr.until else None,
+        "effective_until": rfc3339(end) if end else None,
+    }
+
+
+def public_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint record without its (sealed) image reference."""
+    return {
+        k: checkpoint.get(k)
+        for k in ("digest", "size", "created", "reason", "status", "archive_bytes", "seconds")
+    }

@@ -19,24 +19,54 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from .. import checkpoints as ck
-from .. import policy
-from ..policy import MetricsHealth, PendingPod, Plan, Resources
+from .. import policy, promql
+from ..policy import MetricsHealth, Plan, PolicyConfig, Resources
 from . import observe
-from .hubclient import HubError
-from .kube import marker_digest
+from .actions import Actions
+from .hubclient import HubClient, HubError
+from .kube import Kube, marker_digest
+from .metrics import ServiceMetrics
 from .observe import ServerView
-from .prom import MetricsUnavailable, Readings, freshness_health
+from .operations import Operations
+from .prom import MetricsUnavailable, PrometheusReader, Readings, freshness_health
+from .retention import Retention
+from .snapshot import Snapshot
 
-if TYPE_CHECKING:
-    from .app import SuspendService
+
+class LoopContext(Protocol):
+    """What the loop uses of the service that runs it."""
+
+    log: logging.Logger
+    hub: HubClient
+    kube: Kube
+    prometheus: PrometheusReader
+    operations: Operations
+    metrics: ServiceMetrics
+    actions: Actions
+    retention: Retention
+    queries: promql.Queries
+    names: promql.MetricNames
+    namespace: str
+    gpu_resources: set[str]
+    pending_pods_all_namespaces: bool
+    max_metrics_age: float
+    suspend_timeout: float
+    cycle_interval: float
+    cycle_timeout: float
+
+    @property
+    def policy_config(self) -> PolicyConfig: ...
+
+    def now(self) -> datetime: ...
 
 
 def warnings_in_force(
@@ -50,28 +80,6 @@ def warnings_in_force(
         if d.action in ("warn", "suspend"):
             out[key] = warned_since.get(key, now)
     return out
-
-
-@dataclass
-class Snapshot:
-    """What one cycle saw and decided."""
-
-    time: datetime
-    views: list[ServerView]
-    plan: Plan
-    failsafe: str | None  # fail-safe category, None when the metrics were usable
-    pending: list[PendingPod]
-    markers: dict[str, dict[str, Any]]  # digest -> marker Secret
-    queries: int
-    hub_pages: int
-    duration: float = 0.0
-    decisions: dict[tuple[str, str], policy.Decision] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.decisions = {(d.user, d.server_name): d for d in self.plan.decisions}
-
-    def view(self, user: str, server_name: str) -> ServerView | None:
-        return next((v for v in self.views if v.key == (user, server_name)), None)
 
 
 @dataclass
@@ -104,7 +112,7 @@ class LoopHealth:
 class PolicyLoop:
     """Observes, decides and acts every ``cycle_interval`` seconds."""
 
-    def __init__(self, service: SuspendService) -> None:
+    def __init__(self, service: LoopContext) -> None:
         self.service = service
         self.log = service.log
         self.snapshot: Snapshot | None = None

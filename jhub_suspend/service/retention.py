@@ -22,20 +22,36 @@ registry's garbage collection for the first, and discard the second through the 
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..checkpoints import pinned_image
 from . import observe
+from .actions import Actions
+from .kube import Kube
+from .snapshot import Snapshot
 
-if TYPE_CHECKING:
-    from .app import SuspendService
-    from .loop import Snapshot
+
+class RetentionContext(Protocol):
+    """What the sweep uses of the service that runs it."""
+
+    log: logging.Logger
+    kube: Kube
+    actions: Actions
+    namespace: str
+    checkpoint_repository: str
+    checkpoint_retention: float
+    retention_interval: float
+    dry_run: bool
+
+    @property  # read-only: traitlets types an optional Float as int | None
+    def max_suspended_age(self) -> float | None: ...
 
 
 class Retention:
-    def __init__(self, service: SuspendService) -> None:
+    def __init__(self, service: RetentionContext) -> None:
         self.service = service
         self.log = service.log
         self._last = 0.0

@@ -18,23 +18,18 @@ readable only by same-origin pages (no CORS headers), which is what the token pr
 from __future__ import annotations
 
 import html
-import json
 import math
 import os
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 from jupyterhub._xsrf_utils import _get_xsrf_token_cookie
 from jupyterhub.services.auth import HubOAuthenticated
 from tornado import web
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from .. import promql
-from .handlers import BaseHandler, IndexHandler
-
-if TYPE_CHECKING:
-    from .app import SuspendService
+from .handlers import BaseHandler, IndexHandler, WebContext
+from .prom import MetricsUnavailable, PrometheusReader
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The service's static files, uPlot included (static/vendor/uplot, vendored with its licence and
@@ -42,11 +37,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 STATIC = os.path.join(HERE, "static")
 
 
-def _hub_prefix(service: SuspendService) -> str:
+def _hub_prefix(service: WebContext) -> str:
     return str(getattr(service.hub_auth, "hub_prefix", "") or "/hub/")
 
 
-def page(service: SuspendService, title: str, body: str, user: str = "", script: str = "") -> str:
+def page(service: WebContext, title: str, body: str, user: str = "", script: str = "") -> str:
     """An HTML page with the hub's look: its CSS, Bootstrap and navigation bar."""
     hub = _hub_prefix(service)
     prefix = service.service_prefix
@@ -195,7 +190,7 @@ holders of the scope <code>{html.escape(self.service.admin_scope)}</code>;
 class LoginHandler(HubOAuthenticated, web.RequestHandler):
     """``login?next=/hub/home``: log in to the service through the hub, then go back."""
 
-    def initialize(self, service: SuspendService) -> None:
+    def initialize(self, service: WebContext) -> None:
         self.service = service
         self.hub_auth = service.hub_auth
 
@@ -260,59 +255,28 @@ class SessionHandler(BaseHandler):
         )
 
 
-def series_queries(service: SuspendService) -> dict[str, str]:
-    """The named PromQL series the admin page may chart (no free-form queries)."""
-    names = service.names
-    pods = promql.PodSelector(service.namespace, service.pod_regex)
-    pm = promql._pod_matchers(names, pods)
+class ChartsContext(WebContext, Protocol):
+    """What the charts use of the service, besides what every handler does."""
 
-    def requests(resource: str) -> str:
-        sel = promql._selector(
-            names.requests,
-            [*pm, promql.matcher(names.resource, "=", resource)],
-            names.extra_matchers,
-        )
-        return f"sum({sel}) or vector(0)"
-
-    usage = promql._selector(
-        names.cpu_usage, [*pm, *promql._container_matchers(names)], names.extra_matchers
-    )
-    rate = promql.format_duration(max(service.rate_window, 4 * service.query_step))
-    gpu = promql.gpu_util_expr(
-        names,
-        pods,
-        cast(promql.GpuSource, service.gpu_source),
-        cast(promql.GpuAggregation, service.gpu_aggregation),
-    )
-    gpu_reqs = promql._selector(
-        names.requests,
-        [*pm, promql.matcher(names.resource, "=", names.gpu_resource)],
-        names.extra_matchers,
-    )
-    return {
-        "cpu_reserved": requests(names.cpu_resource),
-        "cpu_used": f"sum(rate({usage}[{rate}])) or vector(0)",
-        "gpu_reserved": f"sum({gpu_reqs}) or vector(0)",
-        # GPUs busy: utilisation percent / 100, per pod times its GPUs
-        "gpu_used": f"sum(({gpu}) / 100 * on(namespace, pod) sum by (namespace, pod) "
-        f"({gpu_reqs})) or vector(0)",
-        "reclaimed_cpu": "sum(jhub_suspend_reclaimed_cpu_cores)",
-        "reclaimed_gpus": "sum(jhub_suspend_reclaimed_gpus)",
-        "suspensions": 'sum(increase(jhub_suspend_suspensions_total{outcome="success"}[5m]))',
-        "restores": "sum(increase(jhub_suspend_restores_total[5m]))",
-    }
+    prometheus: PrometheusReader
+    #: the named series of :func:`jhub_suspend.promql.chart_queries`
+    chart_queries: dict[str, str]
+    query_step: float
 
 
 class MetricsRangeHandler(BaseHandler):
     """``GET api/metrics/range?series=a,b&minutes=60``: Prometheus range queries for the charts.
 
-    Admins only; only the named series of :func:`series_queries`, never a query from the client.
+    Admins only; only the named series of :attr:`ChartsContext.chart_queries`, never a query
+    from the client.
     """
+
+    service: ChartsContext
 
     async def get(self) -> None:
         self.require_admin()
         svc = self.service
-        available = series_queries(svc)
+        available = svc.chart_queries
         wanted = [s for s in self.get_argument("series", "").split(",") if s]
         unknown = [s for s in wanted if s not in available]
         if not wanted or unknown:
@@ -333,43 +297,15 @@ class MetricsRangeHandler(BaseHandler):
         errors = []
         for name in wanted:
             try:
-                out["series"][name] = await self._range(available[name], start, end, step)
-            except _PromError as e:
+                out["series"][name] = await svc.prometheus.query_range(
+                    available[name], start, end, step
+                )
+            except MetricsUnavailable as e:
                 errors.append(f"{name}: {e}")
                 out["series"][name] = None
         if errors:
             out["errors"] = errors
         self.write_json(out)
-
-    async def _range(self, query: str, start: float, end: float, step: float) -> list[list]:
-        svc = self.service
-        url = svc.prometheus_url.rstrip("/") + "/api/v1/query_range?" + urlencode(
-            {"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
-        )  # fmt: skip
-        try:
-            resp = await AsyncHTTPClient().fetch(
-                HTTPRequest(
-                    url,
-                    headers=dict(svc.prometheus_headers),
-                    validate_cert=svc.prometheus_verify_tls,
-                    request_timeout=svc.prometheus_timeout,
-                )
-            )
-            body = json.loads(resp.body)
-            result = body["data"]["result"]
-        except HTTPClientError as e:
-            raise _PromError(f"Prometheus answered {e.code}") from None
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise _PromError(
-                f"Prometheus is unreachable or answered badly ({type(e).__name__})"
-            ) from None
-        if not result:
-            return []
-        return [[float(t), float(v)] for t, v in result[0]["values"]]
-
-
-class _PromError(Exception):
-    pass
 
 
 class StaticHandler(web.StaticFileHandler):
@@ -379,7 +315,8 @@ class StaticHandler(web.StaticFileHandler):
         self.set_header("Cache-Control", "max-age=300")
 
 
-def routes(service: SuspendService) -> list[tuple]:
+def routes(service: ChartsContext) -> list[tuple]:
+    """The pages' routes; they come before the API's (whose last route catches every path)."""
     p = service.service_prefix
     kw = {"service": service}
     return [
