@@ -110,12 +110,16 @@ if ! runtime_ok; then
   "$prefix/bin/runc" --version | head -n1
 fi
 
-# configurable-http-proxy, from npm.
+# configurable-http-proxy, from npm, at the version the suite passed with.
+chp_version=5.3.0
 chp=$prefix/node/node_modules/.bin/configurable-http-proxy
-if [ ! -x "$chp" ]; then
-  log "npm: installing configurable-http-proxy"
+chp_installed=$(node -p 'require(process.argv[1]).version' \
+  "$prefix/node/node_modules/configurable-http-proxy/package.json" 2>/dev/null || true)
+if [ ! -x "$chp" ] || [ "$chp_installed" != "$chp_version" ]; then
+  log "npm: installing configurable-http-proxy $chp_version"
   mkdir -p "$prefix/node"
-  npm install --prefix "$prefix/node" --no-audit --no-fund configurable-http-proxy >/dev/null
+  npm install --prefix "$prefix/node" --no-audit --no-fund --save-exact \
+    "configurable-http-proxy@$chp_version" >/dev/null
 fi
 # (uPlot, the admin page's charting library, is vendored in the package: scripts/vendor-uplot.sh.)
 mkdir -p "$prefix/bin"
@@ -136,10 +140,12 @@ if [ "$(readlink -f "$venv/bin/python" 2>/dev/null)" != "$(readlink -f "$base_py
   rm -rf "$venv"
   "$base_python" -m venv "$venv"
 fi
-if [ ! -f "$stamp" ] || [ "$repo/setup.cfg" -nt "$stamp" ]; then
+# constraints.txt pins every package to the version the suite passed with
+# (scripts/update-constraints.py writes it).
+if [ ! -f "$stamp" ] || [ "$repo/setup.cfg" -nt "$stamp" ] || [ "$repo/constraints.txt" -nt "$stamp" ]; then
   log "python: installing jhub-suspend and its test dependencies"
   # pip warns once per configured local index that lacks a package; those lines are noise.
-  "$venv/bin/pip" install -q -e "$repo[demo,localcluster,test,lint,bench]" 2>&1 \
+  "$venv/bin/pip" install -q -c "$repo/constraints.txt" -e "$repo[demo,localcluster,test,lint,bench]" 2>&1 \
     | grep -vE "is neither a file nor a directory|BuildBackendWarning|^ *(!!|\*+|Please be careful|name as your package|with strategy|return)" || true
   (cd / && "$venv/bin/python" -c "import jhub_suspend, kubespawner, kubernetes_asyncio, pytest_asyncio, grpc, grpc_tools
 import jhub_suspend.localcluster, jhub_suspend.testing, jhub_suspend.demo") \

@@ -79,12 +79,11 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A clean virtual environment (not this one's packages) with the wheel and what it
-    requires."""
+    requires, at the versions the suite runs with (constraints.txt)."""
     path = tmp_path_factory.mktemp("venv") / "env"
     _run([sys.executable, "-m", "venv", path], cwd=path.parent)
-    _run(
-        [path / "bin" / "python", "-m", "pip", "install", "-q", wheel], cwd=path.parent, timeout=600
-    )
+    pip_install = [path / "bin" / "python", "-m", "pip", "install", "-q"]
+    _run([*pip_install, "-c", ROOT / "constraints.txt", wheel], cwd=path.parent, timeout=600)
     return path
 
 
