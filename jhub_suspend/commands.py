@@ -7,10 +7,12 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from .errors import JhubSuspendError
+
 log = logging.getLogger(__name__)
 
 
-class CommandError(RuntimeError):
+class CommandError(JhubSuspendError, RuntimeError):
     """An external command failed or timed out."""
 
     def __init__(self, argv: Sequence[str], returncode: int | None, stdout: str, stderr: str):
@@ -20,7 +22,8 @@ class CommandError(RuntimeError):
         self.stderr = stderr
         what = "timed out" if returncode is None else f"exited with {returncode}"
         detail = (stderr.strip() or stdout.strip())[-2000:]
-        super().__init__(f"{' '.join(self.argv)} {what}" + (f": {detail}" if detail else ""))
+        message = f"{' '.join(self.argv)} {what}" + (f": {detail}" if detail else "")
+        super().__init__(self.status, message)
 
 
 @dataclass

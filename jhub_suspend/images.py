@@ -25,20 +25,28 @@ from typing import Any
 
 from . import archive as ckpt
 from .commands import CommandError, run_command
+from .errors import JhubSuspendError
 
 log = logging.getLogger(__name__)
 
 
-class ImageError(RuntimeError):
+class ImageError(JhubSuspendError, RuntimeError):
     """An image operation failed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(self.status, message)
 
 
 class ImageNotFound(ImageError):
     """The registry has no such image (manifest or repository unknown)."""
 
+    status = 404
+
 
 class ImagePushFailed(ImageError):
     """The image was built but the registry did not take it."""
+
+    status = 503
 
 
 @dataclass

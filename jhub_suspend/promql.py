@@ -35,6 +35,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .errors import JhubSuspendError
+
 GpuSource = Literal["util", "engine_active", "auto"]
 GpuAggregation = Literal["avg", "max"]
 
@@ -59,8 +61,13 @@ _UNITS: tuple[tuple[str, float], ...] = (
 _RE2_SPECIAL = frozenset("\\.+*?()|[]{}^$")
 
 
-class MalformedResponse(ValueError):
+class MalformedResponse(JhubSuspendError, ValueError):
     """Prometheus returned something this module cannot trust; the cycle must fail safe."""
+
+    status = 502
+
+    def __init__(self, message: str) -> None:
+        super().__init__(self.status, message)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from traitlets import (
 from . import checkpoints as ck
 from .agent.client import AgentClient, AgentError
 from .checkpoints import Checkpoint, LastError, Status
+from .errors import JhubSuspendError
 from .restore import CheckpointImageDriver, RestoreDriver, RestoreFailed
 
 STATE_KEY = "jhub_suspend"
@@ -55,8 +56,11 @@ NO_ROOM_MESSAGE = (
 )
 
 
-class SuspendFailed(Exception):
+class SuspendFailed(JhubSuspendError):
     """A checkpoint could not be made durable; the pod was left running and untouched."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(self.status, message)
 
 
 def human_size(n: float) -> str:

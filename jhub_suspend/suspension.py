@@ -22,17 +22,14 @@ from .checkpoints import (
     SUSPEND_REQUESTED_AT_ANNOTATION,
     rfc3339,
 )
+from .errors import JhubSuspendError
 
 # request(method, path, body) -> parsed JSON, against the hub's REST API (e.g. /hub/api)
 HubRequest = Callable[[str, str, Any], Awaitable[Any]]
 
 
-class SuspensionError(Exception):
+class SuspensionError(JhubSuspendError):
     """The suspension could not be asked for; the message says why."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def server_path(user: str, server_name: str = "") -> str:

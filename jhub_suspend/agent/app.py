@@ -48,6 +48,7 @@ from traitlets.config import Application
 
 from .. import images
 from ..archive import CHECKPOINT_NAME_ANNOTATIONS
+from ..errors import JhubSuspendError
 from .checkpointer import (
     FAILURE_REASONS,
     Checkpointer,
@@ -77,16 +78,19 @@ IMAGE_REF = re.compile(
 )
 
 
-class AgentConfigError(ValueError):
+class AgentConfigError(JhubSuspendError, ValueError):
     """The agent's configuration cannot work; the message says what to set."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(self.status, message)
 
-class ApiError(web.HTTPError):
-    """An error answer with a message for the caller."""
+
+class ApiError(web.HTTPError, JhubSuspendError):
+    """An error answer with a message for the caller (tornado answers it as its status)."""
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(status)
-        self.message = message
+        web.HTTPError.__init__(self, status)
+        JhubSuspendError.__init__(self, status, message)
 
 
 # ---- input validation (pure) -----------------------------------------------------------------

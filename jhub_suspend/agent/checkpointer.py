@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from .. import images
 from ..archive import checkpoint_image_annotations
+from ..errors import JhubSuspendError
 from .criuconfig import node_setting_hint
 from .kubelet import KubeletError
 from .protocol import CheckpointRequest, CheckpointResult
@@ -43,15 +44,13 @@ FAILURE_REASONS = (
 )
 
 
-class CheckpointError(Exception):
+class CheckpointError(JhubSuspendError):
     """A checkpoint failed; nothing was left behind, and the pod must stay as it is."""
 
-    status = 500
     reason = "internal"
 
     def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__(self.status, message)
 
 
 class NotFound(CheckpointError):

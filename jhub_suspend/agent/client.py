@@ -31,6 +31,7 @@ from urllib.parse import urlencode
 from jupyterhub.utils import exponential_backoff
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
+from ..errors import NO_ANSWER, JhubSuspendError
 from .protocol import AGENT_HEADER, CheckpointResult
 
 __all__ = ["AgentClient", "AgentError", "CheckpointResult"]
@@ -38,17 +39,9 @@ __all__ = ["AgentClient", "AgentError", "CheckpointResult"]
 log = logging.getLogger(__name__)
 
 
-class AgentError(Exception):
-    """A node agent call failed. ``status`` is the agent's HTTP status, or 0 when there was no
-    answer (unreachable, or timed out with the outcome unknown). ``message`` is for people."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
+class AgentError(JhubSuspendError):
+    """A node agent call failed. ``status`` is the agent's HTTP status, or ``NO_ANSWER`` (0)
+    when there was no answer (unreachable, or timed out with the outcome unknown)."""
 
 
 class _Retry(Exception):
@@ -181,7 +174,7 @@ class AgentClient:
             )
         except TimeoutError:
             raise AgentError(
-                0,
+                NO_ANSWER,
                 f"could not reach the node agent at {self.base_url} within {window:.0f} s "
                 f"(is it running?): {last[0] if last else 'no attempt finished'}",
             ) from None
@@ -196,7 +189,7 @@ class AgentClient:
                 if "while connecting" in str(e):
                     raise _Retry(f"timed out connecting ({what})") from e
                 raise AgentError(
-                    0,
+                    NO_ANSWER,
                     f"no answer from the node agent ({what}): {e}; it may still be working, "
                     "the outcome is unknown",
                 ) from e
@@ -207,4 +200,4 @@ class AgentClient:
         except (ConnectionRefusedError, ConnectionResetError, socket.gaierror) as e:
             raise _Retry(f"cannot connect ({what}): {e}") from e
         except OSError as e:  # TLS and other local errors: retrying will not help
-            raise AgentError(0, f"cannot talk to the node agent ({what}): {e}") from e
+            raise AgentError(NO_ANSWER, f"cannot talk to the node agent ({what}): {e}") from e

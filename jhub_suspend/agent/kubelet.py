@@ -21,6 +21,8 @@ from urllib.parse import quote
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
+from ..errors import NO_ANSWER, JhubSuspendError
+
 log = logging.getLogger(__name__)
 
 #: seconds added to the checkpoint's own ``?timeout`` for the HTTP request as a whole
@@ -29,13 +31,8 @@ CHECKPOINT_TIMEOUT_SLACK = 30.0
 MAX_MESSAGE = 2000
 
 
-class KubeletError(Exception):
-    """The kubelet answered with an error, or could not be reached (``status`` 0)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+class KubeletError(JhubSuspendError):
+    """The kubelet answered with an error, or could not be reached (``status`` ``NO_ANSWER``)."""
 
     def __str__(self) -> str:
         return f"{self.status} {self.message}" if self.status else self.message
@@ -77,7 +74,7 @@ class KubeletClient:
                 return f.read().strip()
         except OSError as e:
             raise KubeletError(
-                0, f"cannot read the kubelet token file {self.token_file}: {e}"
+                NO_ANSWER, f"cannot read the kubelet token file {self.token_file}: {e}"
             ) from e
 
     def _request(self, path: str, method: str, timeout: float, auth: bool) -> HTTPRequest:
@@ -109,10 +106,12 @@ class KubeletClient:
                 if e.code != 599:
                     raise KubeletError(e.code, _body_text(e.response) or e.message) from e
                 if not _connect_failed(e) or attempt > self.connect_retries:
-                    raise KubeletError(0, f"kubelet at {self.url}: {e}") from e
+                    raise KubeletError(NO_ANSWER, f"kubelet at {self.url}: {e}") from e
             except (OSError, ssl.SSLError) as e:
                 if not _connect_failed(e) or attempt > self.connect_retries:
-                    raise KubeletError(0, f"cannot reach the kubelet at {self.url}: {e}") from e
+                    raise KubeletError(
+                        NO_ANSWER, f"cannot reach the kubelet at {self.url}: {e}"
+                    ) from e
             log.info("kubelet at %s unreachable, retry %d", self.url, attempt)
             await asyncio.sleep(self.retry_delay * attempt)
 

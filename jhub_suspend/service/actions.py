@@ -17,6 +17,7 @@ from kubernetes_asyncio.client.rest import ApiException
 
 from ..agent.client import AgentClient, AgentError
 from ..checkpoints import RESTORABLE_WHEN_STOPPED, pinned_image
+from ..errors import JhubSuspendError
 from ..policy import KeepRunning, PolicyConfig
 from ..suspension import (
     SuspensionError,
@@ -54,11 +55,8 @@ class ActionsContext(Protocol):
     def agent(self) -> AgentClient | None: ...
 
 
-class ActionError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+class ActionError(JhubSuspendError):
+    """An action cannot be done; ``status`` is what the API answers (404, 409)."""
 
 
 def _name(user: str, server_name: str) -> str:

@@ -26,14 +26,17 @@ import urllib.request
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from ..errors import NO_ANSWER, JhubSuspendError
+
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_FAILED = 1, 2, 3, 4
 
 
-class CliError(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
+class CliError(JhubSuspendError):
+    """``code`` is the exit code; ``status`` the service's HTTP status when it answered."""
+
+    def __init__(self, code: int, message: str, status: int = JhubSuspendError.status) -> None:
+        super().__init__(status, message)
         self.code = code
-        self.message = message
 
 
 class Client:
@@ -66,10 +69,12 @@ class Client:
                 message = raw.decode(errors="replace").strip() or e.reason
             if e.code == 503 and path.startswith("api/plan"):
                 return e.code, json.loads(raw)
-            raise CliError(EXIT_REFUSED, f"{e.code}: {message}") from None
+            raise CliError(EXIT_REFUSED, f"{e.code}: {message}", e.code) from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise CliError(EXIT_UNREACHABLE, f"cannot reach {self.url}: {reason}") from None
+            raise CliError(
+                EXIT_UNREACHABLE, f"cannot reach {self.url}: {reason}", NO_ANSWER
+            ) from None
 
 
 def server_path(spec: str) -> str:

@@ -9,19 +9,15 @@ from urllib.parse import urlencode
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from ..errors import NO_ANSWER, JhubSuspendError
 from .retry import with_retries
 
 PAGINATION = "application/jupyterhub-pagination+json"
-_RETRYABLE_STATUS = frozenset({429, 502, 503, 504, 599})
+_RETRYABLE_STATUS = frozenset({429, 502, 503, 504, NO_ANSWER})
 
 
-class HubError(Exception):
-    """A hub API call failed; ``status`` is the hub's HTTP status (599: no answer)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+class HubError(JhubSuspendError):
+    """A hub API call failed; ``status`` is the hub's HTTP status (``NO_ANSWER``: none)."""
 
 
 def _retryable(e: BaseException) -> bool:
@@ -93,9 +89,10 @@ class HubClient:
             try:
                 resp = await AsyncHTTPClient().fetch(req)
             except HTTPClientError as e:
-                raise HubError(e.code, f"{method} {path}: {_hub_message(e)}") from e
+                status = NO_ANSWER if e.code == 599 else e.code  # tornado's 599: no answer
+                raise HubError(status, f"{method} {path}: {_hub_message(e)}") from e
             except OSError as e:
-                raise HubError(599, f"{method} {path}: cannot reach the hub: {e}") from e
+                raise HubError(NO_ANSWER, f"{method} {path}: cannot reach the hub: {e}") from e
             return json.loads(resp.body) if resp.body else None
 
         if method != "GET":

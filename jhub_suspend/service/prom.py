@@ -23,19 +23,21 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from urllib3.util.retry import Retry
 
 from .. import promql
+from ..errors import JhubSuspendError
 from ..policy import MetricsHealth, Signal, signals_from_vectors
 
 Key = tuple[str, ...]
 
 
-class MetricsUnavailable(Exception):
+class MetricsUnavailable(JhubSuspendError):
     """The metrics cannot be used this cycle. ``category`` is a short label value for the
     fail-safe metric (unreachable, timeout, error, malformed, stale); the message says more."""
 
+    status = 503
+
     def __init__(self, category: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(self.status, message)
         self.category = category
-        self.message = message
 
 
 @dataclass
