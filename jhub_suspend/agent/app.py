@@ -331,10 +331,21 @@ class NodeAgent(Application):
         "repository": "NodeAgent.repository",
         "log-level": "Application.log_level",
     }
+    flags = {  # noqa: RUF012
+        **Application.flags,
+        "generate-config": (
+            {"NodeAgent": {"generate_config": True}},
+            "Print a config file with every setting and its help, commented out, and exit "
+            "(jhub-suspend-agent --generate-config > agent_config.py).",
+        ),
+    }
 
     config_file = Unicode("", help="A Python or JSON traitlets config file to load.").tag(
         config=True
     )
+    generate_config = Bool(
+        False, help="Print a config file with every setting and its help, commented out, and exit."
+    ).tag(config=True)
 
     node_name = Unicode(help="This node's name (the downward API's spec.nodeName).").tag(
         config=True
@@ -514,6 +525,9 @@ class NodeAgent(Application):
 
     def initialize(self, argv: Any = None) -> None:
         super().initialize(argv)
+        if self.generate_config:
+            print(self.generate_config_file())
+            self.exit(0)
         if self.config_file:
             self.load_config_file(self.config_file)
         self.metrics = AgentMetrics()

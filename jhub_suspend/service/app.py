@@ -103,11 +103,19 @@ class SuspendService(Application):
     }
     flags = {  # noqa: RUF012
         "dry-run": ({"SuspendService": {"dry_run": True}}, "Report decisions, act on none."),
+        "generate-config": (
+            {"SuspendService": {"generate_config": True}},
+            "Print a config file with every setting and its help, commented out, and exit "
+            "(jhub-suspend-service --generate-config > suspend_config.py).",
+        ),
     }
 
     config_file = Unicode("", help="A Python config file to load (c.SuspendService.*).").tag(
         config=True
     )
+    generate_config = Bool(
+        False, help="Print a config file with every setting and its help, commented out, and exit."
+    ).tag(config=True)
 
     # ---- policy (the fields of policy.PolicyConfig) -----------------------------------------
 
@@ -470,6 +478,9 @@ class SuspendService(Application):
     @catch_config_error
     def initialize(self, argv: Any = None) -> None:
         super().initialize(argv)
+        if self.generate_config:
+            print(self.generate_config_file())
+            self.exit(0)
         if self.config_file:
             self.load_config_file(self.config_file)
             # command-line settings win over the file
