@@ -142,10 +142,15 @@ def _switches(cls: type[Configurable], name: str) -> list[str]:
     return found
 
 
-def _own_order(cls: type[HasTraits]) -> list[str]:
-    """The class's own settings in the order its source declares them."""
-    own = cls.class_own_traits(config=True)
-    return [n for n in vars(cls) if n in own]
+def project_settings(cls: type[HasTraits]) -> list[str]:
+    """The settings jhub-suspend declares for the class (in it or in a base class of this
+    project), in the order the source declares them."""
+    traits = cls.class_traits(config=True)
+    order: list[str] = []
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("jhub_suspend"):
+            order += [n for n in vars(klass) if n in traits and n not in order]
+    return order
 
 
 def _trait_section(
@@ -165,12 +170,12 @@ def render_class(cls: type[Configurable], summary: str, inherited: str) -> str:
     parts = [f"## {cls.__name__}", "", f"`{cls.__module__}.{cls.__name__}`: {doc}", ""]
     if summary:
         parts += [summary, ""]
-    for name in _own_order(cls):
-        trait = cls.class_own_traits(config=True)[name]
-        parts.append(_trait_section(cls, name, trait, cls.__name__))
+    traits = cls.class_traits(config=True)
+    own = project_settings(cls)
+    for name in own:
+        parts.append(_trait_section(cls, name, traits[name], cls.__name__))
     if inherited:
-        own = set(cls.class_own_traits(config=True))
-        rest = {n: t for n, t in sorted(cls.class_traits(config=True).items()) if n not in own}
+        rest = {n: t for n, t in sorted(traits.items()) if n not in own}
         if rest:
             parts += [inherited, ""]
             for name, trait in rest.items():
@@ -181,7 +186,7 @@ def render_class(cls: type[Configurable], summary: str, inherited: str) -> str:
 
 def render() -> str:
     spawner_rest = len(SuspendingKubeSpawner.class_traits(config=True)) - len(
-        SuspendingKubeSpawner.class_own_traits(config=True)
+        project_settings(SuspendingKubeSpawner)
     )
     sections = [
         INTRO,

@@ -31,9 +31,11 @@ def test_the_committed_reference_is_the_rendered_help() -> None:
 @pytest.mark.parametrize("cls", [SuspendingKubeSpawner, SuspendService, NodeAgent])
 def test_every_own_setting_is_in_the_reference_with_its_help(cls) -> None:
     text = reference.render()
-    for name, trait in cls.class_own_traits(config=True).items():
+    traits = cls.class_traits(config=True)
+    assert set(cls.class_own_traits(config=True)) <= set(reference.project_settings(cls))
+    for name in reference.project_settings(cls):
         assert f"### `{cls.__name__}.{name}`" in text, name
-        assert trait.help.strip(), f"{cls.__name__}.{name} has no help"
+        assert traits[name].help.strip(), f"{cls.__name__}.{name} has no help"
 
 
 def test_the_reference_shows_defaults_and_command_line_forms() -> None:
