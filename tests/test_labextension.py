@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import configparser
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -141,3 +142,18 @@ def test_container_contract_on_a_hub_server(tmp_path):
 def test_outside_a_hub_it_keeps_labs_default_and_adds_nothing(tmp_path):
     out = run_contract(tmp_path, {"baseUrl": "/"})
     assert out == {"handler": "default", "commands": []}
+
+
+def test_the_suite_runs_a_jupyterlab_the_docs_support():
+    """docs/ui.md states the supported versions (4.0 to 4.x: apputils:notify is new in 4.0);
+    the suite's notebooks run the JupyterLab of this environment (constraints.txt)."""
+    from importlib.metadata import version
+
+    assert (
+        "**Supported JupyterLab versions: JupyterLab 4.0 to 4.x.**"
+        in (ROOT / "docs" / "ui.md").read_text()
+    )
+    assert version("jupyterlab").split(".")[0] == "4"
+    script = SCRIPT.read_text()
+    shared = set(re.findall(r'importShared\("([^"]+)"\)', script))
+    assert shared == {"@jupyterlab/application", "@jupyterlab/apputils"}, shared
