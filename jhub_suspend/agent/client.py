@@ -23,15 +23,14 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
 
-from jupyterhub.utils import exponential_backoff
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
 from ..errors import NO_ANSWER, JhubSuspendError
+from ..retry import with_retries
 from .protocol import AGENT_HEADER, CheckpointResult
 
 __all__ = ["AgentClient", "AgentError", "CheckpointResult"]
@@ -149,34 +148,25 @@ class AgentClient:
         )
 
     async def _call(self, method: str, path: str, body: Any, timeout: float) -> HTTPResponse:
-        deadline = time.monotonic() + self.total_timeout
-        last: list[str] = []
-
-        async def attempt() -> HTTPResponse | None:
-            remaining = max(1.0, deadline - time.monotonic())
-            try:
-                return await self._attempt(method, path, body, min(timeout, remaining))
-            except _Retry as e:
-                log.info("node agent %s: %s; retrying", self.base_url, e)
-                last[:] = [str(e)]
-                return None
-
-        # An attempt that reaches the agent runs to its own end; only retries stop here.
         window = min(self.total_timeout, self.reconnect_timeout)
         try:
-            return await exponential_backoff(
-                attempt,
-                "",
-                start_wait=0.2,
-                scale_factor=2,
-                max_wait=5,
-                timeout=window,
+            return await with_retries(
+                lambda seconds: self._attempt(method, path, body, seconds),
+                f"node agent {method} {self.base_url}{path.split('?', 1)[0]}",
+                retryable=lambda e: isinstance(e, _Retry),
+                attempt_timeout=timeout,
+                total_timeout=self.total_timeout,
+                retry_for=window,
+                # An attempt that reaches the agent runs to its own end: dropping it would make
+                # the agent abandon a checkpoint it may have finished.
+                cancel=False,
+                log=log,
             )
-        except TimeoutError:
+        except _Retry as e:
             raise AgentError(
                 NO_ANSWER,
                 f"could not reach the node agent at {self.base_url} within {window:.0f} s "
-                f"(is it running?): {last[0] if last else 'no attempt finished'}",
+                f"(is it running?): {e}",
             ) from None
 
     async def _attempt(self, method: str, path: str, body: Any, timeout: float) -> HTTPResponse:

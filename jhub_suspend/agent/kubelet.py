@@ -11,7 +11,6 @@ running, and a second dump of the same container would race the first.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import socket
@@ -22,6 +21,7 @@ from urllib.parse import quote
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
 from ..errors import NO_ANSWER, JhubSuspendError
+from ..retry import with_retries
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class KubeletClient:
     tls_verify: bool = True
     connect_timeout: float = 10.0
     connect_retries: int = 3
+    #: the first wait before a retry (they grow, jittered)
     retry_delay: float = 0.5
 
     def _token(self) -> str:
@@ -97,23 +98,25 @@ class KubeletClient:
         self, path: str, method: str, timeout: float, auth: bool = True
     ) -> HTTPResponse:
         http = AsyncHTTPClient()
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await http.fetch(self._request(path, method, timeout, auth))
-            except HTTPClientError as e:
-                if e.code != 599:
-                    raise KubeletError(e.code, _body_text(e.response) or e.message) from e
-                if not _connect_failed(e) or attempt > self.connect_retries:
-                    raise KubeletError(NO_ANSWER, f"kubelet at {self.url}: {e}") from e
-            except (OSError, ssl.SSLError) as e:
-                if not _connect_failed(e) or attempt > self.connect_retries:
-                    raise KubeletError(
-                        NO_ANSWER, f"cannot reach the kubelet at {self.url}: {e}"
-                    ) from e
-            log.info("kubelet at %s unreachable, retry %d", self.url, attempt)
-            await asyncio.sleep(self.retry_delay * attempt)
+        try:
+            return await with_retries(
+                lambda seconds: http.fetch(self._request(path, method, seconds, auth)),
+                f"kubelet {method} {self.url}{path.split('?', 1)[0]}",
+                retryable=_connect_failed,
+                attempt_timeout=timeout,
+                # room for every retry to follow a connection that timed out
+                total_timeout=timeout + self.connect_retries * self.connect_timeout,
+                max_attempts=self.connect_retries + 1,
+                cancel=False,  # a checkpoint under way must not be dropped
+                log=log,
+                start_wait=self.retry_delay,
+            )
+        except HTTPClientError as e:
+            if e.code != 599:
+                raise KubeletError(e.code, _body_text(e.response) or e.message) from e
+            raise KubeletError(NO_ANSWER, f"kubelet at {self.url}: {e}") from e
+        except (OSError, ssl.SSLError) as e:
+            raise KubeletError(NO_ANSWER, f"cannot reach the kubelet at {self.url}: {e}") from e
 
     async def checkpoint(self, namespace: str, pod: str, container: str, timeout: float) -> str:
         """Checkpoint one container; return the archive path the kubelet wrote."""

@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from ..errors import NO_ANSWER, JhubSuspendError
-from .retry import with_retries
+from ..retry import with_retries
 
 PAGINATION = "application/jupyterhub-pagination+json"
 _RETRYABLE_STATUS = frozenset({429, 502, 503, 504, NO_ANSWER})
@@ -70,7 +70,7 @@ class HubClient:
         """One API call; the parsed JSON answer (None when empty). Raises :class:`HubError`."""
         url = f"{self.api_url}/{path.lstrip('/')}"
 
-        async def attempt() -> Any:
+        async def attempt(seconds: float) -> Any:
             self.requests_made += 1
             req = HTTPRequest(
                 url,
@@ -84,7 +84,7 @@ class HubClient:
                 if body is not None
                 else (b"" if method in ("POST", "PUT", "PATCH") else None),
                 allow_nonstandard_methods=True,
-                request_timeout=self.timeout,
+                request_timeout=seconds,
             )
             try:
                 resp = await AsyncHTTPClient().fetch(req)
@@ -96,13 +96,14 @@ class HubClient:
             return json.loads(resp.body) if resp.body else None
 
         if method != "GET":
-            return await attempt()
+            return await attempt(self.timeout)
         return await with_retries(
             attempt,
             f"hub {method} {path.split('?', 1)[0]}",
             retryable=_retryable,
-            attempt_timeout=self.timeout + 5,
+            attempt_timeout=self.timeout,
             total_timeout=self.total_timeout,
+            cancel=False,  # the request keeps to its time, and fails as a HubError
             log=self.log,
         )
 

@@ -19,8 +19,8 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.rest import ApiException
 
 from ..checkpoints import discard_marker_name
+from ..retry import with_retries
 from .observe import MANAGED_BY
-from .retry import with_retries
 
 MARKER_SELECTOR = f"{MANAGED_BY[0]}={MANAGED_BY[1]}"
 MARKER_LABEL = "jhub-suspend.jupyter.org/discard-marker"
@@ -60,7 +60,7 @@ class Kube:
         self.log = log or logging.getLogger(__name__)
 
     async def _read(self, what: str, call: Any) -> Any:
-        async def attempt() -> Any:
+        async def attempt(_: float) -> Any:  # cancelled when its time is up
             resp = await call()
             return json.loads(await resp.read())
 
