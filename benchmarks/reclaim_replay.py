@@ -59,6 +59,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reclaim_report
 import reclaim_world as rw
 
+from jhub_suspend.checkpoints import Checkpoint, Status
 from jhub_suspend.localcluster import services
 from jhub_suspend.policy import Decision, PolicyConfig
 from jhub_suspend.service import SuspendService
@@ -166,12 +167,17 @@ class SimulatedCluster:
         last = u.last_activity(minute)
         checkpoint = None
         if suspended is not None:
-            checkpoint = {
-                "status": "suspended",
-                "digest": f"sha256:{u.index:064x}",
-                "size": int(suspended.working_set),
-                "reason": suspended.reason,
-            }
+            digest = f"sha256:{u.index:064x}"
+            checkpoint = Checkpoint(
+                image=f"registry.example.org/jhub-suspend/{u.pod}@{digest}",
+                digest=digest,
+                size=int(suspended.working_set),
+                created=self._iso(suspended.freed_at),
+                reason=suspended.reason,
+                container="notebook",
+                original_image="quay.io/jupyter/base-notebook",
+                status=Status.SUSPENDED,
+            ).to_state(seal=False)
         model["servers"] = {
             "": {
                 "name": "",

@@ -97,14 +97,17 @@ class Checkpoint:
         return data
 
     @classmethod
-    def from_state(cls, data: Any) -> Checkpoint:
+    def from_state(cls, data: Any, *, unseal: bool = True) -> Checkpoint:
         """The record :meth:`to_state` wrote; :class:`ValueError` if it cannot be read. Keys
-        this version does not know (a newer version's) are ignored."""
+        this version does not know (a newer version's) are ignored. Without ``unseal`` the
+        image reference stays as recorded (sealed when the hub has a crypt key): for readers
+        that never use it and have no key, such as the service."""
         values = _record_fields(cls, data, "checkpoint record")
         values["node"] = NodeFacts(
             **_record_fields(NodeFacts, values.get("node") or {}, "checkpoint record's node")
         )
-        values["image"] = unseal_secret(values["image"])
+        if unseal:
+            values["image"] = unseal_secret(values["image"])
         return cls(**values)
 
 
@@ -142,6 +145,11 @@ class LastError:
 
     def to_state(self) -> dict[str, str]:
         return asdict(self)
+
+    @classmethod
+    def from_state(cls, data: Any) -> LastError:
+        """The record :meth:`to_state` wrote; :class:`ValueError` if it cannot be read."""
+        return cls(**_record_fields(cls, data, "last error"))
 
 
 def discard_marker_name(digest: str) -> str:

@@ -41,9 +41,8 @@ from .agent.client import AgentClient, AgentError
 from .checkpoints import Checkpoint, LastError, Status
 from .errors import JhubSuspendError
 from .restore import CheckpointImageDriver, RestoreDriver, RestoreFailed
+from .state import STATE_KEY, UNREADABLE_KEY
 
-STATE_KEY = "jhub_suspend"
-UNREADABLE_KEY = "unreadable_checkpoint"
 UNREADABLE_MESSAGE = (
     "Your saved session cannot be read by this hub (most likely its encryption key has changed "
     "since it was saved). Your server starts fresh on the same volume; the saved record is "
@@ -231,8 +230,10 @@ class SuspendingKubeSpawner(KubeSpawner):
         self.unreadable_checkpoint = ours.get(UNREADABLE_KEY)
         self.checkpoint = None
         try:
-            self.last_error = LastError(**ours["last_error"]) if ours.get("last_error") else None
-        except TypeError:
+            self.last_error = (
+                LastError.from_state(ours["last_error"]) if ours.get("last_error") else None
+            )
+        except ValueError:
             self.last_error = None
         if raw := ours.get("checkpoint"):
             try:

@@ -17,12 +17,12 @@ from kubernetes_asyncio.client import CoreV1Api
 from kubernetes_asyncio.client.rest import ApiException
 
 from .checkpoints import (
-    RESTORABLE_STATUSES,
     SUSPEND_REQUEST_ANNOTATION,
     SUSPEND_REQUESTED_AT_ANNOTATION,
     rfc3339,
 )
 from .errors import JhubSuspendError
+from .state import read_state
 
 # request(method, path, body) -> parsed JSON, against the hub's REST API (e.g. /hub/api)
 HubRequest = Callable[[str, str, Any], Awaitable[Any]]
@@ -62,8 +62,8 @@ async def request_suspension(
     server = await server_model(hub, user, server_name)
     if not server or not server.get("ready"):
         raise SuspensionError(409, f"server {user}/{server_name} is not running")
-    state = server.get("state") or {}
-    pod, namespace = state.get("pod_name"), state.get("namespace")
+    state = read_state(server.get("state"))
+    pod, namespace = state.pod_name, state.namespace
     if not pod or not namespace:
         raise SuspensionError(
             409, f"server {user}/{server_name} is not a SuspendingKubeSpawner server"
@@ -117,8 +117,7 @@ async def restart_kept_server(
 
 def kept_running(server: dict) -> bool:
     """Whether a stopped server's suspension failed and its pod was left running."""
-    ours = (server.get("state") or {}).get("jhub_suspend") or {}
-    checkpoint = ours.get("checkpoint") or {}
-    error = ours.get("last_error") or {}
-    restorable = checkpoint.get("status") in RESTORABLE_STATUSES
-    return error.get("operation") == "suspend" and not restorable
+    state = read_state(server.get("state"))
+    restorable = state.checkpoint is not None and state.checkpoint.restorable
+    failed = state.last_error is not None and state.last_error.operation == "suspend"
+    return failed and not restorable

@@ -10,6 +10,7 @@ from kubernetes_asyncio.client import V1Container, V1ObjectMeta, V1Pod, V1PodSpe
 from jhub_suspend.checkpoints import (
     ORIGINAL_IMAGE_ANNOTATION,
     Checkpoint,
+    LastError,
     NodeFacts,
     Status,
     image_annotations,
@@ -25,6 +26,7 @@ from jhub_suspend.restore import (
     merge_affinity,
     restore_failure,
 )
+from jhub_suspend.state import STATE_KEY, read_state
 
 NOW = datetime.datetime(2026, 11, 30, 1, 2, 3, tzinfo=datetime.UTC)
 DIGEST = "sha256:" + "b" * 64
@@ -311,3 +313,50 @@ def test_restore_failure_is_read_from_the_pod_status(status, message, detail):
 )
 def test_a_restore_that_may_still_succeed_is_not_a_failure(status):
     assert restore_failure({"status": status}, "notebook") is None
+
+
+# ---- the spawner state, as the service reads it -------------------------------------------------
+
+
+def test_the_service_reads_a_state_with_the_image_still_sealed(crypt_key):
+    sealed = record().to_state()
+    state = read_state({"pod_name": "p", "namespace": "ns", STATE_KEY: {"checkpoint": sealed}})
+    assert (state.pod_name, state.namespace, state.problems) == ("p", "ns", ())
+    assert state.checkpoint is not None and state.checkpoint.digest == DIGEST
+    assert state.checkpoint.image == sealed["image"] != record().image
+
+
+def broken(**kw):
+    return {**record().to_state(seal=False), **kw}
+
+
+LAST_ERROR = {"operation": "suspend", "message": "m", "time": "2026-11-30T01:02:03Z"}
+
+
+@pytest.mark.parametrize(
+    "state, left_out",
+    [
+        (["not", "an", "object"], "the state is a list"),
+        ("text", "the state is a str"),
+        ({"pod_name": 5}, "pod_name is a int"),
+        ({STATE_KEY: [1]}, "jhub_suspend is a list"),
+        ({STATE_KEY: {"checkpoint": "x"}}, "checkpoint record is a str"),
+        ({STATE_KEY: {"checkpoint": broken(status=["suspended"])}}, "'status'"),
+        ({STATE_KEY: {"checkpoint": broken(size="big")}}, "'size'"),
+        ({STATE_KEY: {"checkpoint": {"status": "suspended"}}}, "no 'image'"),
+        ({STATE_KEY: {"last_error": ["x"]}}, "last error is a list"),
+        ({STATE_KEY: {"last_error": {**LAST_ERROR, "operation": 1}}}, "'operation'"),
+    ],
+)
+def test_what_the_state_reader_cannot_read_is_left_out_and_named(state, left_out):
+    read = read_state(state)
+    assert any(left_out in p for p in read.problems), read.problems
+    assert read.checkpoint is None and read.last_error is None
+
+
+def test_the_rest_of_a_state_is_read_all_the_same():
+    read = read_state(
+        {"pod_name": "p", STATE_KEY: {"checkpoint": {"size": 1}, "last_error": LAST_ERROR}}
+    )
+    assert read.pod_name == "p" and read.last_error == LastError(**LAST_ERROR)
+    assert read.checkpoint is None and len(read.problems) == 1

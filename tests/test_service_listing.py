@@ -5,6 +5,7 @@ defect 3: a server that started after the last cycle was missing from the listin
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime, timedelta
 
 from traitlets.config import Config
@@ -16,6 +17,7 @@ from jhub_suspend.service.listing import server_entries
 from jhub_suspend.service.loop import PolicyLoop
 from jhub_suspend.service.observe import ServerView
 from jhub_suspend.service.operations import Operation
+from jhub_suspend.service.prom import PrometheusReader
 from jhub_suspend.service.snapshot import Snapshot
 from jhub_suspend.testing import fakes
 
@@ -103,7 +105,7 @@ def test_what_the_cycle_measured_and_decided_about_the_same_run_is_kept():
 
 def test_a_suspension_since_the_cycle_shows_and_the_old_decision_does_not():
     snap = snapshot([view("ann", cpu=Signal(0.0, 10, 10))], [decision("ann", "suspend", "idle")])
-    checkpoint = {"digest": "sha256:ab", "status": "suspended", "size": 5, "image": "secret"}
+    checkpoint = fakes.checkpoint("suspended", size=5, image="fernet:sealed")
     got = entries([view("ann", "suspended", checkpoint=checkpoint)], snap)
     ann = got["ann"]
     assert ann["state"] == "suspended"
@@ -153,7 +155,7 @@ async def test_the_listing_reads_the_hub_and_the_pods_now():
     # user00002's default server is stopped with a checkpoint that was discarded
     stopped = users[2]["servers"][""]
     stopped.update(ready=False, started=None)
-    stopped["state"]["jhub_suspend"]["checkpoint"] = {"digest": "sha256:cd", "status": "suspended"}
+    stopped["state"]["jhub_suspend"]["checkpoint"] = fakes.checkpoint_record(digest="sha256:cd")
     pods[1]["metadata"]["annotations"] = {
         "jhub-suspend.jupyter.org/keep-running-since": "2026-01-01T11:00:00Z"
     }
@@ -193,4 +195,48 @@ async def test_an_operation_under_way_shows_in_the_state():
         await svc.operations.cancel_all()
         assert op.task is not None and op.task.cancelled()
     finally:
+        hub.stop()
+
+
+async def test_a_malformed_spawner_state_breaks_neither_the_cycle_nor_the_listing():
+    """The hub hands over each server's spawner state as stored: one that this version cannot
+    read (damaged, or another version's) is left out for that server alone."""
+    users = fakes.synthetic_users(5, NOW)
+    states = {
+        1: ["not", "an", "object"],
+        2: {"pod_name": "jupyter-user00002", "jhub_suspend": {"checkpoint": {"status": ["x"]}}},
+        3: {"pod_name": "jupyter-user00003", "jhub_suspend": {"last_error": ["x"]}},
+        4: {"pod_name": 4, "jhub_suspend": "x"},
+    }
+    for i, state in states.items():
+        users[i]["servers"][""]["state"] = state
+    pods = fakes.synthetic_pods(5)
+    keys = [("default", p["metadata"]["name"]) for p in pods]
+    hub = fakes.FakeHub(users)
+    prom = fakes.FakePrometheus(keys)
+    svc = _service(hub.start(), fakes.FakeKube(pods))
+    svc.prometheus = PrometheusReader(prom.start(), timeout=5)
+    logged: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = logged.append  # type: ignore[method-assign]
+    svc.log.addHandler(handler)
+    try:
+        snap = await svc.loop.observe()
+        assert len(snap.plan.decisions) == 5 and snap.plan.metrics.ok
+        by_user = {v.user: v for v in snap.views}
+        assert by_user["user00000"].state == "running" and by_user["user00000"].pod_name
+        assert by_user["user00001"].pod_name == "" and by_user["user00001"].state_problems
+        assert by_user["user00002"].checkpoint is None and by_user["user00002"].state == "running"
+        assert by_user["user00003"].last_error is None
+        said = [r.getMessage() for r in logged if "partly unreadable" in r.getMessage()]
+        assert len(said) == 4 and "user00004/" in said[-1]
+        await svc.loop.observe()
+        assert len([r for r in logged if "partly unreadable" in r.getMessage()]) == 4  # once
+        listed = entries(await svc.loop.current_views(), snap)
+        assert set(listed) == {f"user0000{i}" for i in range(5)}
+        assert listed["user00000"]["decision"] is not None
+    finally:
+        svc.log.removeHandler(handler)
+        svc.prometheus.close()
+        prom.stop()
         hub.stop()

@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 from jhub_suspend.service.retention import Retention
+from jhub_suspend.testing import fakes
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 REPO = "reg:5000/jhub-suspend"
@@ -21,7 +22,7 @@ def view(user, status, hours_ago, digest, state="stopped"):
         namespace="jhub",
         pod_name=f"jupyter-{user}",
         state=state,
-        checkpoint={"digest": digest, "status": status, "created": iso(hours_ago)},
+        checkpoint=fakes.checkpoint(status, digest, created=iso(hours_ago)),
     )
 
 

@@ -56,7 +56,7 @@ def test_pod_requests_count_gpu_limits():
 
 
 def _server(ready=False, pending=None, status=None, last_error=None):
-    ck = {"status": status, "digest": "sha256:ab"} if status else None
+    ck = fakes.checkpoint_record(status) if status else None
     return {
         "ready": ready,
         "pending": pending,
@@ -64,6 +64,7 @@ def _server(ready=False, pending=None, status=None, last_error=None):
     }
 
 
+RESTORE_FAILED = {"operation": "restore", "message": "m", "time": "2026-01-01T12:00:00Z"}
 MARKED = {"metadata": {"annotations": {"jhub-suspend.jupyter.org/suspend-requested": "idle"}}}
 
 
@@ -79,7 +80,7 @@ MARKED = {"metadata": {"annotations": {"jhub-suspend.jupyter.org/suspend-request
         (_server(pending="spawn", status="suspended"), None, {}, "restoring"),
         (_server(pending="spawn"), None, {}, "starting"),
         (_server(status="restore_failed"), None, {}, "failed"),
-        (_server(last_error={"operation": "restore"}), None, {}, "failed"),
+        (_server(last_error=RESTORE_FAILED), None, {}, "failed"),
         (_server(), None, {}, "stopped"),
         (_server(ready=True), {}, {"operation": "suspend"}, "suspending"),
         (_server(status="suspended"), None, {"operation": "resume"}, "restoring"),
@@ -104,7 +105,11 @@ def _view(server, pod):
 
 
 RUNNING_POD = {"metadata": {"name": "p"}, "status": {"phase": "Running"}}
-FAILED_SUSPENSION = {"operation": "suspend", "message": "Suspending failed, keeps running"}
+FAILED_SUSPENSION = {
+    "operation": "suspend",
+    "message": "Suspending failed, keeps running",
+    "time": "2026-01-01T12:00:00Z",
+}
 
 
 def test_a_stopped_server_whose_pod_kept_running_is_locked_out():
@@ -118,8 +123,7 @@ def test_a_stopped_server_whose_pod_kept_running_is_locked_out():
     done = {**RUNNING_POD, "status": {"phase": "Succeeded"}}
     assert not _view(_server(last_error=FAILED_SUSPENSION), done).locked_out
     assert not _view(_server(ready=True, last_error=FAILED_SUSPENSION), RUNNING_POD).locked_out
-    restore_failed = {"operation": "restore", "message": "m"}
-    assert not _view(_server(last_error=restore_failed), RUNNING_POD).locked_out
+    assert not _view(_server(last_error=RESTORE_FAILED), RUNNING_POD).locked_out
 
 
 def test_a_suspension_mark_no_stop_followed_is_stale_after_the_requesters_patience():

@@ -16,9 +16,10 @@ from jupyterhub.utils import exponential_backoff
 from kubernetes_asyncio.client.rest import ApiException
 
 from ..agent.client import AgentClient, AgentError
-from ..checkpoints import RESTORABLE_WHEN_STOPPED, pinned_image
+from ..checkpoints import RESTORABLE_WHEN_STOPPED, Checkpoint, Status, pinned_image
 from ..errors import JhubSuspendError
 from ..policy import KeepRunning, PolicyConfig
+from ..state import ServerState, read_state
 from ..suspension import (
     SuspensionError,
     request_suspension,
@@ -105,8 +106,7 @@ class Actions:
             )
         if not model.get("ready"):
             raise ActionError(409, f"{_name(user, server_name)} is not running")
-        state = model.get("state") or {}
-        if not state.get("pod_name"):
+        if not read_state(model.get("state")).pod_name:
             raise ActionError(
                 409, f"{_name(user, server_name)} is not a SuspendingKubeSpawner server"
             )
@@ -130,17 +130,20 @@ class Actions:
                     reason,
                     timeout=svc.suspend_timeout,
                 )
-                ours = (after.get("state") or {}).get("jhub_suspend") or {}
-                checkpoint = ours.get("checkpoint") or {}
-                if checkpoint.get("status") in observe.RESTORABLE:
+                state = read_state(after.get("state"))
+                checkpoint = state.checkpoint
+                if checkpoint is not None and checkpoint.restorable:
                     outcome, op.status = "success", "succeeded"
                     op.message = "suspended"
                     op.result = {"checkpoint": public_checkpoint(checkpoint)}
-                    svc.metrics.checkpoint_bytes.observe(float(checkpoint.get("size") or 0))
+                    svc.metrics.checkpoint_bytes.observe(float(checkpoint.size))
                 else:
-                    error = ours.get("last_error") or {}
                     outcome, op.status = "failed", "failed"
-                    op.message = error.get("message") or "the server stopped without a checkpoint"
+                    op.message = (
+                        state.last_error.message
+                        if state.last_error and state.last_error.message
+                        else "the server stopped without a checkpoint"
+                    )
             except SuspensionError as e:
                 op.status, op.message = "failed", str(e)
             except Exception as e:
@@ -166,10 +169,10 @@ class Actions:
 
     async def resume(self, user: str, server_name: str, requested_by: str) -> Operation:
         svc = self.service
-        model, checkpoint = await self._stopped_with_checkpoint(
+        state, checkpoint = await self._stopped_with_checkpoint(
             user, server_name, "is already running or starting", "restore"
         )
-        if await self._discarded(model, checkpoint):
+        if await self._discarded(state, checkpoint):
             raise ActionError(409, f"the checkpoint of {_name(user, server_name)} was discarded")
         try:
             await svc.hub.request("POST", server_path(user, server_name), {})
@@ -195,13 +198,13 @@ class Actions:
                     ready, f"{_name(user, server_name)} was not ready within {svc.restore_timeout} s",
                     timeout=svc.restore_timeout, max_wait=2,
                 )  # fmt: skip
-                ours = (after.get("state") or {}).get("jhub_suspend") or {}
-                status = (ours.get("checkpoint") or {}).get("status")
+                state = read_state(after.get("state"))
+                checkpoint = state.checkpoint
                 if after.get("stopped"):
                     op.status, op.message = "failed", "the server did not start"
-                elif status == "restore_failed":
+                elif checkpoint is not None and checkpoint.status == Status.RESTORE_FAILED:
                     outcome, op.status = "fresh", "failed"
-                    op.message = (ours.get("last_error") or {}).get("message", "restore failed")
+                    op.message = state.last_error.message if state.last_error else "restore failed"
                 else:
                     outcome, op.status, op.message = "success", "succeeded", "restored"
             except Exception as e:
@@ -251,51 +254,40 @@ class Actions:
 
     # ---- discard ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _restorable(model: dict[str, Any]) -> dict[str, Any] | None:
-        ours = (model.get("state") or {}).get("jhub_suspend") or {}
-        checkpoint = ours.get("checkpoint")
-        stopped = not model.get("ready") and not model.get("pending")
-        statuses = RESTORABLE_WHEN_STOPPED if stopped else observe.RESTORABLE
-        if checkpoint and checkpoint.get("status") in statuses:
-            return dict(checkpoint)
-        return None
-
-    async def _discarded(self, model: dict[str, Any], checkpoint: dict[str, Any]) -> bool:
-        namespace = (model.get("state") or {}).get("namespace") or self.service.namespace
-        markers = await self.service.kube.list_markers(namespace)
-        return any(marker_digest(m) == checkpoint.get("digest") for m in markers)
+    async def _discarded(self, state: ServerState, checkpoint: Checkpoint) -> bool:
+        markers = await self.service.kube.list_markers(state.namespace or self.service.namespace)
+        return any(marker_digest(m) == checkpoint.digest for m in markers)
 
     async def _stopped_with_checkpoint(
         self, user: str, server_name: str, when_running: str, verb: str
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The model and restorable checkpoint of a stopped server, or the 409 that says why
-        there is none to ``verb``."""
+    ) -> tuple[ServerState, Checkpoint]:
+        """The spawner state and restorable checkpoint of a stopped server, or the 409 that
+        says why there is none to ``verb``."""
         self._busy(user, server_name)
         model = await self.server(user, server_name)
         if model.get("ready") or model.get("pending"):
             raise ActionError(409, f"{_name(user, server_name)} {when_running}")
-        checkpoint = self._restorable(model)
-        if checkpoint is None:
+        state = read_state(model.get("state"))
+        checkpoint = state.checkpoint
+        if checkpoint is None or checkpoint.status not in RESTORABLE_WHEN_STOPPED:
             raise ActionError(409, f"{_name(user, server_name)} has no checkpoint to {verb}")
-        return model, checkpoint
+        return state, checkpoint
 
     async def discard(self, user: str, server_name: str, requested_by: str) -> dict[str, Any]:
         """Discard a stopped server's checkpoint: mark it (the spawner then starts fresh) and
         delete its image."""
         svc = self.service
-        model, checkpoint = await self._stopped_with_checkpoint(
+        state, checkpoint = await self._stopped_with_checkpoint(
             user, server_name, "is running; it has no checkpoint", "discard"
         )
-        state = model.get("state") or {}
-        namespace = state.get("namespace") or svc.namespace
-        digest = checkpoint["digest"]
+        namespace = state.namespace or svc.namespace
+        digest = checkpoint.digest
         created = await svc.kube.create_marker(namespace, digest, f"{_name(user, server_name)}")
         if not created:
             raise ActionError(
                 409, f"the checkpoint of {_name(user, server_name)} is already discarded"
             )
-        ref = pinned_image(svc.checkpoint_repository, namespace, state.get("pod_name", ""), digest)
+        ref = pinned_image(svc.checkpoint_repository, namespace, state.pod_name, digest)
         deleted, message = await self.delete_image(ref)
         self.log.info(
             "Discarded the checkpoint %s of %s/%s (by %s)", digest, user, server_name, requested_by
@@ -334,14 +326,14 @@ class Actions:
         if enabled and not cfg.allow_keep_running:
             raise ActionError(409, "the policy does not allow keep-running opt-outs")
         model = await self.server(user, server_name)
-        state = model.get("state") or {}
-        if not model.get("ready") or not state.get("pod_name"):
+        state = read_state(model.get("state"))
+        if not model.get("ready") or not state.pod_name:
             raise ActionError(409, f"{_name(user, server_name)} is not running")
-        namespace = state.get("namespace") or svc.namespace
+        namespace = state.namespace or svc.namespace
         now = svc.now()
         patch = observe.keep_running_annotations(enabled, now, hours)
         try:
-            await svc.kube.patch_pod_annotations(namespace, state["pod_name"], patch)
+            await svc.kube.patch_pod_annotations(namespace, state.pod_name, patch)
         except ApiException as e:
             if e.status == 404:
                 raise ActionError(409, f"the pod of {_name(user, server_name)} is gone") from None

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ..checkpoints import Checkpoint
 from ..policy import Decision, KeepRunning, Signal
 from .observe import POLICY_STATES, ServerView, rfc3339
 from .snapshot import Snapshot
@@ -133,7 +134,7 @@ def server_entries(
                     else None,
                 },
                 "checkpoint": public_checkpoint(v.checkpoint) if v.checkpoint else None,
-                "last_error": v.last_error,
+                "last_error": v.last_error.to_state() if v.last_error else None,
                 "keep_running": keep_running_dict(v.keep_running, max_keep_running)
                 if v.keep_running
                 else None,
@@ -161,9 +162,14 @@ def keep_running_dict(kr: KeepRunning, max_keep_running: float | None) -> dict[s
     }
 
 
-def public_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
+def public_checkpoint(checkpoint: Checkpoint) -> dict[str, Any]:
     """A checkpoint record without its (sealed) image reference."""
     return {
-        k: checkpoint.get(k)
-        for k in ("digest", "size", "created", "reason", "status", "archive_bytes", "seconds")
+        "digest": checkpoint.digest,
+        "size": checkpoint.size,
+        "created": checkpoint.created,
+        "reason": checkpoint.reason,
+        "status": checkpoint.status,
+        "archive_bytes": checkpoint.archive_bytes,
+        "seconds": checkpoint.seconds,
     }

@@ -30,6 +30,7 @@ from urllib.parse import quote
 from .. import checkpoints as ck
 from .. import policy, promql
 from ..policy import MetricsHealth, Plan, PolicyConfig, Resources
+from ..state import read_state
 from . import observe
 from .actions import Actions
 from .hubclient import HubClient, HubError
@@ -122,6 +123,8 @@ class PolicyLoop:
         # suspension comes before a warning of warn_before (policy rule 7). In memory: a
         # restarted service warns again, which only ever delays a suspension.
         self.warned_since: dict[tuple[str, str], datetime] = {}
+        # what was unreadable in each server's spawner state, so each is logged once
+        self._state_problems: dict[tuple[str, str], tuple[str, ...]] = {}
         self._task: asyncio.Task | None = None
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
@@ -240,10 +243,10 @@ class PolicyLoop:
             users = [model] if isinstance(model, dict) else []
 
         def pod_of(server: dict[str, Any]) -> tuple[str, str] | None:
-            state = server.get("state") or {}
-            if not state.get("pod_name") or not (server.get("ready") or server.get("pending")):
+            state = read_state(server.get("state"))
+            if not state.pod_name or not (server.get("ready") or server.get("pending")):
                 return None
-            return (state.get("namespace") or svc.namespace, state["pod_name"])
+            return (state.namespace or svc.namespace, state.pod_name)
 
         servers = [s for u in users for s in (u.get("servers") or {}).values()]
         if user is None:
@@ -257,9 +260,7 @@ class PolicyLoop:
             pods = {k: p for k, p in zip(keys, found, strict=True) if p is not None}
         discarded: frozenset[str] = frozenset()
         if any(
-            not s.get("ready")
-            and not s.get("pending")
-            and ((s.get("state") or {}).get("jhub_suspend") or {}).get("checkpoint")
+            not s.get("ready") and not s.get("pending") and read_state(s.get("state")).checkpoint
             for s in servers
         ):
             digests = {marker_digest(m) for m in await svc.kube.list_markers(svc.namespace)}
@@ -312,16 +313,17 @@ class PolicyLoop:
             before = old.get(v.key)
             restored = before in ("suspended", "restoring") and v.state in ("running", "failed")
             if restored and ours.get(v.key) != "resume":
-                fresh = (v.checkpoint or {}).get("status") == "restore_failed"
+                fresh = v.checkpoint is not None and v.checkpoint.status == ck.Status.RESTORE_FAILED
                 m.restores.labels("login", "fresh" if fresh else "success").inc()
         self.snapshot = snap
+        self._log_state_problems(snap.views)
         counts: dict[str, int] = dict.fromkeys(observe.API_STATES, 0)
         cpu = mem = gpu = stored = 0.0
         unknown = 0
         for v in snap.views:
             counts[v.state] = counts.get(v.state, 0) + 1
             if v.state == "suspended":
-                stored += float((v.checkpoint or {}).get("size") or 0)
+                stored += float(v.checkpoint.size if v.checkpoint else 0)
                 if v.requests is None:
                     unknown += 1
                 else:
@@ -354,6 +356,16 @@ class PolicyLoop:
                 "Fail-safe: metrics unusable (%s); nothing is suspended this cycle",
                 snap.plan.metrics.reason,
             )
+
+    def _log_state_problems(self, views: list[ServerView]) -> None:
+        problems = {v.key: v.state_problems for v in views if v.state_problems}
+        for (user, server_name), what in problems.items():
+            if self._state_problems.get((user, server_name)) != what:
+                self.log.warning(
+                    "The spawner state of %s/%s is partly unreadable; left out: %s",
+                    user, server_name, "; ".join(what),
+                )  # fmt: skip
+        self._state_problems = problems
 
     async def cycle(self) -> Snapshot:
         """One full cycle: observe, decide, act (unless dry-run), sweep retention when due."""

@@ -34,6 +34,9 @@ from ..checkpoints import (
     RESTORABLE_WHEN_STOPPED,
     SUSPEND_REQUEST_ANNOTATION,
     SUSPEND_REQUESTED_AT_ANNOTATION,
+    Checkpoint,
+    LastError,
+    Status,
 )
 from ..policy import (
     KeepRunning,
@@ -43,6 +46,7 @@ from ..policy import (
     Signal,
     insufficient_resources,
 )
+from ..state import ServerState, read_state
 
 KEEP_RUNNING_SINCE = f"{ANNOTATION_PREFIX}/keep-running-since"
 KEEP_RUNNING_UNTIL = f"{ANNOTATION_PREFIX}/keep-running-until"
@@ -196,15 +200,17 @@ def server_state(
     *,
     discarded: bool = False,
     operation: str | None = None,
+    state: ServerState | None = None,
 ) -> str:
     """The API state of one hub server (see the module docstring).
 
     ``discarded``: its checkpoint has a discard marker. ``operation``: the kind of this
-    service's operation under way for it (``suspend`` or ``resume``), if any.
+    service's operation under way for it (``suspend`` or ``resume``), if any. ``state``: its
+    spawner state, when already read.
     """
-    ours = ((server.get("state") or {}).get("jhub_suspend")) or {}
-    checkpoint = ours.get("checkpoint") or {}
-    status = checkpoint.get("status")
+    if state is None:
+        state = read_state(server.get("state"))
+    status = state.checkpoint.status if state.checkpoint else None
     pending = server.get("pending")
     if operation == "suspend" or (
         pending == "stop" and SUSPEND_REQUEST_ANNOTATION in pod_annotations(pod)
@@ -223,7 +229,7 @@ def server_state(
         return "suspending" if SUSPEND_REQUEST_ANNOTATION in pod_annotations(pod) else "running"
     if status in (RESTORABLE_WHEN_STOPPED if stopped else RESTORABLE) and not discarded:
         return "suspended"  # a restore the hub's restart interrupted is tried again on start
-    if status == "restore_failed" or (ours.get("last_error") and status not in RESTORABLE):
+    if status == Status.RESTORE_FAILED or (state.last_error and status not in RESTORABLE):
         return "failed"
     return "stopped"
 
@@ -242,8 +248,9 @@ class ServerView:
     pod_name: str = ""
     node: str | None = None
     requests: Resources | None = None
-    checkpoint: dict[str, Any] | None = None
-    last_error: dict[str, Any] | None = None
+    #: its image reference still sealed
+    checkpoint: Checkpoint | None = None
+    last_error: LastError | None = None
     keep_running: KeepRunning | None = None
     #: its pod exists, is not being deleted and has not terminated
     pod_alive: bool = False
@@ -251,6 +258,8 @@ class ServerView:
     suspend_marked: datetime | None = None
     #: what the hub has pending for it ("spawn", "stop"), if anything
     pending: str | None = None
+    #: what of its spawner state could not be read (see :func:`jhub_suspend.state.read_state`)
+    state_problems: tuple[str, ...] = ()
     cpu: Signal | None = None
     gpu: Signal | None = None
     memory_ratio: float | None = None
@@ -280,7 +289,8 @@ class ServerView:
         hub does not route its user to it."""
         return (
             self.state == "failed"
-            and (self.last_error or {}).get("operation") == "suspend"
+            and self.last_error is not None
+            and self.last_error.operation == "suspend"
             and self.pod_alive
         )
 
@@ -327,18 +337,17 @@ def build_views(
         name = user.get("name", "")
         groups = frozenset(user.get("groups") or ())
         for server_name, server in (user.get("servers") or {}).items():
-            state = server.get("state") or {}
-            ours = state.get("jhub_suspend") or {}
-            namespace = state.get("namespace") or default_namespace
-            pod_name = state.get("pod_name") or ""
+            state = read_state(server.get("state"))
+            namespace = state.namespace or default_namespace
+            pod_name = state.pod_name
             pod = pods.get((namespace, pod_name)) if pod_name else None
-            checkpoint = ours.get("checkpoint")
-            digest = (checkpoint or {}).get("digest", "")
+            checkpoint = state.checkpoint
             api_state = server_state(
                 server,
                 pod,
-                discarded=bool(digest) and digest in discarded_digests,
+                discarded=checkpoint is not None and checkpoint.digest in discarded_digests,
                 operation=operations.get((name, server_name)),
+                state=state,
             )
             requests = (
                 pod_requests(pod, gpu_names)
@@ -358,11 +367,12 @@ def build_views(
                     node=((pod or {}).get("spec") or {}).get("nodeName"),
                     requests=requests,
                     checkpoint=checkpoint,
-                    last_error=ours.get("last_error"),
+                    last_error=state.last_error,
                     keep_running=keep_running_of(pod),
                     pod_alive=pod_alive(pod),
                     suspend_marked=suspend_mark_time(pod),
                     pending=server.get("pending"),
+                    state_problems=state.problems,
                 )
             )
     return views

@@ -27,7 +27,7 @@ import time
 from datetime import datetime
 from typing import Protocol
 
-from ..checkpoints import pinned_image
+from ..checkpoints import Status, pinned_image
 from . import observe
 from .actions import Actions
 from .kube import Kube
@@ -78,10 +78,10 @@ class Retention:
         stats = {"images": 0, "markers": 0, "discarded": 0, "orphans": 0}
         live: set[str] = set()
         for v in snap.views:
-            ck = v.checkpoint or {}
-            digest, status = ck.get("digest"), ck.get("status")
-            if not digest:
+            ck = v.checkpoint
+            if ck is None or not ck.digest:
                 continue
+            digest, status = ck.digest, ck.status
             if status in observe.RESTORABLE:
                 live.add(digest)
                 age = svc.max_suspended_age
@@ -89,7 +89,7 @@ class Retention:
                     age is not None
                     and v.state == "suspended"
                     and digest not in snap.markers
-                    and self._old(ck.get("created"), now, age)
+                    and self._old(ck.created, now, age)
                 ):
                     try:
                         if not self._dry_run("discard the checkpoint of", v.user, v.server_name):
@@ -100,8 +100,8 @@ class Retention:
                             "Retention could not discard %s/%s: %s", v.user, v.server_name, e
                         )
                 continue
-            done = status in ("restored", "discarded") and digest not in self._deleted
-            if done and v.pod_name and self._old(ck.get("created"), now, keep):
+            done = status in (Status.RESTORED, Status.DISCARDED) and digest not in self._deleted
+            if done and v.pod_name and self._old(ck.created, now, keep):
                 ref = pinned_image(svc.checkpoint_repository, v.namespace, v.pod_name, digest)
                 if self._dry_run("delete the image", ref):
                     stats["images"] += 1

@@ -19,6 +19,32 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
+from ..checkpoints import Checkpoint, Status
+
+
+def checkpoint(
+    status: str = Status.SUSPENDED, digest: str = "sha256:ab", **fields: Any
+) -> Checkpoint:
+    """A checkpoint of a default server's pod, as the spawner records it."""
+    values: dict[str, Any] = {
+        "image": f"registry.example.org/jhub-suspend/default/jupyter-ann@{digest}",
+        "digest": digest,
+        "size": 1000,
+        "created": "2026-01-01T12:00:00Z",
+        "reason": "idle",
+        "container": "notebook",
+        "original_image": "quay.io/jupyter/base-notebook",
+        "status": status,
+    }
+    return Checkpoint(**{**values, **fields})
+
+
+def checkpoint_record(
+    status: str = Status.SUSPENDED, digest: str = "sha256:ab", **fields: Any
+) -> dict[str, Any]:
+    """:func:`checkpoint`'s record in the spawner's state."""
+    return checkpoint(status, digest, **fields).to_state(seal=False)
+
 
 def synthetic_users(n: int, now: datetime, namespace: str = "default") -> list[dict[str, Any]]:
     """``n`` users, each with one running default server; every tenth requests a GPU."""
