@@ -13,6 +13,8 @@ from typing import Any
 from cryptography.fernet import InvalidToken
 from jupyterhub.crypto import CryptKeeper
 
+from .kubevalues import rfc3339
+
 ANNOTATION_PREFIX = "jhub-suspend.jupyter.org"
 # Set on a pod by whoever asks for a suspension (the service, an admin, the user); the
 # spawner's stop() checkpoints a pod that carries it.
@@ -182,10 +184,6 @@ def unseal_secret(value: str) -> str:
             f"a checkpoint reference does not decrypt with JUPYTERHUB_CRYPT_KEY "
             f"({type(e).__name__}): it was encrypted with another key, or altered"
         ) from None
-
-
-def rfc3339(t: datetime.datetime) -> str:
-    return t.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def image_repository(repository: str, namespace: str, pod: str) -> str:

@@ -40,6 +40,7 @@ from . import checkpoints as ck
 from .agent.client import AgentClient, AgentError
 from .checkpoints import Checkpoint, LastError, Status
 from .errors import JhubSuspendError
+from .kubevalues import rfc3339
 from .restore import CheckpointImageDriver, RestoreDriver, RestoreFailed
 from .state import STATE_KEY, UNREADABLE_KEY
 
@@ -268,7 +269,7 @@ class SuspendingKubeSpawner(KubeSpawner):
             session.commit()
 
     def _record_error(self, operation: str, message: str, detail: str = "") -> None:
-        self.last_error = LastError(operation, message, ck.rfc3339(self._now()), detail or message)
+        self.last_error = LastError(operation, message, rfc3339(self._now()), detail or message)
 
     def _now(self) -> datetime.datetime:
         return datetime.datetime.now(datetime.UTC)
@@ -430,7 +431,7 @@ class SuspendingKubeSpawner(KubeSpawner):
             image=result.image,
             digest=result.digest,
             size=result.size,
-            created=ck.rfc3339(now),
+            created=rfc3339(now),
             reason=reason,
             container=NOTEBOOK_CONTAINER,
             original_image=ck.original_image(pod, container),

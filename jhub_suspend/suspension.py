@@ -16,12 +16,9 @@ from jupyterhub.utils import exponential_backoff
 from kubernetes_asyncio.client import CoreV1Api
 from kubernetes_asyncio.client.rest import ApiException
 
-from .checkpoints import (
-    SUSPEND_REQUEST_ANNOTATION,
-    SUSPEND_REQUESTED_AT_ANNOTATION,
-    rfc3339,
-)
+from .checkpoints import SUSPEND_REQUEST_ANNOTATION, SUSPEND_REQUESTED_AT_ANNOTATION
 from .errors import JhubSuspendError
+from .kubevalues import rfc3339
 from .state import read_state
 
 # request(method, path, body) -> parsed JSON, against the hub's REST API (e.g. /hub/api)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -17,7 +16,6 @@ from jhub_suspend.localcluster.metrics import (
     escape_label_value,
     format_value,
     kube_state_metrics,
-    parse_quantity,
     render,
     resource_value_and_unit,
     sanitize_label_name,
@@ -70,46 +68,6 @@ def pod(
         },
         "status": {"phase": phase, "hostIP": "10.0.0.1", "podIP": "10.244.0.5"},
     }
-
-
-# --- quantities -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("500m", Decimal("0.5")),
-        ("1Gi", Decimal(2**30)),
-        ("2", Decimal(2)),
-        ("1e3", Decimal(1000)),
-        ("1E3", Decimal(1000)),
-        ("128974848", Decimal(128974848)),
-        ("129M", Decimal(129_000_000)),
-        ("123Mi", Decimal(123 * 2**20)),
-        ("1.5Ki", Decimal(1536)),
-        ("0.1", Decimal("0.1")),
-        (".5", Decimal("0.5")),
-        ("100n", Decimal("0.0000001")),
-        ("250u", Decimal("0.00025")),
-        ("1k", Decimal(1000)),
-        ("1E", Decimal(10**18)),
-        ("2Ei", Decimal(2 * 2**60)),
-        ("1e-3", Decimal("0.001")),
-        (" 4 ", Decimal(4)),
-        (3, Decimal(3)),
-        (0.25, Decimal("0.25")),
-    ],
-)
-def test_parse_quantity(text: str | int | float, expected: Decimal) -> None:
-    assert parse_quantity(text) == expected
-
-
-@pytest.mark.parametrize(
-    "text", ["", "abc", "1KB", "1ki", "1e", "Mi", "1.2.3", "--1", "1 Gi", True]
-)
-def test_parse_quantity_rejects(text: Any) -> None:
-    with pytest.raises(ValueError, match="invalid quantity"):
-        parse_quantity(text)
 
 
 @pytest.mark.parametrize(

@@ -36,8 +36,9 @@ from traitlets.config import Config
 
 from jhub_suspend import images
 from jhub_suspend.demo.hub import running_hub
+from jhub_suspend.kubevalues import rfc3339
 from jhub_suspend.localcluster.services import PrometheusProcess, free_port
-from jhub_suspend.service import SuspendService, observe
+from jhub_suspend.service import SuspendService
 from jhub_suspend.suspension import server_model
 from jhub_suspend.testing.hubapi import HubAPI
 from jhub_suspend.testing.kernel import KernelClient
@@ -696,7 +697,7 @@ async def test_a_server_started_after_the_last_cycle_is_listed_and_then_listed_s
         assert entry["pod"] == f"jupyter-{user}" and entry["node"] == "node-1"
         assert entry["decision"] is None
         assert entry["decision_note"].startswith("not yet assessed"), entry
-        assert body["policy_as_of"] == observe.rfc3339(cycle)
+        assert body["policy_as_of"] == rfc3339(cycle)
 
         status, body = await call(hub, "POST", f"api/servers/{user}/suspend", token, base=base)
         assert status == 202, body

@@ -1,7 +1,6 @@
 """The object store: the API server's semantics, in process, with an injected clock."""
 
 import asyncio
-from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -12,7 +11,6 @@ from jhub_suspend.localcluster.store import (
     apply_json_patch,
     apply_merge_patch,
     apply_strategic_merge_patch,
-    parse_quantity,
     qos_class,
 )
 
@@ -625,20 +623,6 @@ def test_node_events_go_to_default_namespace(store: Store) -> None:
 
 
 # --- quantities and QoS ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "value"),
-    [
-        ("100m", Fraction(1, 10)),
-        ("2", Fraction(2)),
-        ("1Gi", Fraction(2**30)),
-        ("1.5k", Fraction(1500)),
-        ("1e3", Fraction(1000)),
-    ],
-)
-def test_parse_quantity(text: str, value: Fraction) -> None:
-    assert parse_quantity(text) == value
 
 
 def test_qos_class(store: Store) -> None:

@@ -40,12 +40,13 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from ..archive import CRIU_CHECKPOINT_NAME_ANNOTATION
+from ..kubevalues import rfc3339
 from . import crispec, metrics
 from .cri import CriClient, CriError, cri
 from .crispec import NODE_LABEL, RunAs
 from .faults import FaultPoints, InjectedFault
 from .podstatus import set_condition
-from .store import ApiError, Store, rfc3339
+from .store import ApiError, Store
 
 log = logging.getLogger(__name__)
 

@@ -24,63 +24,15 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from decimal import ROUND_CEILING
 from typing import Any, Literal
+
+from ..kubevalues import parse_quantity
 
 MetricType = Literal["counter", "gauge", "untyped"]
 Labels = tuple[tuple[str, str], ...]
 
 POD_PHASES = ("Pending", "Running", "Succeeded", "Failed", "Unknown")
-
-# --- quantities -------------------------------------------------------------------------------
-
-_BINARY_SUFFIXES = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
-_DECIMAL_SUFFIXES = {
-    "n": -9,
-    "u": -6,
-    "m": -3,
-    "": 0,
-    "k": 3,
-    "M": 6,
-    "G": 9,
-    "T": 12,
-    "P": 15,
-    "E": 18,
-}
-_QUANTITY_RE = re.compile(
-    r"^(?P<number>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
-    r"(?:(?P<binary>Ki|Mi|Gi|Ti|Pi|Ei)|(?P<exponent>[eE][+-]?[0-9]+)|(?P<decimal>[numkMGTPE]))?$"
-)
-
-
-def parse_quantity(quantity: str | int | float | Decimal) -> Decimal:
-    """Parse a Kubernetes resource quantity ("500m", "1Gi", "129M", "1e3", "2") exactly.
-
-    Neither kubernetes_asyncio nor kubespawner ships a parser (jupyterhub's ByteSpecification
-    reads "M" as 2**20, which is wrong for Kubernetes), so this follows the grammar of
-    k8s.io/apimachinery's resource.Quantity: binary suffixes Ki..Ei, decimal suffixes n..E, or a
-    decimal exponent. Raises ValueError for anything else.
-    """
-    if isinstance(quantity, bool):
-        raise ValueError(f"invalid quantity {quantity!r}")
-    if isinstance(quantity, Decimal):
-        return quantity
-    if isinstance(quantity, int | float):
-        if isinstance(quantity, float) and not math.isfinite(quantity):
-            raise ValueError(f"invalid quantity {quantity!r}")
-        return Decimal(str(quantity))
-    match = _QUANTITY_RE.match(quantity.strip()) if isinstance(quantity, str) else None
-    if not match:
-        raise ValueError(f"invalid quantity {quantity!r}")
-    try:
-        number = Decimal(match["number"])
-    except InvalidOperation as e:  # pragma: no cover - the regex admits only valid numbers
-        raise ValueError(f"invalid quantity {quantity!r}") from e
-    if match["binary"]:
-        return number * (Decimal(1024) ** _BINARY_SUFFIXES[match["binary"]])
-    if match["exponent"]:
-        return number.scaleb(int(match["exponent"][1:]))
-    return number.scaleb(_DECIMAL_SUFFIXES[match["decimal"] or ""])
 
 
 def sanitize_label_name(name: str) -> str:

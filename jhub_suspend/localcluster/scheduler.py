@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .metrics import parse_quantity
+from ..kubevalues import parse_quantity
 from .podstatus import set_condition
 from .store import ApiError, Store
 

@@ -23,9 +23,9 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from fractions import Fraction
 from typing import Any
 
+from ..kubevalues import parse_quantity, rfc3339
 from .selectors import ApiError, Selector, bad_request, make_selector
 
 __all__ = [
@@ -37,8 +37,6 @@ __all__ = [
     "apply_json_patch",
     "apply_merge_patch",
     "apply_strategic_merge_patch",
-    "parse_quantity",
-    "rfc3339",
 ]
 
 log = logging.getLogger(__name__)
@@ -143,11 +141,6 @@ MODIFIED_CONFLICT = (
 
 
 # --- time ------------------------------------------------------------------------------------
-
-
-def rfc3339(t: float) -> str:
-    """Seconds-resolution RFC 3339 time in UTC, as ``metav1.Time`` is serialised."""
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def rfc3339_micro(t: float) -> str:
@@ -316,42 +309,6 @@ def validate_pod_update(old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
                 )
             ],
         )
-
-
-# --- quantities ------------------------------------------------------------------------------
-
-_SUFFIXES: dict[str, Fraction] = {
-    "": Fraction(1),
-    "n": Fraction(1, 10**9),
-    "u": Fraction(1, 10**6),
-    "m": Fraction(1, 1000),
-    "k": Fraction(10**3),
-    "M": Fraction(10**6),
-    "G": Fraction(10**9),
-    "T": Fraction(10**12),
-    "P": Fraction(10**15),
-    "E": Fraction(10**18),
-    "Ki": Fraction(2**10),
-    "Mi": Fraction(2**20),
-    "Gi": Fraction(2**30),
-    "Ti": Fraction(2**40),
-    "Pi": Fraction(2**50),
-    "Ei": Fraction(2**60),
-}
-_QUANTITY = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))(?:([eE][+-]?\d+)|([numkMGTPE]i?)?)$")
-
-
-def parse_quantity(value: str | int | float) -> Fraction:
-    """A resource quantity ("100m", "1.5Gi", "2", "1e3") as an exact number."""
-    if isinstance(value, int | float):
-        return Fraction(value)
-    match = _QUANTITY.match(value.strip())
-    if match is None or (match[3] is not None and match[3] not in _SUFFIXES):
-        raise ValueError(f"invalid quantity {value!r}")
-    number = Fraction(match[1])
-    if match[2]:
-        return number * Fraction(10) ** int(match[2][1:])
-    return number * _SUFFIXES[match[3] or ""]
 
 
 # --- defaulting ------------------------------------------------------------------------------

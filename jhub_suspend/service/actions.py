@@ -18,6 +18,7 @@ from kubernetes_asyncio.client.rest import ApiException
 from ..agent.client import AgentClient, AgentError
 from ..checkpoints import RESTORABLE_WHEN_STOPPED, Checkpoint, Status, pinned_image
 from ..errors import JhubSuspendError
+from ..kubevalues import parse_time
 from ..policy import KeepRunning, PolicyConfig
 from ..state import ServerState, read_state
 from ..suspension import (
@@ -345,7 +346,7 @@ class Actions:
         )  # fmt: skip
         if not enabled:
             return {"user": user, "server_name": server_name, "keep_running": None}
-        kr = KeepRunning(since=now, until=observe.parse_time(patch[observe.KEEP_RUNNING_UNTIL]))
+        kr = KeepRunning(since=now, until=parse_time(patch[observe.KEEP_RUNNING_UNTIL]))
         return {
             "user": user,
             "server_name": server_name,

@@ -37,6 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from tornado import web
 
 from .. import promql
+from ..kubevalues import rfc3339
 from ..policy import PolicyConfig
 from . import listing, observe
 from .actions import ActionError, Actions
@@ -169,7 +170,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
 
 
 def _t(value: datetime | None) -> str | None:
-    return observe.rfc3339(value) if value else None
+    return rfc3339(value) if value else None
 
 
 class IndexHandler(BaseHandler):

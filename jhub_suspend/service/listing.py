@@ -21,8 +21,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ..checkpoints import Checkpoint
+from ..kubevalues import rfc3339
 from ..policy import Decision, KeepRunning, Signal
-from .observe import POLICY_STATES, ServerView, rfc3339
+from .observe import POLICY_STATES, ServerView
 from .snapshot import Snapshot
 
 if TYPE_CHECKING:

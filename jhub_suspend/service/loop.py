@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 from .. import checkpoints as ck
 from .. import policy, promql
+from ..kubevalues import rfc3339
 from ..policy import MetricsHealth, Plan, PolicyConfig, Resources
 from ..state import read_state
 from . import observe
@@ -96,7 +97,7 @@ class LoopHealth:
 
     def to_dict(self) -> dict[str, Any]:
         def t(v: datetime | None) -> str | None:
-            return observe.rfc3339(v) if v else None
+            return rfc3339(v) if v else None
 
         return {
             "started": t(self.started),

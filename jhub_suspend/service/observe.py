@@ -21,11 +21,9 @@ those (they are never candidates and have no observation):
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from datetime import datetime, timedelta
 from typing import Any
 
 from ..checkpoints import (
@@ -38,6 +36,7 @@ from ..checkpoints import (
     LastError,
     Status,
 )
+from ..kubevalues import parse_quantity, parse_time, rfc3339
 from ..policy import (
     KeepRunning,
     PendingPod,
@@ -57,52 +56,14 @@ API_STATES = frozenset(
 )
 POLICY_STATES = frozenset({"running", "suspending", "suspended", "restoring", "failed"})
 
-_QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
-_SUFFIX = {
-    "": 1,
-    "m": Decimal("0.001"),
-    "k": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "P": 10**15,
-    "E": 10**18,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-    "Ei": 2**60,
-}
 
-
-def parse_quantity(value: Any) -> float:
-    """A Kubernetes quantity (``500m``, ``512M``, ``1Gi``, ``2``) as a float; bad text is 0."""
-    m = _QUANTITY.match(str(value).strip())
-    if not m or m.group(2) not in _SUFFIX:
-        return 0.0
+def _requested(value: Any) -> float:
+    """A pod's resource quantity; an unreadable or negative one counts as none."""
     try:
-        number = Decimal(m.group(1)) * Decimal(str(_SUFFIX[m.group(2)]))
-    except InvalidOperation:
+        result = float(parse_quantity(value))
+    except (ValueError, ArithmeticError):
         return 0.0
-    result = float(number)
     return result if math.isfinite(result) and result >= 0 else 0.0
-
-
-def parse_time(value: Any) -> datetime | None:
-    """An RFC 3339 / ISO 8601 time as an aware datetime (naive ones are UTC); None if absent
-    or unreadable."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
-
-
-def rfc3339(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def pod_requests(pod: Mapping[str, Any], gpu_resources: Iterable[str]) -> Resources:
@@ -114,9 +75,9 @@ def pod_requests(pod: Mapping[str, Any], gpu_resources: Iterable[str]) -> Resour
         res = c.get("resources") or {}
         asked = {**(res.get("limits") or {}), **(res.get("requests") or {})}
         requests = res.get("requests") or {}
-        cpu += parse_quantity(requests.get("cpu", 0))
-        memory += parse_quantity(requests.get("memory", 0))
-        gpu += sum(parse_quantity(v) for k, v in asked.items() if k in gpu_names)
+        cpu += _requested(requests.get("cpu", 0))
+        memory += _requested(requests.get("memory", 0))
+        gpu += sum(_requested(v) for k, v in asked.items() if k in gpu_names)
     return Resources(cpu=cpu, memory=memory, gpu=gpu)
 
 

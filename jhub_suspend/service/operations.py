@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .observe import rfc3339
+from ..kubevalues import rfc3339
 
 
 @dataclass

@@ -28,6 +28,7 @@ from datetime import datetime
 from typing import Protocol
 
 from ..checkpoints import Status, pinned_image
+from ..kubevalues import parse_time
 from . import observe
 from .actions import Actions
 from .kube import Kube
@@ -67,7 +68,7 @@ class Retention:
             self.log.exception("Retention sweep failed; trying again later")
 
     def _old(self, created: str | None, now: datetime, age: float) -> bool:
-        t = observe.parse_time(created)
+        t = parse_time(created)
         return t is not None and (now - t).total_seconds() > age
 
     async def sweep(self, snap: Snapshot) -> dict[str, int]:
