@@ -247,34 +247,35 @@ class MetricsHealth:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """The policy's settings. Durations are in seconds.
+    """The policy's settings. Durations are in seconds; the defaults are the fields' (and the
+    suspend service's, whose settings take them from here).
 
     Attributes:
-        cpu_threshold: idle when CPU usage stays under this fraction of the CPU request (0.05).
-        idle_window: the window over which CPU must stay under the threshold (3600).
-        activity_timeout: idle when the hub saw no activity for this long (3600).
+        cpu_threshold: idle when CPU usage stays under this fraction of the CPU request.
+        idle_window: the window over which CPU must stay under the threshold.
+        activity_timeout: idle when the hub saw no activity for this long.
         gpu_threshold: GPU servers are idle only when GPU utilisation stays under this many
-            percent (5).
-        gpu_idle_window: window for GPU servers, both CPU and GPU signals (1800; an idle GPU is
-            the scarcest thing held).
-        gpu_activity_timeout: activity timeout for GPU servers (1800).
-        min_coverage: fraction of expected samples a window must hold to count (0.8).
+            percent.
+        gpu_idle_window: window for GPU servers, both CPU and GPU signals (shorter: an idle GPU
+            is the scarcest thing held).
+        gpu_activity_timeout: activity timeout for GPU servers.
+        min_coverage: fraction of expected samples a window must hold to count.
         exempt_users, exempt_groups, exempt_server_names: never suspended. A server name of
             ``""`` exempts default servers.
-        allow_keep_running: honour users' keep-running opt-outs (True).
+        allow_keep_running: honour users' keep-running opt-outs.
         max_keep_running: cap on an opt-out's duration, from when it was set; None for
-            unlimited (7 days).
-        max_suspensions_per_cycle: at most this many suspensions per cycle (10).
+            unlimited.
+        max_suspensions_per_cycle: at most this many suspensions per cycle.
         max_concurrent_suspensions: at most this many in flight at once, counting those the
-            service reports as ``in_flight`` (2).
-        dry_run: report decisions, act on none (False).
+            service reports as ``in_flight``.
+        dry_run: report decisions, act on none.
         capacity_pressure: order by capacity freed while pods are Pending, and relax timeouts
-            while none are (True).
+            while none are.
         relaxed_factor: activity timeouts are multiplied by this when capacity pressure is on
             and nothing is Pending (1 = off).
-        waste_weights: weight per unused CPU core, GiB of memory and GPU
-            (cpu 1.0, memory 0.25, gpu 10.0); a missing key weighs 0.
-        warn_before: warn users this long before their server becomes eligible (600; 0 = never).
+        waste_weights: weight per unused CPU core, GiB of memory and GPU; a missing key weighs
+            0.
+        warn_before: warn users this long before their server becomes eligible (0 = never).
         gpu_resources: Kubernetes resource names counted as GPUs in Pending reasons.
     """
 

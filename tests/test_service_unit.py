@@ -4,9 +4,11 @@ the benchmark's smoke run."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import os
+import re
 import sys
 from datetime import UTC, datetime, timedelta
 
@@ -220,6 +222,43 @@ def test_policy_settings_become_one_policy_config():
     for name in PolicyConfig.__dataclass_fields__:
         trait = SuspendService.class_traits()[name]
         assert trait.metadata.get("config") and trait.help
+
+
+def _doc_default(text: str) -> object:
+    """A default as docs/service.md writes it: ``3600 s``, ``7 days; None: no cap``, ..."""
+    text = " ".join(text.split()).split(";")[0]
+    if text == "empty":
+        return frozenset()
+    if text in ("True", "False"):
+        return text == "True"
+    if m := re.fullmatch(r"([\d.]+) days", text):
+        return float(m[1]) * 86400
+    if m := re.fullmatch(r"([\d.]+)(?: s| %)?", text):
+        return float(m[1])
+    if text.startswith("{"):
+        return frozenset(ast.literal_eval(text))
+    return {k: float(v) for k, v in re.findall(r"(\w+) ([\d.]+)", text)}
+
+
+def test_the_policys_defaults_are_policy_configs_in_the_service_and_its_docs():
+    """One source: the service's settings take their defaults from PolicyConfig, and
+    docs/service.md (which lists them in brackets) agrees."""
+    defaults = PolicyConfig()
+    svc = SuspendService()
+    for name in PolicyConfig.__dataclass_fields__:
+        value = getattr(defaults, name)
+        assert getattr(svc, name) == (dict(value) if name == "waste_weights" else value), name
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "service.md")) as f:
+        doc = f.read()
+    policy = doc[doc.index("Policy (each maps") : doc.index("**No automatic suspension")]
+    documented = {}
+    for names, text in re.findall(r"((?:`\w+`,? )+)\[([^\]]*)\]", policy):
+        for name in re.findall(r"`(\w+)`", names):
+            documented[name] = _doc_default(text)
+    assert set(documented) == set(PolicyConfig.__dataclass_fields__)
+    for name, text_value in documented.items():
+        value = getattr(defaults, name)
+        assert text_value == (dict(value) if name == "waste_weights" else value), name
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,7 @@ from traitlets.config import Application, catch_config_error
 
 from .. import promql
 from ..agent.client import AgentClient
-from ..policy import DEFAULT_WASTE_WEIGHTS, PolicyConfig
+from ..policy import PolicyConfig
 from . import handlers, ui
 from .actions import Actions
 from .hubclient import HubClient
@@ -52,6 +52,8 @@ from .prom import PrometheusReader
 from .retention import Retention
 
 POLICY_FIELDS = tuple(PolicyConfig.__dataclass_fields__)
+# The policy's defaults are PolicyConfig's: the traits below take theirs from it.
+POLICY_DEFAULTS = PolicyConfig()
 ADMIN_SCOPE = "custom:jhub-suspend:admin"
 
 
@@ -117,78 +119,95 @@ class SuspendService(Application):
         False, help="Print a config file with every setting and its help, commented out, and exit."
     ).tag(config=True)
 
-    # ---- policy (the fields of policy.PolicyConfig) -----------------------------------------
+    # ---- policy (the fields of policy.PolicyConfig, with its defaults) ----------------------
 
     cpu_threshold = Float(
-        0.05,
+        POLICY_DEFAULTS.cpu_threshold,
         help="A server is idle only while its CPU use stays under this fraction of its CPU "
         "request for the whole idle window (0.05 = 5 %).",
     ).tag(config=True)
     idle_window = Float(
-        3600, help="Seconds over which CPU (and GPU) must stay under the thresholds."
+        POLICY_DEFAULTS.idle_window,
+        help="Seconds over which CPU (and GPU) must stay under the thresholds.",
     ).tag(config=True)
     activity_timeout = Float(
-        3600, help="A server is idle only when the hub has seen no activity for this many seconds."
+        POLICY_DEFAULTS.activity_timeout,
+        help="A server is idle only when the hub has seen no activity for this many seconds.",
     ).tag(config=True)
     gpu_threshold = Float(
-        5.0,
+        POLICY_DEFAULTS.gpu_threshold,
         help="Servers that request GPUs are idle only while GPU utilisation stays under this "
         "many percent.",
     ).tag(config=True)
     gpu_idle_window = Float(
-        1800,
+        POLICY_DEFAULTS.gpu_idle_window,
         help="Idle window of GPU servers, for both their CPU and GPU signals (an idle GPU is "
         "the scarcest thing held, so it is shorter).",
     ).tag(config=True)
-    gpu_activity_timeout = Float(1800, help="Activity timeout of GPU servers, in seconds.").tag(
-        config=True
-    )
+    gpu_activity_timeout = Float(
+        POLICY_DEFAULTS.gpu_activity_timeout, help="Activity timeout of GPU servers, in seconds."
+    ).tag(config=True)
     min_coverage = Float(
-        0.8,
+        POLICY_DEFAULTS.min_coverage,
         help="Fraction of the expected samples a window must hold; servers with sparser data "
         "are never idle.",
     ).tag(config=True)
-    exempt_users = Set(Unicode(), help="Users whose servers are never suspended.").tag(config=True)
-    exempt_groups = Set(Unicode(), help="Members of these hub groups are never suspended.").tag(
-        config=True
-    )
+    exempt_users = Set(
+        Unicode(),
+        set(POLICY_DEFAULTS.exempt_users),
+        help="Users whose servers are never suspended.",
+    ).tag(config=True)
+    exempt_groups = Set(
+        Unicode(),
+        set(POLICY_DEFAULTS.exempt_groups),
+        help="Members of these hub groups are never suspended.",
+    ).tag(config=True)
     exempt_server_names = Set(
-        Unicode(), help='Server names never suspended ("" exempts default servers).'
+        Unicode(),
+        set(POLICY_DEFAULTS.exempt_server_names),
+        help='Server names never suspended ("" exempts default servers).',
     ).tag(config=True)
     allow_keep_running = Bool(
-        True, help="Honour the keep-running opt-out users set on their servers."
+        POLICY_DEFAULTS.allow_keep_running,
+        help="Honour the keep-running opt-out users set on their servers.",
     ).tag(config=True)
     max_keep_running = Float(
-        7 * 86400,
+        POLICY_DEFAULTS.max_keep_running,
         allow_none=True,
         help="Cap, in seconds from when it was set, on a keep-running opt-out; None: no cap.",
     ).tag(config=True)
-    max_suspensions_per_cycle = Integer(10, help="At most this many suspensions per cycle.").tag(
+    max_suspensions_per_cycle = Integer(
+        POLICY_DEFAULTS.max_suspensions_per_cycle, help="At most this many suspensions per cycle."
+    ).tag(config=True)
+    max_concurrent_suspensions = Integer(
+        POLICY_DEFAULTS.max_concurrent_suspensions,
+        help="At most this many suspensions under way at once (checkpoints load the nodes).",
+    ).tag(config=True)
+    dry_run = Bool(POLICY_DEFAULTS.dry_run, help="Decide and report, but suspend nothing.").tag(
         config=True
     )
-    max_concurrent_suspensions = Integer(
-        2, help="At most this many suspensions under way at once (checkpoints load the nodes)."
-    ).tag(config=True)
-    dry_run = Bool(False, help="Decide and report, but suspend nothing.").tag(config=True)
     capacity_pressure = Bool(
-        True,
+        POLICY_DEFAULTS.capacity_pressure,
         help="While pods are Pending for lack of CPU, memory or GPUs, suspend first the idle "
         "servers that free what they lack; when none wait, relax timeouts by relaxed_factor.",
     ).tag(config=True)
     relaxed_factor = Float(
-        1.0, help="Activity timeouts are multiplied by this while nobody is Pending (1 = off)."
+        POLICY_DEFAULTS.relaxed_factor,
+        help="Activity timeouts are multiplied by this while nobody is Pending (1 = off).",
     ).tag(config=True)
     waste_weights = Dict(
-        dict(DEFAULT_WASTE_WEIGHTS),
+        dict(POLICY_DEFAULTS.waste_weights),
         help="Weight of an unused CPU core, GiB of memory and GPU when ranking servers by waste.",
     ).tag(config=True)
     warn_before = Float(
-        600,
+        POLICY_DEFAULTS.warn_before,
         help="""Warn users this many seconds before their server is suspended (0: never). No
         server is suspended before it has been warned for this long.""",
     ).tag(config=True)
     gpu_resources = Set(
-        Unicode(), {"nvidia.com/gpu"}, help="Kubernetes resource names that count as GPUs."
+        Unicode(),
+        set(POLICY_DEFAULTS.gpu_resources),
+        help="Kubernetes resource names that count as GPUs.",
     ).tag(config=True)
 
     @validate(*POLICY_FIELDS)
