@@ -11,6 +11,7 @@ import os
 import re
 import sys
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 from jupyterhub.utils import exponential_backoff
@@ -21,7 +22,7 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from jhub_suspend import promql
-from jhub_suspend.policy import PolicyConfig, Resources
+from jhub_suspend.policy import Decision, Plan, PolicyConfig, Resources, decide
 from jhub_suspend.service import SuspendService, cli, observe
 from jhub_suspend.service.hubclient import HubClient
 from jhub_suspend.service.loop import PolicyLoop
@@ -534,3 +535,59 @@ def test_warnings_keep_their_first_time_until_the_server_is_kept():
     # used again (kept), or gone: the next warning starts anew
     assert warnings_in_force(first, plan(alice="keep"), later) == {}
     assert warnings_in_force(first, plan(), later) == {}
+
+
+# ---- the decide hook -------------------------------------------------------------------------
+
+
+def suspend_everyone(observations, pending, config, now, metrics, in_flight=0, node_labels=None):
+    """A decide_hook that suspends every server it sees, and claims not to be a dry run."""
+    decisions = tuple(
+        Decision(o.user, o.server_name, "suspend", ("hook",), 0.0) for o in observations
+    )
+    return Plan(now, False, metrics, decisions, decisions)
+
+
+async def test_a_decide_hook_replaces_the_decision_but_not_the_safety_rules():
+    users = fakes.synthetic_users(3, NOW)
+    pods = fakes.synthetic_pods(3)
+    keys = [("default", p["metadata"]["name"]) for p in pods]
+    hub, prom = fakes.FakeHub(users), fakes.FakePrometheus(keys)
+    hub.start()
+    prom.start()
+    started: list[str] = []
+
+    async def run_cycle(**settings) -> None:
+        svc = service(**settings)
+        svc.hub = HubClient(hub.url, "t")
+        svc.kube = fakes.FakeKube(pods)  # type: ignore[assignment]
+        svc.prometheus = PrometheusReader(prom.url, timeout=5)
+        svc.actions = SimpleNamespace(  # type: ignore[assignment]
+            start_suspension=lambda user, *_: started.append(user)
+        )
+        svc.retention = SimpleNamespace(maybe_sweep=_nothing)  # type: ignore[assignment]
+        svc.loop = PolicyLoop(svc)
+        try:
+            snap = await svc.loop.cycle()
+        finally:
+            svc.prometheus.close()
+        assert [d.reasons for d in snap.plan.decisions] == [("hook",)] * 3
+
+    try:
+        await run_cycle(decide_hook=suspend_everyone)
+        assert started == ["user00000", "user00001", "user00002"]
+        started.clear()
+        await run_cycle(decide_hook="tests.test_service_unit.suspend_everyone", dry_run=True)
+        prom.malformed = True  # the metrics are unusable: the fail-safe
+        await run_cycle(decide_hook=suspend_everyone)
+        assert started == []
+    finally:
+        prom.stop()
+        hub.stop()
+    with pytest.raises(TraitError, match="cannot import"):
+        service(decide_hook="tests.test_service_unit.no_such_hook")
+    assert service().decide_hook is decide
+
+
+async def _nothing(*_):
+    return None

@@ -33,14 +33,16 @@ from traitlets import (
     Set,
     TraitError,
     Unicode,
+    Union,
     default,
     validate,
 )
 from traitlets.config import Application, catch_config_error
+from traitlets.utils.importstring import import_item
 
 from .. import promql
 from ..agent.client import AgentClient
-from ..policy import PolicyConfig
+from ..policy import PolicyConfig, decide
 from . import handlers, ui
 from .actions import Actions
 from .hubclient import HubClient
@@ -209,6 +211,33 @@ class SuspendService(Application):
         set(POLICY_DEFAULTS.gpu_resources),
         help="Kubernetes resource names that count as GPUs.",
     ).tag(config=True)
+
+    decide_hook = Union(
+        [Callable(), Unicode()],
+        help="""The policy's decision, replaceable: a function with the signature of
+        jhub_suspend.policy.decide (the default), or its import name such as
+        "mysite.policy.decide". Each cycle it gets every server's observation, the Pending
+        pods, the policy's settings, the time and the metrics' health, and returns a
+        jhub_suspend.policy.Plan; it may call jhub_suspend.policy.decide and change its plan.
+        It must be pure (no IO: it runs in the loop) and fast. Whatever it returns, nothing is
+        suspended in dry-run mode or while the metrics are unusable.""",
+    ).tag(config=True)
+
+    @default("decide_hook")
+    def _default_decide_hook(self) -> Any:
+        return decide
+
+    @validate("decide_hook")
+    def _validate_decide_hook(self, proposal: Any) -> Any:
+        hook = proposal.value
+        if isinstance(hook, str):
+            try:
+                hook = import_item(hook)
+            except (ImportError, AttributeError, ValueError) as e:
+                raise TraitError(f"decide_hook: cannot import {proposal.value!r}: {e}") from None
+        if not callable(hook):
+            raise TraitError(f"decide_hook: {proposal.value!r} is not callable")
+        return hook
 
     @validate(*POLICY_FIELDS)
     def _validate_policy_field(self, proposal: Any) -> Any:

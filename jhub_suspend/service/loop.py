@@ -8,8 +8,8 @@ One cycle reads, concurrently and independently of the number of users (beyond p
 * the discard markers (one list),
 * the Prometheus signals (a constant number of queries, :mod:`jhub_suspend.promql`),
 
-then calls :func:`jhub_suspend.policy.decide` and asks for the suspensions of
-:attr:`Plan.to_suspend` unless the policy is in dry-run mode. Prometheus being unreachable,
+then calls :func:`jhub_suspend.policy.decide` (or the ``decide_hook`` that replaces it) and
+asks for the suspensions of :attr:`Plan.to_suspend` unless the policy is in dry-run mode. Prometheus being unreachable,
 stale or malformed makes the cycle fail safe (nothing is suspended, the reason is logged and
 exported). Any other error fails the cycle, which is logged, exported and retried next cycle;
 the task itself is supervised and restarted if it ever dies.
@@ -28,9 +28,9 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from .. import checkpoints as ck
-from .. import policy, promql
+from .. import promql
 from ..kubevalues import rfc3339
-from ..policy import MetricsHealth, Plan, PolicyConfig, Resources
+from ..policy import DecideHook, MetricsHealth, Plan, PolicyConfig, Resources
 from ..state import read_state
 from . import observe
 from .actions import Actions
@@ -57,6 +57,7 @@ class LoopContext(Protocol):
     retention: Retention
     queries: promql.Queries
     names: promql.MetricNames
+    decide_hook: DecideHook
     namespace: str
     gpu_resources: set[str]
     pending_pods_all_namespaces: bool
@@ -197,7 +198,7 @@ class PolicyLoop:
             for o in (v.observation() for v in views)
             if o is not None
         ]
-        plan = policy.decide(
+        plan = svc.decide_hook(
             observations,
             pending,
             svc.policy_config,
@@ -371,17 +372,21 @@ class PolicyLoop:
     async def cycle(self) -> Snapshot:
         """One full cycle: observe, decide, act (unless dry-run), sweep retention when due."""
         t0 = time.monotonic()
-        m = self.service.metrics
+        svc = self.service
+        m = svc.metrics
         try:
             snap = await self.observe()
             plan = snap.plan
+            # Whoever decided (a decide_hook too): nothing is suspended in dry-run mode, nor
+            # while the metrics are unusable.
+            acting = not (plan.dry_run or svc.policy_config.dry_run) and snap.failsafe is None
             if plan.to_suspend:
                 self.log.info(
                     "Policy%s: suspending %s",
-                    " (dry run, acting on none)" if plan.dry_run else "",
+                    "" if acting else " (dry run or fail-safe, acting on none)",
                     ", ".join(f"{d.user}/{d.server_name}" for d in plan.to_suspend),
                 )
-            if not plan.dry_run:
+            if acting:
                 for d in plan.to_suspend:
                     reason = "capacity" if d.frees else "idle"
                     self.service.actions.start_suspension(d.user, d.server_name, "policy", reason)
