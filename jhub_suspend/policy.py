@@ -51,7 +51,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 State = Literal["running", "suspending", "suspended", "restoring", "failed"]
 Action = Literal["suspend", "warn", "keep"]
@@ -754,22 +754,6 @@ def _fail_safe(obs: ServerObservation, ctx: _Context, metrics: MetricsHealth) ->
 def _relevant_pending(pending: Iterable[PendingPod], cfg: PolicyConfig) -> tuple[PendingPod, ...]:
     known = {"cpu", "memory"} | cfg.gpu_resources
     return tuple(p for p in pending if p.reasons & known)
-
-
-class DecideHook(Protocol):
-    """The signature of :func:`decide`, which the suspend service's ``decide_hook`` setting can
-    replace."""
-
-    def __call__(
-        self,
-        observations: Iterable[ServerObservation],
-        pending: Iterable[PendingPod],
-        config: PolicyConfig,
-        now: datetime,
-        metrics: MetricsHealth,
-        in_flight: int = 0,
-        node_labels: Mapping[str, Mapping[str, str]] | None = None,
-    ) -> Plan: ...
 
 
 def decide(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import subprocess
 import textwrap
+from dataclasses import replace
 
 import pytest
 
@@ -42,6 +43,24 @@ RELABELLED = MetricNames(
     gpu_pod="exported_pod",
     extra_matchers='container="notebook"',
     gpu_extra_matchers='job="dcgm"',
+)
+
+# every name renamed
+RENAMED = MetricNames(
+    cpu_usage="cpu_total",
+    memory_working_set="mem_ws",
+    requests="ksm_requests",
+    gpu_util="gpu_u",
+    gpu_engine_active="gpu_a",
+    namespace="ns",
+    pod="p",
+    container="c",
+    resource="r",
+    gpu_namespace="gns",
+    gpu_pod="gp",
+    cpu_resource="core",
+    memory_resource="ram",
+    gpu_resource="gpus",
 )
 
 CPU_INNER = (
@@ -139,23 +158,7 @@ def test_extra_matchers_apply_to_cpu_and_memory_but_not_gpu_or_requests() -> Non
 
 
 def test_all_names_configurable() -> None:
-    names = MetricNames(
-        cpu_usage="cpu_total",
-        memory_working_set="mem_ws",
-        requests="ksm_requests",
-        gpu_util="gpu_u",
-        gpu_engine_active="gpu_a",
-        namespace="ns",
-        pod="p",
-        container="c",
-        resource="r",
-        gpu_namespace="gns",
-        gpu_pod="gp",
-        cpu_resource="core",
-        memory_resource="ram",
-        gpu_resource="gpus",
-    )
-    q = build_queries(names, PODS, cpu_window="1h", gpu_window="1h")
+    q = build_queries(RENAMED, PODS, cpu_window="1h", gpu_window="1h")
     text = " ".join(q.all().values())
     for default in (
         "container_cpu_usage_seconds_total",
@@ -194,19 +197,7 @@ def test_chart_queries_default_names() -> None:
 
 def test_chart_queries_use_the_configured_names() -> None:
     """The GPU join is on the configured pod labels, not on ``namespace`` and ``pod``."""
-    names = MetricNames(
-        cpu_usage="cpu_total",
-        requests="ksm_requests",
-        namespace="ns",
-        pod="p",
-        container="c",
-        resource="r",
-        gpu_namespace="gns",
-        gpu_pod="gp",
-        cpu_resource="core",
-        gpu_resource="gpus",
-        extra_matchers='c="notebook"',
-    )
+    names = replace(RENAMED, extra_matchers='c="notebook"')
     q = chart_queries(names, PODS, rate_window=300, step=30, gpu_source="util")
     for default in ("namespace", "pod", "container", "resource", "nvidia"):
         assert not any(default in text for text in q.values()), default

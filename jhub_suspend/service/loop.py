@@ -22,6 +22,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
@@ -30,7 +31,7 @@ from urllib.parse import quote
 from .. import checkpoints as ck
 from .. import promql
 from ..kubevalues import rfc3339
-from ..policy import DecideHook, MetricsHealth, Plan, PolicyConfig, Resources
+from ..policy import MetricsHealth, Plan, PolicyConfig, Resources
 from ..state import read_state
 from . import observe
 from .actions import Actions
@@ -57,7 +58,8 @@ class LoopContext(Protocol):
     retention: Retention
     queries: promql.Queries
     names: promql.MetricNames
-    decide_hook: DecideHook
+    #: jhub_suspend.policy.decide, or what replaces it (of the same signature)
+    decide_hook: Callable[..., Plan]
     namespace: str
     gpu_resources: set[str]
     pending_pods_all_namespaces: bool
