@@ -80,12 +80,17 @@ async def request_suspension(
 
     async def stopped() -> dict | bool:
         s = await server_model(hub, user, server_name)
-        return s if s is not None and not s.get("ready") and not s.get("pending") else False
+        if s is None or s.get("pending"):
+            return False
+        # Running again under a new start: the suspension failed and someone (the service's
+        # repair) started it again before this saw it stopped.
+        restarted = s.get("ready") and s.get("started") != server.get("started")
+        return s if not s.get("ready") or restarted else False
 
     after = await exponential_backoff(
         stopped, f"server {user}/{server_name} did not stop within {timeout}s", timeout=timeout
     )
-    if not kept_running(after):
+    if after.get("ready") or not kept_running(after):
         return after
 
     # The checkpoint failed and the spawner left the pod running, but JupyterHub ends a server

@@ -27,10 +27,13 @@ import pytest
 import pytest_asyncio
 from jupyterhub.utils import exponential_backoff
 from test_suspend_e2e import ours, pod_exists, server_with_kernel, suspend_services_of
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from jhub_suspend import checkpoints as ck
+from jhub_suspend import images
+from jhub_suspend.commands import run_command
 from jhub_suspend.demo.hub import running_hub
+from jhub_suspend.localcluster import registrygc
 from jhub_suspend.suspension import request_suspension, server_model
 from jhub_suspend.testing.hubapi import HubAPI
 from jhub_suspend.testing.waiting import wait_for
@@ -59,7 +62,11 @@ async def hub(cluster, tmp_path_factory):
     # Short cycles, and a short wait for a stop: the service hands back a locked-out server
     # within seconds, and clears a mark no stop followed after 12 s.
     config = "c.SuspendService.cycle_interval = 2\nc.SuspendService.suspend_timeout = 12\n"
-    async with running_hub(cluster.describe(), str(state), service_config=config) as h:
+    # The hub waits 20 s for a checkpoint, so that a kubelet that never answers is given up.
+    hub_config = "c.SuspendingKubeSpawner.checkpoint_timeout = 20\n"
+    async with running_hub(
+        cluster.describe(), str(state), extra_config=hub_config, service_config=config
+    ) as h:
         yield h
     cluster.faults.clear()
 
@@ -160,6 +167,10 @@ async def tags(cluster, pod: str) -> list[str]:
     return json.loads(resp.body).get("tags") or []
 
 
+async def _no_tags(cluster, pod: str) -> bool:
+    return not await tags(cluster, pod)
+
+
 def clear_message(record: dict[str, Any]) -> None:
     error = record.get("last_error") or {}
     message = error.get("message", "")
@@ -200,8 +211,11 @@ async def check_invariants(
     pods = await core.list_namespaced_pod("default")
     assert [p.metadata.name for p in pods.items] == [pod]
     await wait_for(lambda: not leftovers(cluster, pod), f"archives of {pod} stayed on the node", 60)
-    remaining = await tags(cluster, pod)
-    assert not remaining, f"checkpoint images nobody owns: {remaining}"
+    # An agent whose caller went away deletes what it pushed once its push is done.
+    try:
+        await wait_for(lambda: _no_tags(cluster, pod), "", 60)
+    except TimeoutError:
+        raise AssertionError(f"checkpoint images nobody owns: {await tags(cluster, pod)}") from None
     await wait_for(lambda: cluster.agents[NODE].running, "the agent never came back", 60)
     return outcome
 
@@ -319,3 +333,158 @@ async def test_killed_during_a_restore(hub, api, core, cluster, victim, step):
     )
     print(f"FAULT {victim} killed {step}: {outcome}")
     await api.stop_server(user)
+
+
+# ---- injected faults ---------------------------------------------------------------------
+
+
+async def suspended_or_kept(hub, api, core, cluster, user, step_fault) -> tuple[str, dict]:
+    """Suspend ``user``'s server with ``step_fault`` (an async callable run once the request is
+    on its way) in effect; return the outcome and the server's record once settled."""
+    kernel = await server_with_kernel(hub, api, user)
+    value = f"{user} survives"
+    await kernel.execute(f"v = {value!r}")
+    pod = (await server_model(api.request, user))["state"]["pod_name"]
+    checkpoints = cluster.faults.arm("checkpoint-written", pod=pod, hold=False)
+    undo = await step_fault(pod)
+    try:
+        after = await request_suspension(api.request, core, user, reason="test")
+    finally:
+        await undo()
+    outcome = await check_invariants(
+        hub, api, core, cluster, user, kernel, value, checkpoints, most=1
+    )
+    return outcome, ours(after)
+
+
+def nothing():
+    async def undo() -> None:
+        pass
+
+    return undo
+
+
+async def test_the_kubelet_answering_500_leaves_the_server_running(hub, api, core, cluster):
+    async def kubelet_500(pod):
+        cluster.faults.arm("checkpoint", pod=pod, hold=False, fail=(500, "injected: runtime error"))
+        return nothing()
+
+    outcome, record = await suspended_or_kept(hub, api, core, cluster, "k-500", kubelet_500)
+    assert outcome == "running"
+    assert "injected: runtime error" in record["last_error"]["message"], record
+
+
+async def test_a_kubelet_that_never_answers_leaves_the_server_running(hub, api, core, cluster):
+    held = []
+
+    async def kubelet_hangs(pod):
+        held.append(cluster.faults.arm("checkpoint", pod=pod))
+
+        async def undo() -> None:  # the kubelet answers at last, after its caller gave up
+            held[0].release()
+            cluster.faults.disarm(held[0])
+
+        return undo
+
+    outcome, record = await suspended_or_kept(hub, api, core, cluster, "k-hang", kubelet_hangs)
+    assert outcome == "running"
+    assert "no answer from the node agent" in record["last_error"]["message"], record
+
+
+async def test_a_full_disk_while_the_archive_is_written_leaves_the_server_running(
+    hub, api, core, cluster
+):
+    directory = cluster.kubelet(NODE).checkpoint_dir
+
+    async def disk_full(pod):
+        os.makedirs(directory, exist_ok=True)
+        await run_command(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", directory])
+
+        async def undo() -> None:
+            await run_command(["umount", directory])
+
+        return undo
+
+    outcome, record = await suspended_or_kept(hub, api, core, cluster, "k-disk", disk_full)
+    assert outcome == "running"
+    assert "no space left on device" in record["last_error"]["message"].lower(), record
+
+
+async def test_the_registry_down_during_the_push_leaves_the_server_running(hub, api, core, cluster):
+    async def registry_down(pod):
+        written = cluster.faults.arm("checkpoint-written", pod=pod)
+
+        async def stop_when_written() -> None:
+            await written.wait_reached()
+            await cluster.stop_registry()
+            written.release()
+            cluster.faults.disarm(written)
+
+        stopping = asyncio.ensure_future(stop_when_written())
+
+        async def undo() -> None:
+            await stopping
+            await cluster.start_registry_again()
+
+        return undo
+
+    outcome, record = await suspended_or_kept(hub, api, core, cluster, "k-reg", registry_down)
+    assert outcome == "running"
+    assert "registry" in record["last_error"]["message"].lower(), record
+
+
+async def test_the_registry_answering_500_leaves_the_server_running(hub, api, core, cluster):
+    repositories = Path(cluster.registry.storage_dir, "docker", "registry", "v2", "repositories")
+
+    async def registry_500(pod):
+        # Its storage broken under it, the real registry answers 500 to the push.
+        aside = repositories.with_name("repositories.aside")
+        repositories.rename(aside)
+        repositories.write_text("not a directory")
+
+        async def undo() -> None:
+            repositories.unlink()
+            aside.rename(repositories)
+
+        return undo
+
+    outcome, record = await suspended_or_kept(hub, api, core, cluster, "k-reg500", registry_500)
+    assert outcome == "running"
+    assert "registry" in record["last_error"]["message"].lower(), record
+
+
+async def test_a_corrupted_checkpoint_image_starts_fresh_and_keeps_the_image(
+    hub, api, core, cluster
+):
+    """A checkpoint that cannot be restored cannot give the kernel back: the user gets a fresh
+    server at once, with a message, and the image is kept for the admin, not deleted."""
+    user = "k-corrupt"
+    kernel = await server_with_kernel(hub, api, user)
+    await kernel.execute("v = 1")
+    after = await request_suspension(api.request, core, user, reason="test")
+    checkpoint = ours(after)["checkpoint"]
+    assert checkpoint["status"] == "suspended", after
+    repo = ck.image_repository(cluster.checkpoint_repository, "default", after["state"]["pod_name"])
+    layer = (await images.inspect(f"{repo}@{checkpoint['digest']}"))["layers"][0]
+    algorithm, hexdigest = layer.split(":")
+    blob = Path(
+        cluster.registry.storage_dir, *registrygc.BLOBS_DIR, algorithm, hexdigest[:2], hexdigest,
+        "data",
+    )  # fmt: skip
+    with open(blob, "r+b") as f:
+        f.seek(blob.stat().st_size // 2)
+        f.write(os.urandom(4096))
+
+    await api.start_server(user)
+    server = await server_model(api.request, user)
+    record = ours(server)
+    assert server.get("ready")
+    assert record["checkpoint"]["status"] == "restore_failed", record
+    clear_message(record)
+    assert (await images.inspect(f"{repo}@{checkpoint['digest']}"))["digest"] == checkpoint[
+        "digest"
+    ]  # kept for the admin
+    with pytest.raises(HTTPClientError) as gone:
+        await kernel.execute("print(v)")  # a fresh server: that kernel is gone
+    assert gone.value.code == 404
+    await images.delete(f"{repo}@{checkpoint['digest']}")

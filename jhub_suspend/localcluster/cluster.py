@@ -379,16 +379,11 @@ class LocalCluster(Application):
             storage = registry.storage_dir
             started = time.monotonic()
             before = await asyncio.to_thread(registrygc.storage_bytes, storage)
-            await registry.stop()
-            self.processes.discard(registry)
+            await self.stop_registry()
             try:
                 await registrygc.collect_garbage(registry.argv[0], registry.argv[-1])
             finally:
-                restarted = registry.respawn()
-                assert isinstance(restarted, services.RegistryProcess)
-                await restarted.start()
-                await restarted.wait_ready(timeout=self.ready_timeout)
-                self.registry = restarted
+                await self.start_registry_again()
             after = await asyncio.to_thread(registrygc.storage_bytes, storage)
             result = registrygc.GcResult(before, after, time.monotonic() - started)
         self.registry_metrics.record(result)
@@ -399,6 +394,21 @@ class LocalCluster(Application):
             result.seconds,
         )
         return result
+
+    async def stop_registry(self) -> None:
+        """Stop the registry (for its garbage collection, or as a fault in tests)."""
+        assert self.registry is not None
+        await self.registry.stop()
+        self.processes.discard(self.registry)
+
+    async def start_registry_again(self) -> None:
+        """Start the stopped registry again, on the same port and storage."""
+        assert self.registry is not None
+        restarted = self.registry.respawn()
+        assert isinstance(restarted, services.RegistryProcess)
+        await restarted.start()
+        await restarted.wait_ready(timeout=self.ready_timeout)
+        self.registry = restarted
 
     async def _agents_busy(self) -> str:
         """Why the registry must not stop now ("" when it may): an agent with a checkpoint in

@@ -1,0 +1,49 @@
+"""A small version of the load benchmark (benchmarks/load.py, issue 10): several servers
+suspended and resumed at once through the hub, the service and the agents, on the shared
+local cluster. Every operation succeeds and every kernel keeps its state; timings are the
+benchmark's business, not asserted here."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import pytest_asyncio
+
+from jhub_suspend.demo.hub import running_hub
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+import load
+
+pytestmark = pytest.mark.slow
+SERVERS = 5
+
+
+@pytest_asyncio.fixture(scope="module")
+async def hub(cluster, tmp_path_factory):
+    state = tmp_path_factory.mktemp("hub")
+    async with running_hub(
+        cluster.describe(),
+        str(state),
+        extra_config=load.HUB_CONFIG,
+        service_config=load.SERVICE_CONFIG,
+    ) as h:
+        yield h
+
+
+async def test_servers_suspended_and_resumed_at_once_lose_nothing(hub):
+    users = [f"load{i}" for i in range(SERVERS)]
+    result = await load.run_load(hub, users, concurrency=SERVERS, timeout=600)
+    for phase in ("suspend", "resume"):
+        assert result[phase]["failures"] == {}, result
+        assert result[phase]["done"] == SERVERS, result
+    assert result["state_lost"] == {}, result
+    assert result["suspend"]["latency_s"]["max"] > 0
+
+
+def test_percentiles_use_the_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert load.percentiles(values) == {"p50": 50, "p90": 90, "p99": 99, "max": 100, "mean": 50.5}
+    assert load.percentiles([]) == {}
+    assert load.percentiles([3.0])["p99"] == 3.0
