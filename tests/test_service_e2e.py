@@ -641,7 +641,7 @@ async def test_retention_deletes_used_images_and_discards_old_suspensions(hub, a
         # only this user's server: the sweep must not touch the other stories' checkpoints
         snap = await svc.loop.observe(record=False)
         views = [v for v in snap.views if v.user == user]
-        digests = {(v.checkpoint or {}).get("digest") for v in views}
+        digests = {v.checkpoint.digest for v in views if v.checkpoint}
         markers = {d: m for d, m in snap.markers.items() if d in digests}
         return await svc.retention.sweep(dataclasses.replace(snap, views=views, markers=markers))
 
