@@ -37,6 +37,7 @@ from traitlets import (
 )
 
 from . import checkpoints as ck
+from . import upstream
 from .agent.client import AgentClient, AgentError
 from .checkpoints import Checkpoint, LastError, Status
 from .errors import JhubSuspendError
@@ -246,7 +247,7 @@ class SuspendingKubeSpawner(KubeSpawner):
                 self.log.warning(
                     "%s: its checkpoint cannot be read (%s: %s); the next start is fresh and "
                     "the record is kept under %s",
-                    self._log_name,
+                    self._server_name,
                     type(e).__name__,
                     e,
                     UNREADABLE_KEY,
@@ -276,6 +277,10 @@ class SuspendingKubeSpawner(KubeSpawner):
 
     # ---- suspend ---------------------------------------------------------------------------
 
+    @property
+    def _server_name(self) -> str:
+        return upstream.log_name(self)
+
     def _ref_key(self) -> str:
         return f"{self.namespace}/{self.pod_name}"
 
@@ -293,7 +298,7 @@ class SuspendingKubeSpawner(KubeSpawner):
             await self._stop(now)
         except Exception:
             # JupyterHub drops exceptions from stop() without a word; say what happened.
-            self.log.exception("Stopping %s failed", self._log_name)
+            self.log.exception("Stopping %s failed", self._server_name)
             raise
 
     async def poll(self) -> int | None:
@@ -304,14 +309,14 @@ class SuspendingKubeSpawner(KubeSpawner):
             and checkpoint is not None
             and checkpoint.status == Status.VERIFIED
             and not self._suspending
-            and not getattr(self, "_stop_pending", False)
+            and not upstream.stop_pending(self)
         ):
             # A suspension verified its checkpoint, then the hub stopped before it deleted the
             # pod (a hub restart polls first). The running server wins; the checkpoint would
             # otherwise stay unowned in the registry, or be restored over newer work later.
             self.log.warning(
                 "%s runs, and its suspension never finished: discarding its checkpoint",
-                self._log_name,
+                self._server_name,
             )
             await self._release(checkpoint.with_status(Status.DISCARDED))
             self._persist_state()
@@ -332,7 +337,7 @@ class SuspendingKubeSpawner(KubeSpawner):
             return self.pod_reflector.pods.get(self._ref_key())
 
     async def _stop(self, now: bool) -> None:
-        await self._start_watching_pods()
+        await upstream.watch_pods(self)
         pod = await self._current_pod()
         reason = None if now else self.suspend_reason(pod)
         if pod is None or reason is None:
@@ -350,7 +355,7 @@ class SuspendingKubeSpawner(KubeSpawner):
             checkpoint = await self.suspend(pod, reason)
         except Exception as e:  # whatever went wrong, the pod must not be lost
             # Never lose a notebook: the pod keeps running; the next start adopts it.
-            self.log.warning("Suspending %s failed, it keeps running: %s", self._log_name, e)
+            self.log.warning("Suspending %s failed, it keeps running: %s", self._server_name, e)
             self._record_error(
                 "suspend", f"Suspending failed, the server keeps running: {e}", repr(e)
             )
@@ -371,7 +376,7 @@ class SuspendingKubeSpawner(KubeSpawner):
         self.will_resume = True
         self.log.info(
             "Suspended %s to %s (%s) in %.1fs",
-            self._log_name,
+            self._server_name,
             checkpoint.image,
             human_size(checkpoint.size),
             checkpoint.seconds,
@@ -460,6 +465,8 @@ class SuspendingKubeSpawner(KubeSpawner):
         return super().start()
 
     async def _start(self) -> tuple[str, int] | str:
+        # Overrides KubeSpawner's private _start (upstream.KUBESPAWNER_START; see upstream.py),
+        # which its public start() runs inside its backoff.
         try:
             return await self._start_or_restore()
         finally:
@@ -473,15 +480,19 @@ class SuspendingKubeSpawner(KubeSpawner):
         if checkpoint and checkpoint.status == Status.RESTORING:
             self.checkpoint = checkpoint = self._after_interrupted_restore(checkpoint)
         if checkpoint and checkpoint.restorable and await self._discarded_elsewhere(checkpoint):
-            self.log.info("The checkpoint of %s was discarded while it was stopped", self._log_name)
+            self.log.info(
+                "The checkpoint of %s was discarded while it was stopped", self._server_name
+            )
             self.checkpoint = checkpoint = None
         if checkpoint and checkpoint.restorable and self._discard_requested():
-            self.log.info("Discarding the checkpoint of %s at the user's request", self._log_name)
+            self.log.info(
+                "Discarding the checkpoint of %s at the user's request", self._server_name
+            )
             await self._release(checkpoint.with_status(Status.DISCARDED))
             checkpoint = None
         if not (checkpoint and checkpoint.restorable):
             self._start_decided.set()
-            return await super()._start()
+            return await upstream.kubespawner_start(super())
         return await self._restore(checkpoint)
 
     def _after_interrupted_restore(self, checkpoint: Checkpoint) -> Checkpoint:
@@ -497,7 +508,9 @@ class SuspendingKubeSpawner(KubeSpawner):
             )
             return checkpoint.with_status(Status.RESTORE_FAILED)
         self.log.warning(
-            "The restore of %s was interrupted (%d time(s)); trying again", self._log_name, attempts
+            "The restore of %s was interrupted (%d time(s)); trying again",
+            self._server_name,
+            attempts,
         )
         return replace(checkpoint, status=Status.SUSPENDED, interrupted_restores=attempts)
 
@@ -528,7 +541,7 @@ class SuspendingKubeSpawner(KubeSpawner):
     async def _adopt_running_pod(self) -> tuple[str, int] | str | None:
         """A pod that kept running (a suspension that failed, or a hub that restarted) is the
         user's live server: start returns it instead of replacing it."""
-        await self._start_watching_pods()
+        await upstream.watch_pods(self)
         # From the API, not the reflector: the mark was set moments ago by the failed stop,
         # and missing it would make KubeSpawner replace the live pod.
         pod = await self._current_pod()
@@ -538,7 +551,7 @@ class SuspendingKubeSpawner(KubeSpawner):
         restored = self._restored_by(pod)
         if ck.SUSPEND_FAILED_ANNOTATION not in annotations and not restored:
             return None
-        self.log.info("Adopting the running pod %s for %s", self.pod_name, self._log_name)
+        self.log.info("Adopting the running pod %s for %s", self.pod_name, self._server_name)
         self.pod_id = pod["metadata"]["uid"]
         await self._annotate_pod({ck.SUSPEND_FAILED_ANNOTATION: None})
         if restored and self.checkpoint:
@@ -548,7 +561,7 @@ class SuspendingKubeSpawner(KubeSpawner):
         elif self.checkpoint and self.checkpoint.status == Status.VERIFIED:
             # The suspension never deleted the pod: the running server wins.
             await self._release(self.checkpoint.with_status(Status.DISCARDED))
-        return self._get_pod_url(pod)
+        return upstream.pod_url(self, pod)
 
     def _restored_by(self, pod: dict[str, Any]) -> bool:
         """Whether the pod runs the checkpoint this server was being restored from."""
@@ -566,7 +579,7 @@ class SuspendingKubeSpawner(KubeSpawner):
         self._persist_state()
         try:
             deadline = min(self.restore_timeout, self.start_timeout)
-            url = await asyncio.wait_for(super()._start(), deadline)
+            url = await asyncio.wait_for(upstream.kubespawner_start(super()), deadline)
         except TimeoutError as e:
             if not await self._waiting_for_room():
                 return await self._start_fresh(checkpoint, e)
@@ -576,7 +589,7 @@ class SuspendingKubeSpawner(KubeSpawner):
             return await self._start_fresh(checkpoint, e)
         finally:
             self._restoring = None
-        self.log.info("Restored %s from %s", self._log_name, checkpoint.image)
+        self.log.info("Restored %s from %s", self._server_name, checkpoint.image)
         await self._release(checkpoint.with_status(Status.RESTORED))
         return url
 
@@ -592,7 +605,7 @@ class SuspendingKubeSpawner(KubeSpawner):
 
     async def _keep_for_later(self, checkpoint: Checkpoint) -> None:
         """Give up waiting for room: the pod goes, the checkpoint stays restorable."""
-        self.log.warning("No room to restore %s in time; its checkpoint is kept", self._log_name)
+        self.log.warning("No room to restore %s in time; its checkpoint is kept", self._server_name)
         self._record_error("restore", NO_ROOM_MESSAGE)
         self.checkpoint = checkpoint
         self._restoring = None
@@ -608,7 +621,7 @@ class SuspendingKubeSpawner(KubeSpawner):
             if isinstance(e, RestoreFailed)
             else RestoreFailed("the restored server did not start in time", str(e))
         )
-        self.log.warning("Restoring %s failed: %s", self._log_name, failure.detail)
+        self.log.warning("Restoring %s failed: %s", self._server_name, failure.detail)
         self._restore_failure = str(failure)
         self._progress_news.set()
         self._record_error(
@@ -621,7 +634,7 @@ class SuspendingKubeSpawner(KubeSpawner):
         self._restoring = None
         self._persist_state()
         await super().stop(now=True)
-        return await super()._start()
+        return await upstream.kubespawner_start(super())
 
     async def _release(self, checkpoint: Checkpoint) -> None:
         """A checkpoint that was used or discarded: delete its image unless retention keeps it."""

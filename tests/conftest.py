@@ -136,3 +136,21 @@ async def browser():
             yield b
         finally:
             await b.close()
+
+
+@pytest.fixture
+def mock_kubeconfig(tmp_path, monkeypatch):
+    """KubeSpawner makes its API client when it is created; give it a cluster it never calls
+    (for spawners made with ``_mock=True``)."""
+    from kubernetes_asyncio.config import kube_config
+
+    from jhub_suspend.localcluster.apiserver import write_kubeconfig
+
+    path = tmp_path / "kubeconfig"
+    write_kubeconfig(str(path), "http://127.0.0.1:9", token="unused")
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
+    yield
+    # KubeSpawner keeps one client per event loop; later tests must not inherit this one.
+    from kubespawner import clients
+
+    clients._client_cache.clear()

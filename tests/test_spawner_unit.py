@@ -17,20 +17,8 @@ from jhub_suspend.spawner import STATE_KEY, UNREADABLE_KEY, SuspendingKubeSpawne
 
 
 @pytest.fixture(autouse=True)
-def kubeconfig(tmp_path, monkeypatch):
-    """KubeSpawner makes its API client when it is created; give it a cluster it never calls."""
-    from kubernetes_asyncio.config import kube_config
-
-    from jhub_suspend.localcluster.apiserver import write_kubeconfig
-
-    path = tmp_path / "kubeconfig"
-    write_kubeconfig(str(path), "http://127.0.0.1:9", token="unused")
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
-    yield
-    # KubeSpawner keeps one client per event loop; later tests must not inherit this one.
-    from kubespawner import clients
-
-    clients._client_cache.clear()
+def kubeconfig(mock_kubeconfig):
+    """Every spawner here is made with KubeSpawner's _mock (conftest's mock_kubeconfig)."""
 
 
 def spawner(**config):

@@ -36,7 +36,7 @@ from kubernetes_asyncio.client.rest import ApiException
 from prometheus_client import CONTENT_TYPE_LATEST
 from tornado import web
 
-from .. import promql
+from .. import promql, upstream
 from ..kubevalues import rfc3339
 from ..policy import PolicyConfig
 from . import listing, observe
@@ -108,15 +108,15 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             self.service.log.warning("Cannot check a token with the hub: %s", e.log_message)
             raise web.HTTPError(502, "cannot check the token with the hub") from None
         if not model:
-            self._hub_auth_user_cache = None
+            upstream.set_current_user(self, None)
             raise web.HTTPError(
                 401, "authentication required: send a valid JupyterHub API token "
                 "(Authorization: token ...) or log in through the hub",
             )  # fmt: skip
         try:
-            self._hub_auth_user_cache = self.check_hub_user(model)
+            upstream.set_current_user(self, self.check_hub_user(model))
         except UserNotAllowed:
-            self._hub_auth_user_cache = None
+            upstream.set_current_user(self, None)
             raise web.HTTPError(
                 403, f"{model.get('kind', 'user')} {model.get('name')} may not use this service "
                 "(needs access:services!service=suspend)",
@@ -179,7 +179,7 @@ class IndexHandler(BaseHandler):
 
     async def prepare(self) -> None:
         model = await self.hub_auth.get_user(self, sync=False)
-        self._hub_auth_user_cache = self.check_hub_user(model) if model else None
+        upstream.set_current_user(self, self.check_hub_user(model) if model else None)
 
     @web.authenticated
     def get(self) -> None:

@@ -24,10 +24,10 @@ import time
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
-from jupyterhub._xsrf_utils import _get_xsrf_token_cookie
 from jupyterhub.services.auth import HubOAuthenticated
 from tornado import web
 
+from .. import upstream
 from .handlers import BaseHandler, IndexHandler, WebContext
 from .prom import MetricsUnavailable, PrometheusReader
 
@@ -231,8 +231,7 @@ class SessionHandler(BaseHandler):
             )
 
     def get(self) -> None:
-        _, cookie_id = _get_xsrf_token_cookie(self)
-        if cookie_id != self._xsrf_token_id:
+        if not upstream.xsrf_cookie_is_current(self):
             # No _xsrf cookie for this login yet (it is set only on navigations): log in again.
             query = urlencode({"next": self.get_argument("next", "")})
             self.write_json(
