@@ -113,15 +113,13 @@ async def clean_pods():
     lc = _session_cluster.get("cluster")
     if lc is None:
         return
-    from jupyterhub.utils import exponential_backoff
+    from jhub_suspend.testing.waiting import wait_for
 
     pods, _ = lc.store.list("pods", "default")
     for pod in pods:
         lc.store.delete("pods", "default", pod["metadata"]["name"], grace_period_seconds=0)
-    await exponential_backoff(
-        lambda: not lc.store.list("pods", "default")[0],
-        "pods of this module were never removed",
-        timeout=60,
+    await wait_for(
+        lambda: not lc.store.list("pods", "default")[0], "pods of this module were never removed"
     )
 
 

@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import secrets
-import socket
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -16,7 +15,6 @@ from urllib.parse import urlencode
 
 import pytest
 from conftest import AGENT_TOKEN, require_command
-from jupyterhub.utils import exponential_backoff
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from tornado.httpserver import HTTPServer
@@ -50,6 +48,8 @@ from jhub_suspend.agent.criuconfig import (
 )
 from jhub_suspend.agent.kubelet import KubeletClient, KubeletError
 from jhub_suspend.agent.protocol import CheckpointRequest
+from jhub_suspend.localcluster.services import free_port
+from jhub_suspend.testing.waiting import wait_for, wait_gone, wait_running
 
 CKPT = "io.kubernetes.cri-o.annotations.checkpoint.name"
 CRIU_NAME = "org.criu.checkpoint.container.name"
@@ -548,9 +548,7 @@ async def test_a_second_checkpoint_of_the_same_pod_is_409(fake_agent, ckpt_dir):
     kubelet.gate = asyncio.Event()
     client = AgentClient(url(fake_agent), TOKEN, timeout=10)
     first = asyncio.create_task(client.checkpoint("default", "p1", "notebook", f"{REPO}/u:1"))
-    await exponential_backoff(
-        lambda: fake_agent.in_flight, "the first checkpoint never started", timeout=5
-    )
+    await wait_for(lambda: fake_agent.in_flight, "the first checkpoint never started", 5)
     with pytest.raises(AgentError) as err:
         await client.checkpoint("default", "p1", "notebook", f"{REPO}/u:2")
     assert err.value.status == 409 and "already running" in err.value.message
@@ -657,12 +655,6 @@ async def test_the_kubelet_client_retries_connections_but_never_answers():
     assert err.value.status == 0 and "cannot reach the kubelet" in err.value.message
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ---- end to end on the local cluster ---------------------------------------------------------
 
 
@@ -688,14 +680,6 @@ def holder_pod(name: str, image: str) -> dict:
     }
 
 
-async def wait_running(store, name: str, timeout: float = 30) -> dict:
-    def running():
-        pod = store.get("pods", "default", name)
-        return pod if pod["status"].get("phase") == "Running" else False
-
-    return await exponential_backoff(running, f"pod {name} never ran", timeout=timeout, max_wait=1)
-
-
 @pytest.fixture
 async def pod(cluster) -> AsyncIterator[dict]:
     name = f"agent-{secrets.token_hex(3)}"
@@ -709,18 +693,11 @@ async def pod(cluster) -> AsyncIterator[dict]:
             used = [u.working_set_bytes for u in await kubelet.usage() if u.pod == name]
             return bool(used) and used[0] > 16 << 20
 
-        await exponential_backoff(
-            holding_memory, f"pod {name} never held its memory", timeout=30, max_wait=0.5
-        )
+        await wait_for(holding_memory, f"pod {name} never held its memory", 30, max_wait=0.5)
         yield running
     finally:
         cluster.store.delete("pods", "default", name, grace_period_seconds=0)
-        await exponential_backoff(
-            lambda: not cluster.store.exists("pods", "default", name),
-            f"pod {name} was never removed",
-            timeout=30,
-            max_wait=1,
-        )
+        await wait_gone(cluster.store, name)
 
 
 @pytest.fixture

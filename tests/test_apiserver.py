@@ -20,6 +20,7 @@ from tornado.netutil import bind_sockets
 
 from jhub_suspend.localcluster.apiserver import serve, write_kubeconfig
 from jhub_suspend.localcluster.store import Store
+from jhub_suspend.testing.waiting import wait_for
 
 TOKEN = "test-admin-token"
 # kubernetes_asyncio accepts _content_type at run time; its type stubs do not list it.
@@ -98,13 +99,11 @@ async def expect_status(status: int, call: Any) -> ApiException:
 
 
 async def eventually(predicate: Callable[[], bool], seconds: float = 10.0) -> None:
-    """Wait for a condition that another task makes true (the reflector has no hook)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
+    """Wait, briskly, for a condition that another task makes true (the reflector has no
+    hook)."""
+    await wait_for(
+        predicate, "condition not reached in time", seconds, start_wait=0.01, max_wait=0.05
+    )
 
 
 async def raw(

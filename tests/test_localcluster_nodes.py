@@ -5,12 +5,12 @@ import os
 import signal
 
 import pytest
-from jupyterhub.utils import exponential_backoff
 from prometheus_api_client import PrometheusConnect
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from jhub_suspend.localcluster.cluster import LocalCluster
 from jhub_suspend.localcluster.containerd import _shim_pids
+from jhub_suspend.testing.waiting import wait_for, wait_gone, wait_running
 
 pytestmark = pytest.mark.slow
 
@@ -33,23 +33,6 @@ def sleeper(name, image, **resources):
             "terminationGracePeriodSeconds": 0,
         },
     }
-
-
-async def wait_running(store, name, timeout=30):
-    def running():
-        pod = store.get("pods", "default", name)
-        return pod if pod["status"].get("phase") == "Running" else False
-
-    return await exponential_backoff(running, f"pod {name} never ran", timeout=timeout, max_wait=1)
-
-
-async def wait_gone(store, name, timeout=30):
-    await exponential_backoff(
-        lambda: not store.exists("pods", "default", name),
-        f"pod {name} was never removed",
-        timeout=timeout,
-        max_wait=1,
-    )
 
 
 async def test_nodes_register_with_capacity_and_labels(cluster):
@@ -97,9 +80,7 @@ async def test_gpu_pod_gets_a_gpu_and_its_utilisation_is_exported(cluster):
             result = prom.custom_query('DCGM_FI_DEV_GPU_UTIL{pod="gpu-user"}')
             return result if result and float(result[0]["value"][1]) != 0 else False
 
-        (sample,) = await exponential_backoff(
-            scraped, "Prometheus never scraped the GPU", timeout=60, max_wait=1
-        )
+        (sample,) = await wait_for(scraped, "Prometheus never scraped the GPU", 60)
         assert float(sample["value"][1]) == 73
         assert sample["metric"]["container"] == "main"
     finally:
@@ -122,9 +103,7 @@ async def test_a_second_gpu_pod_waits_for_the_first(cluster):
             conds = store.get("pods", "default", "gpu-b")["status"].get("conditions", [])
             return next((c for c in conds if c.get("reason") == "Unschedulable"), False)
 
-        cond = await exponential_backoff(
-            unschedulable, "gpu-b was never reported unschedulable", timeout=30, max_wait=1
-        )
+        cond = await wait_for(unschedulable, "gpu-b was never reported unschedulable", 30)
         assert "Insufficient nvidia.com/gpu" in cond["message"]
         store.delete("pods", "default", "gpu-a", grace_period_seconds=0)
         pod = await wait_running(store, "gpu-b")
@@ -216,6 +195,6 @@ async def test_a_killed_agent_is_started_again(cluster):
             return False
         return json.loads(response.body)["node"] == node
 
-    await exponential_backoff(back, "the killed agent never came back", timeout=60, max_wait=1)
+    await wait_for(back, "the killed agent never came back", 60)
     assert cluster.agent_restarts[node] == restarts + 1
     assert cluster.agents[node].pid != old.pid

@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
-from jupyterhub.utils import exponential_backoff
 from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
@@ -28,6 +27,7 @@ from jhub_suspend.service.hubclient import HubClient
 from jhub_suspend.service.loop import PolicyLoop
 from jhub_suspend.service.prom import MetricsUnavailable, PrometheusReader, freshness_health
 from jhub_suspend.testing import fakes
+from jhub_suspend.testing.waiting import wait_for
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 
@@ -407,7 +407,7 @@ async def _never():
 
 
 async def _until(predicate):
-    await exponential_backoff(predicate, "the loop never got there", timeout=10, max_wait=0.1)
+    await wait_for(predicate, "the loop never got there", 10, max_wait=0.1)
 
 
 # ---- CLI -------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 from conftest import require_command
-from jupyterhub.utils import exponential_backoff
 from prometheus_api_client import PrometheusConnect
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.httpserver import HTTPServer
@@ -33,8 +32,10 @@ from jhub_suspend.localcluster.services import (
     ServiceExitedError,
     ServiceTimeoutError,
 )
+from jhub_suspend.testing.waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
+BRISK = {"start_wait": 0.05, "max_wait": 0.5}  # processes here exit or answer within moments
 
 
 def binary(name: str) -> str:
@@ -67,12 +68,6 @@ def group_members(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(entry.name))
     return members
-
-
-async def wait_until(predicate: Any, message: str, seconds: float = 20) -> Any:
-    return await exponential_backoff(
-        predicate, message, start_wait=0.05, max_wait=0.5, timeout=seconds
-    )
 
 
 @pytest.fixture
@@ -347,7 +342,7 @@ async def test_children_die_with_their_parent(tmp_path: Path) -> None:
     assert alive(child)
     parent.kill()
     await parent.wait()
-    await wait_until(lambda: not alive(child), f"child {child} outlived its parent")
+    await wait_for(lambda: not alive(child), f"child {child} outlived its parent", 20, **BRISK)
 
 
 async def test_cleanup_hook_kills_on_signal(tmp_path: Path) -> None:
@@ -361,8 +356,11 @@ async def test_cleanup_hook_kills_on_signal(tmp_path: Path) -> None:
         services.install_cleanup_hooks(g, signals=(signal.SIGUSR1,))
         services.install_cleanup_hooks(g, signals=(signal.SIGUSR1,))  # a second call does nothing
         os.kill(os.getpid(), signal.SIGUSR1)
-        await wait_until(
-            lambda: proc.returncode is not None, "the signal hook did not kill the process"
+        await wait_for(
+            lambda: proc.returncode is not None,
+            "the signal hook did not kill the process",
+            20,
+            **BRISK,
         )
         assert proc.returncode == -signal.SIGKILL
         assert seen == [signal.SIGUSR1]  # the previous handler still ran, once
@@ -476,7 +474,7 @@ async def test_prometheus_scrapes_and_answers_promql(
         )
         return bool(result) and float(result[0]["value"][1]) >= 9
 
-    await wait_until(scraped_enough, "Prometheus did not scrape the fake node", seconds=30)
+    await wait_for(scraped_enough, "Prometheus did not scrape the fake node", 30, **BRISK)
     assert node.scrapes >= 9
 
     ratio_query = (
