@@ -152,3 +152,23 @@ def mock_kubeconfig(tmp_path, monkeypatch):
     from kubespawner import clients
 
     clients._client_cache.clear()
+
+
+def checkpoint_record(status: str = "suspended", **changes):
+    """A checkpoint record of alice's server, for the spawner's unit tests."""
+    import dataclasses
+
+    from jhub_suspend.checkpoints import Checkpoint, NodeFacts
+
+    checkpoint = Checkpoint(
+        image="reg/jhub-suspend/default/jupyter-alice@sha256:" + "c" * 64,
+        digest="sha256:" + "c" * 64,
+        size=10,
+        created="2026-11-30T00:00:00Z",
+        reason="idle",
+        container="notebook",
+        original_image="img",
+        node=NodeFacts("n", "amd64"),
+        status=status,
+    )
+    return dataclasses.replace(checkpoint, **changes)

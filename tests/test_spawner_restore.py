@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 
 import pytest
+from conftest import checkpoint_record
 from kubernetes_asyncio.client import V1ObjectMeta, V1Pod, V1PodSpec
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
@@ -18,8 +19,6 @@ from traitlets.config import Config
 from jhub_suspend.checkpoints import (
     ANNOTATION_PREFIX,
     SUSPEND_FAILED_ANNOTATION,
-    Checkpoint,
-    NodeFacts,
     Status,
     discard_marker_name,
 )
@@ -133,18 +132,7 @@ def spawner(cluster, **config):
 
 
 def record(status=Status.SUSPENDED, **changes):
-    checkpoint = Checkpoint(
-        image="reg/jhub-suspend/default/jupyter-alice@sha256:" + "c" * 64,
-        digest="sha256:" + "c" * 64,
-        size=10,
-        created="2026-11-30T00:00:00Z",
-        reason="idle",
-        container="notebook",
-        original_image="img",
-        node=NodeFacts("n", "amd64"),
-        status=status,
-    )
-    return dataclasses.replace(checkpoint, **changes)
+    return checkpoint_record(status, **changes)
 
 
 async def test_a_restore_that_succeeds_releases_the_checkpoint_as_restored(cluster):

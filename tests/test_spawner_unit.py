@@ -1,6 +1,7 @@
 """SuspendingKubeSpawner's own decisions, without a hub or a cluster (KubeSpawner's _mock)."""
 
 import pytest
+from conftest import checkpoint_record
 from cryptography.fernet import Fernet
 from jupyterhub.crypto import CryptKeeper
 from traitlets import TraitError
@@ -10,7 +11,6 @@ from jhub_suspend.checkpoints import (
     SUSPEND_REQUEST_ANNOTATION,
     Checkpoint,
     LastError,
-    NodeFacts,
     Status,
 )
 from jhub_suspend.spawner import STATE_KEY, UNREADABLE_KEY, SuspendingKubeSpawner, human_size
@@ -36,17 +36,7 @@ def pod(annotations=None, deleting=False):
 
 
 def record(status=Status.SUSPENDED):
-    return Checkpoint(
-        image="reg/jhub-suspend/default/jupyter-alice@sha256:" + "c" * 64,
-        digest="sha256:" + "c" * 64,
-        size=10,
-        created="2026-11-30T00:00:00Z",
-        reason="idle",
-        container="notebook",
-        original_image="img",
-        node=NodeFacts("n", "amd64"),
-        status=status,
-    )
+    return checkpoint_record(status)
 
 
 async def test_a_stop_suspends_only_when_asked_or_configured():
