@@ -603,6 +603,44 @@ async def test_an_agent_that_is_down_fails_a_checkpoint_fast():
     assert "cannot connect" in err.value.message
 
 
+async def test_many_checkpoints_at_once_wait_for_the_agent_not_in_the_clients_queue():
+    """Found by the load benchmark: with tornado's shared client (10 connections), the 11th
+    concurrent suspension in a hub failed after the connect timeout, "Timeout in request
+    queue", while the agent was merely busy with the others."""
+    answered = asyncio.Event()
+    open_requests: list[int] = []
+
+    class Slow(web.RequestHandler):
+        async def post(self) -> None:
+            open_requests.append(1)
+            if len(open_requests) == 15:
+                answered.set()
+            await answered.wait()  # the agent answers once all 15 are open at once
+            self.set_status(201)
+            self.set_header("X-JHub-Suspend-Agent", "1")
+            self.finish(
+                {"image": f"{REPO}/u@sha256:" + "a" * 64, "digest": "sha256:" + "a" * 64,
+                 "size": 1, "archive_bytes": 1, "timings": {}}
+            )  # fmt: skip
+
+    sockets = bind_sockets(0, "127.0.0.1")
+    server = HTTPServer(web.Application([(r"/api/checkpoints", Slow)]))
+    server.add_sockets(sockets)
+    try:
+        client = AgentClient(
+            f"http://127.0.0.1:{sockets[0].getsockname()[1]}", "t", timeout=60, connect_timeout=1
+        )
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                *(client.checkpoint("default", f"p{i}", "c", f"{REPO}/u:t") for i in range(15))
+            ),
+            60,
+        )
+        assert len(results) == 15 and len(open_requests) == 15
+    finally:
+        server.stop()
+
+
 async def test_a_request_the_agent_may_still_be_working_on_is_not_retried():
     hits: list[int] = []
     never = asyncio.Event()

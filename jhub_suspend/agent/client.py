@@ -27,7 +27,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
 
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
+from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
+from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from ..errors import NO_ANSWER, JhubSuspendError
 from ..retry import with_retries
@@ -41,6 +42,23 @@ log = logging.getLogger(__name__)
 class AgentError(JhubSuspendError):
     """A node agent call failed. ``status`` is the agent's HTTP status, or ``NO_ANSWER`` (0)
     when there was no answer (unreachable, or timed out with the outcome unknown)."""
+
+
+#: requests to node agents one process may have open at once (one per suspension in flight)
+MAX_OPEN_REQUESTS = 1000
+
+
+class AgentHTTPClient(SimpleAsyncHTTPClient):
+    """The process's one HTTP client for node agents (one per event loop, as tornado's own).
+
+    Not tornado's shared client: that one opens 10 connections at a time and queues the rest,
+    and a queued request fails after its *connect* timeout. A hub suspending more than 10
+    servers at once (a drain, the policy after a quiet night) had the 11th fail with "Timeout
+    in request queue" while the agents, which queue checkpoints themselves, were fine."""
+
+
+def _http() -> AgentHTTPClient:
+    return AgentHTTPClient(max_clients=MAX_OPEN_REQUESTS)
 
 
 class _Retry(Exception):
@@ -172,7 +190,7 @@ class AgentClient:
     async def _attempt(self, method: str, path: str, body: Any, timeout: float) -> HTTPResponse:
         what = f"{method} {self.base_url}{path.split('?', 1)[0]}"
         try:
-            return await AsyncHTTPClient().fetch(self._request(method, path, body, timeout))
+            return await _http().fetch(self._request(method, path, body, timeout))
         except HTTPClientError as e:
             response = e.response
             if e.code == 599:
