@@ -56,6 +56,8 @@ c.JupyterHub.active_server_limit = 0
 c.SuspendingKubeSpawner.checkpoint_timeout = 900
 c.SuspendingKubeSpawner.start_timeout = 900
 """
+# Requests in flight at once from this client (tornado's own client queues more).
+REQUESTS_AT_ONCE = 8
 # The service's policy must not act on its own while the load runs.
 SERVICE_CONFIG = "c.SuspendService.dry_run = True\nc.SuspendService.suspend_timeout = 1800\n"
 
@@ -138,21 +140,20 @@ async def _service(hub, method: str, path: str) -> tuple[int, Any]:
             method=method,
             body=b"" if method == "POST" else None,
             headers={"Authorization": f"token {hub.service_token}"},
-            request_timeout=120,
+            request_timeout=600,
         ),
         raise_error=False,
     )
     return resp.code, json.loads(resp.body) if resp.body else None
 
 
-async def _watch(api: HubAPI, phase: Phase, users: list[str], settled, timeout: float) -> None:
-    """Poll the hub's model of every server until ``settled(model)`` says done (True) or
-    failed (a message) for each; record when."""
+async def _watch(phase: Phase, users: list[str], settled, timeout: float) -> None:
+    """Poll every server until ``await settled(user)`` says done (True) or failed (a message);
+    record when."""
     waiting = set(users)
 
     async def check(user: str) -> None:
-        model = await server_model(api.request, user)
-        outcome = settled(model or {})
+        outcome = await settled(user)
         if outcome is True:
             phase.seconds[user] = time.monotonic() - phase.started
         elif isinstance(outcome, str):
@@ -196,32 +197,58 @@ def resumed(model: dict[str, Any]) -> bool | str | None:
 
 
 async def suspend_all(hub, api: HubAPI, users: list[str], timeout: float) -> Phase:
+    """Ask the service to suspend every server; each is done when its operation has finished
+    and the hub has the server suspended (a failed suspension leaves it running, and fails)."""
     phase = Phase("suspend", started=time.monotonic())
-    answers = await asyncio.gather(
-        *(_service(hub, "POST", f"api/servers/{u}/suspend") for u in users)
-    )
-    asked = []
+    # All asked for at once, a few connections at a time (as many admins' clicks would).
+    gate = asyncio.Semaphore(REQUESTS_AT_ONCE)
+
+    async def ask(user: str) -> tuple[int, Any]:
+        async with gate:
+            return await _service(hub, "POST", f"api/servers/{user}/suspend")
+
+    answers = await asyncio.gather(*(ask(u) for u in users))
+    operations = {}
     for user, (code, body) in zip(users, answers, strict=True):
         if code == 202:
-            asked.append(user)
+            operations[user] = body["operation"]["id"]
         else:
             phase.failures[user] = f"the service answered {code}: {body}"
-    await _watch(api, phase, asked, suspended, timeout)
+
+    async def finished(user: str) -> bool | str | None:
+        code, op = await _service(hub, "GET", f"api/operations/{operations[user]}")
+        if code != 200:
+            return f"its operation is gone ({code}: {op})"
+        if op["status"] == "running":
+            return None
+        if op["status"] != "succeeded":
+            return op["message"] or op["status"]
+        return suspended(await server_model(api.request, user) or {})
+
+    await _watch(phase, list(operations), finished, timeout)
     return phase
 
 
 async def resume_all(api: HubAPI, users: list[str], timeout: float) -> Phase:
     phase = Phase("resume", started=time.monotonic())
-    answers = await asyncio.gather(
-        *(api.request("POST", f"users/{u}/server") for u in users), return_exceptions=True
-    )
+    gate = asyncio.Semaphore(REQUESTS_AT_ONCE)
+
+    async def start(user: str) -> Any:
+        async with gate:
+            return await api.request("POST", f"users/{user}/server")
+
+    answers = await asyncio.gather(*(start(u) for u in users), return_exceptions=True)
     asked = []
     for user, answer in zip(users, answers, strict=True):
         if isinstance(answer, BaseException):
             phase.failures[user] = f"the hub refused the start: {answer}"
         else:
             asked.append(user)
-    await _watch(api, phase, asked, resumed, timeout)
+
+    async def settled(user: str) -> bool | str | None:
+        return resumed(await server_model(api.request, user) or {})
+
+    await _watch(phase, asked, settled, timeout)
     return phase
 
 
