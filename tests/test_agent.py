@@ -22,6 +22,7 @@ from tornado.netutil import bind_sockets
 
 from jhub_suspend import images
 from jhub_suspend.agent import AgentClient, AgentError
+from jhub_suspend.agent import checkpointer as checkpointer_module
 from jhub_suspend.agent.app import (
     AgentConfigError,
     ApiError,
@@ -68,6 +69,7 @@ class FakeKubelet:
         self.directory = directory
         self.calls = calls
         self.error = error
+        self.errors_first: list[KubeletError] = []  # raised once each, before anything else
         self.path: str | None = None
         self.gate: asyncio.Event | None = None
 
@@ -75,6 +77,8 @@ class FakeKubelet:
         self.calls.append("checkpoint")
         if self.gate is not None:
             await self.gate.wait()
+        if self.errors_first:
+            raise self.errors_first.pop(0)
         if self.error:
             raise self.error
         path = self.path or os.path.join(self.directory, f"checkpoint-{pod}_{namespace}-x.tar")
@@ -232,6 +236,31 @@ async def test_kubelet_errors(fakes, calls, status, expected, words):
         await checkpointer.checkpoint(request())
     assert words in err.value.message
     assert "jupyter-alice" in err.value.message or status == 403
+    assert calls == ["checkpoint"]
+
+
+async def test_a_container_the_runtime_could_not_freeze_is_tried_once_more(
+    fakes, calls, monkeypatch
+):
+    """Found by the load benchmark: runc's "unable to freeze" on a busy node (nothing dumped,
+    the container runs on). One more try; a second failure is reported."""
+    monkeypatch.setattr(checkpointer_module, "FREEZE_RETRY_DELAY", 0)
+    kubelet, _, checkpointer = fakes
+    frozen = KubeletError(500, "OCI runtime pause failed: unable to freeze")
+    kubelet.errors_first = [frozen]
+    result = await checkpointer.checkpoint(request())
+    assert result.digest and calls[:3] == ["checkpoint", "checkpoint", "push"]
+
+    calls.clear()
+    kubelet.errors_first = [frozen, frozen]
+    with pytest.raises(KubeletFailed) as err:
+        await checkpointer.checkpoint(request())
+    assert "unable to freeze" in err.value.message and calls == ["checkpoint", "checkpoint"]
+
+    calls.clear()
+    kubelet.errors_first = [KubeletError(500, "CRIU says no")]  # other failures: no retry
+    with pytest.raises(KubeletFailed):
+        await checkpointer.checkpoint(request())
     assert calls == ["checkpoint"]
 
 

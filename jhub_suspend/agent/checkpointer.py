@@ -173,6 +173,17 @@ def sweep_orphans(
     return removed
 
 
+#: seconds before the one retry of a checkpoint whose container the runtime could not freeze
+FREEZE_RETRY_DELAY = 1.0
+
+
+def freeze_failed(e: KubeletError) -> bool:
+    """Whether the runtime failed to freeze the container's cgroup before CRIU ran (runc's
+    "unable to freeze", seen on a busy node with a hundred checkpoints queued): nothing was
+    dumped and the container runs on, so one more try is safe."""
+    return e.status == 500 and "unable to freeze" in e.message
+
+
 class Checkpointer:
     """Runs the sequence for one node. ``on_archive`` is told each archive path in use and
     ``None`` when it is gone, so a sweeper can leave it alone."""
@@ -257,9 +268,22 @@ class Checkpointer:
 
     async def _kubelet_checkpoint(self, req: CheckpointRequest) -> str:
         try:
-            return await self.kubelet.checkpoint(
-                req.namespace, req.pod, req.container, self.timeout
-            )
+            try:
+                return await self.kubelet.checkpoint(
+                    req.namespace, req.pod, req.container, self.timeout
+                )
+            except KubeletError as e:
+                if not freeze_failed(e):
+                    raise
+                log.warning(
+                    "the runtime could not freeze %s (%s); trying once more",
+                    self._where(req),
+                    e.message,
+                )
+                await asyncio.sleep(FREEZE_RETRY_DELAY)  # let the busy processes settle
+                return await self.kubelet.checkpoint(
+                    req.namespace, req.pod, req.container, self.timeout
+                )
         except KubeletError as e:
             where = self._where(req)
             if e.status == 404:
