@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from jhub_suspend.suspension import server_model
 from jhub_suspend.testing.hubapi import HubAPI
@@ -71,6 +71,8 @@ class Phase:
     seconds: dict[str, float] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     wall: float = 0.0
+    #: answers to this benchmark's own polling that were errors, by status
+    poll_errors: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         times = sorted(self.seconds.values())
@@ -82,6 +84,7 @@ class Phase:
             "wall_s": round(self.wall, 2),
             "throughput_per_min": round(60 * done / self.wall, 1) if self.wall else None,
             "latency_s": percentiles(times),
+            "poll_errors": self.poll_errors,
         }
 
 
@@ -153,7 +156,13 @@ async def _watch(phase: Phase, users: list[str], settled, timeout: float) -> Non
     waiting = set(users)
 
     async def check(user: str) -> None:
-        outcome = await settled(user)
+        try:
+            outcome = await settled(user)
+        except HTTPClientError as e:
+            # The hub under this load sometimes answers a read with 403 or 5xx (its SQLite
+            # busy with a hundred spawns); the server's state is read again next round.
+            phase.poll_errors[f"{e.code}"] = phase.poll_errors.get(f"{e.code}", 0) + 1
+            return
         if outcome is True:
             phase.seconds[user] = time.monotonic() - phase.started
         elif isinstance(outcome, str):
@@ -318,10 +327,22 @@ def write_markdown(result: dict[str, Any]) -> str:
         f"{result['start_all_s']} s. Kernels whose state was lost: {len(lost)}.",
     ]
     for phase in ("suspend", "resume"):
+        errors = result[phase].get("poll_errors") or {}
+        if errors:
+            lines.append(
+                f"- While the {phase} ran, the hub answered "
+                + ", ".join(
+                    f"{n} of this benchmark's status reads with {code}"
+                    for code, n in errors.items()
+                )
+                + " (SQLite busy under the load); each server was read again the next round."
+            )
         for user, why in result[phase]["failures"].items():
             lines.append(f"- {phase} of {user} failed: {why}")
     for user, why in lost.items():
         lines.append(f"- {user} lost its state: {why}")
+    if result.get("notes"):
+        lines += ["", "## Notes", "", *result["notes"]]
     return "\n".join(lines) + "\n"
 
 
