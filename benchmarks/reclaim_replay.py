@@ -347,8 +347,8 @@ LIMIT_REASON = "suspension limit reached"
 @dataclass
 class Warnings:
     """Runs of warnings in the week: issued; ended by a suspension; withdrawn because the user
-    came back or the server got busy; or reset because the suspension limit held an eligible
-    server back (the limit turns its decision into "keep", which ends its warning)."""
+    came back or the server got busy; or ended because the suspension limit held an eligible
+    server back (counted to show that it does not happen: a held-back server stays warned)."""
 
     open: dict[tuple[str, str], datetime] = field(default_factory=dict)
     issued: int = 0

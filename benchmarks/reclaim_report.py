@@ -417,12 +417,12 @@ def markdown(report: dict[str, Any]) -> str:
         f"ahead; {w['suspensions_warned_less_than_warn_before']} were warned less than "
         f"{p['warn_before_s'] / 60:.0f} min ahead. Warnings issued: {w['issued']}; ended in "
         f"the suspension: {w['followed_by_a_suspension']}; withdrawn because the user came back "
-        f"or the server got busy: {w['withdrawn_user_back_or_busy']}; reset because the "
+        f"or the server got busy: {w['withdrawn_user_back_or_busy']}; ended because the "
         f"suspension limit ({p['max_concurrent_suspensions']} at once) held an eligible server "
-        f"back for a cycle: {w['reset_by_the_suspension_limit']} (the policy then keeps it, which "
-        "ends its warning; it is warned again and suspended "
-        f"{p['warn_before_s'] / 60:.0f} min later). The limit held servers back in "
-        f"{p['cycles_where_the_suspension_limit_held_servers_back']} of {p['cycles']} cycles.",
+        f"back for a cycle: {w['reset_by_the_suspension_limit']} (a server it holds back stays "
+        "warned, and is suspended in a later cycle without a new warning). The limit held "
+        f"servers back in {p['cycles_where_the_suspension_limit_held_servers_back']} of "
+        f"{p['cycles']} cycles.",
         f"- Fail-safe cycles: {sum(p['failsafe_cycles'].values())}.",
         "",
         "## Cost",
