@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from .. import images
 from ..archive import checkpoint_image_annotations
 from ..errors import JhubSuspendError
+from ..retry import with_retries
 from .criuconfig import node_setting_hint
 from .kubelet import KubeletError
 from .protocol import CheckpointRequest, CheckpointResult
@@ -177,11 +178,11 @@ def sweep_orphans(
 FREEZE_RETRY_DELAY = 1.0
 
 
-def freeze_failed(e: KubeletError) -> bool:
+def freeze_failed(e: BaseException) -> bool:
     """Whether the runtime failed to freeze the container's cgroup before CRIU ran (runc's
     "unable to freeze", seen on a busy node with a hundred checkpoints queued): nothing was
     dumped and the container runs on, so one more try is safe."""
-    return e.status == 500 and "unable to freeze" in e.message
+    return isinstance(e, KubeletError) and e.status == 500 and "unable to freeze" in e.message
 
 
 class Checkpointer:
@@ -268,22 +269,21 @@ class Checkpointer:
 
     async def _kubelet_checkpoint(self, req: CheckpointRequest) -> str:
         try:
-            try:
-                return await self.kubelet.checkpoint(
+            # Only a failed freeze is tried again; any other answer may come from a CRIU that
+            # did (part of) its work.
+            return await with_retries(
+                lambda _: self.kubelet.checkpoint(
                     req.namespace, req.pod, req.container, self.timeout
-                )
-            except KubeletError as e:
-                if not freeze_failed(e):
-                    raise
-                log.warning(
-                    "the runtime could not freeze %s (%s); trying once more",
-                    self._where(req),
-                    e.message,
-                )
-                await asyncio.sleep(FREEZE_RETRY_DELAY)  # let the busy processes settle
-                return await self.kubelet.checkpoint(
-                    req.namespace, req.pod, req.container, self.timeout
-                )
+                ),
+                f"checkpoint of {self._where(req)}",
+                retryable=freeze_failed,
+                attempt_timeout=self.timeout,
+                total_timeout=2 * self.timeout + FREEZE_RETRY_DELAY,
+                max_attempts=2,
+                cancel=False,  # the kubelet client keeps to the checkpoint's own timeout
+                start_wait=FREEZE_RETRY_DELAY,
+                log=log,
+            )
         except KubeletError as e:
             where = self._where(req)
             if e.status == 404:
