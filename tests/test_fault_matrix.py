@@ -56,6 +56,19 @@ HELD_AT = {
 }
 
 
+# What becomes of the server, per (killed part, step): the table in docs/deploy.md ("When a
+# part dies mid-operation"). "suspended" means it was left with a restorable checkpoint (and
+# check_invariants then restores it); "running" that it runs (after a restore, for the
+# restore steps).
+EXPECTED = {
+    "hub": dict.fromkeys(SUSPEND_STEPS, "running") | dict.fromkeys(RESUME_STEPS, "suspended"),
+    "service": dict.fromkeys(SUSPEND_STEPS, "suspended") | dict.fromkeys(RESUME_STEPS, "running"),
+    "agent": dict.fromkeys(SUSPEND_STEPS, "running")
+    | {"before-pod-delete": "suspended"}
+    | dict.fromkeys(RESUME_STEPS, "running"),
+}
+
+
 @pytest_asyncio.fixture(scope="module")
 async def hub(cluster, tmp_path_factory):
     state = tmp_path_factory.mktemp("hub")
@@ -298,7 +311,7 @@ async def test_killed_during_a_suspension(hub, api, core, cluster, victim, step)
     outcome = await check_invariants(
         hub, api, core, cluster, user, kernel, value, checkpoints, most=1
     )
-    print(f"FAULT {victim} killed {step}: {outcome}")
+    assert outcome == EXPECTED[victim][step]
     await api.stop_server(user)
 
 
@@ -331,7 +344,7 @@ async def test_killed_during_a_restore(hub, api, core, cluster, victim, step):
     outcome = await check_invariants(
         hub, api, core, cluster, user, kernel, value, checkpoints, most=0
     )
-    print(f"FAULT {victim} killed {step}: {outcome}")
+    assert outcome == EXPECTED[victim][step]
     await api.stop_server(user)
 
 
