@@ -11,6 +11,7 @@ registry again on the same port. Only unreferenced blobs go: the collector runs 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -73,12 +74,11 @@ class RegistryMetrics:
 
     def __post_init__(self) -> None:
         r = self.registry
-        stored = Gauge(
+        self.stored = Gauge(
             "registry_storage_bytes",
             "Bytes of blob data the registry stores on disk, referenced or not.",
             registry=r,
         )
-        stored.set_function(lambda: storage_bytes(self.storage_dir))
         self.runs = Counter(
             "registry_gc_runs", "Registry garbage collections, by outcome.", ["outcome"], registry=r
         )
@@ -101,7 +101,10 @@ class RegistryMetrics:
         self.freed.inc(result.freed)
         self.last_run.set(time.time())
 
-    def exposition(self) -> bytes:
+    async def exposition(self) -> bytes:
+        """The metrics, with the stored bytes measured now (off the event loop: it walks the
+        registry's storage, which the cluster's API server and kubelets must not wait for)."""
+        self.stored.set(await asyncio.to_thread(storage_bytes, self.storage_dir))
         return generate_latest(self.registry)
 
 
@@ -111,9 +114,9 @@ class RegistryMetricsHandler(web.RequestHandler):
     def initialize(self, metrics: RegistryMetrics) -> None:
         self.metrics = metrics
 
-    def get(self) -> None:
+    async def get(self) -> None:
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-        self.write(self.metrics.exposition())
+        self.write(await self.metrics.exposition())
 
 
 __all__ = [
