@@ -22,6 +22,8 @@ SUSPEND_REQUEST_ANNOTATION = f"{ANNOTATION_PREFIX}/suspend-requested"
 # When it was set (RFC 3339): a mark that outlived every requester's patience is stale (its
 # requester died before the stop), and the service clears it.
 SUSPEND_REQUESTED_AT_ANNOTATION = f"{ANNOTATION_PREFIX}/suspend-requested-at"
+# The merge-patch annotations that take a suspension mark off a pod.
+CLEAR_SUSPEND_MARK = {SUSPEND_REQUEST_ANNOTATION: None, SUSPEND_REQUESTED_AT_ANNOTATION: None}
 # Set by the spawner on a pod whose suspension failed: the pod keeps running and the next start
 # adopts it instead of replacing it.
 SUSPEND_FAILED_ANNOTATION = f"{ANNOTATION_PREFIX}/suspend-failed"

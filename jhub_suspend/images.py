@@ -151,7 +151,6 @@ CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
 #: the layout directory built beside an archive ends so (see :func:`layout_path`)
 LAYOUT_SUFFIX = ".oci"
-_HASH_CHUNK = 4 << 20
 
 
 def checkpoint_image_blobs(
@@ -190,11 +189,8 @@ def _digest(data: bytes) -> str:
 
 def file_digest(path: str) -> str:
     """The sha256 digest of a file, read in chunks: memory does not grow with its size."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def layout_path(archive_path: str) -> str:
@@ -341,7 +337,7 @@ def manifest_facts(ref: str, raw: str) -> dict[str, Any]:
     if not isinstance(annotations, dict):
         raise ImageError(f"inspecting {ref}: the manifest's annotations are not an object")
     return {
-        "digest": "sha256:" + hashlib.sha256(raw.encode()).hexdigest(),
+        "digest": _digest(raw.encode()),
         "annotations": dict(annotations),
         "size": sum(sizes),
         "media_type": manifest.get("mediaType", ""),

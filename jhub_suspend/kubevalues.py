@@ -65,6 +65,11 @@ def rfc3339(t: datetime | float) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def rfc3339_or_none(t: datetime | None) -> str | None:
+    """:func:`rfc3339`, or None for no time (an API field that may be absent)."""
+    return rfc3339(t) if t else None
+
+
 def parse_time(value: Any) -> datetime | None:
     """An RFC 3339 / ISO 8601 time as an aware datetime (naive ones are UTC); None if absent
     or unreadable."""

@@ -319,13 +319,17 @@ def _by(names: MetricNames) -> str:
     return f"{names.namespace}, {names.pod}"
 
 
-def _request_sum(names: MetricNames, pods: PodSelector, resource: str) -> str:
-    sel = _selector(
+def _requests(names: MetricNames, pods: PodSelector, resource: str) -> str:
+    """The notebook pods' requests of ``resource`` (one series per container)."""
+    return _selector(
         names.requests,
         [*_pod_matchers(names, pods), matcher(names.resource, "=", resource)],
         names.extra_matchers,
     )
-    return f"sum by ({_by(names)}) ({sel})"
+
+
+def _request_sum(names: MetricNames, pods: PodSelector, resource: str) -> str:
+    return f"sum by ({_by(names)}) ({_requests(names, pods, resource)})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,12 +519,7 @@ def chart_queries(
     """
 
     def reserved(resource: str) -> str:
-        sel = _selector(
-            names.requests,
-            [*_pod_matchers(names, pods), matcher(names.resource, "=", resource)],
-            names.extra_matchers,
-        )
-        return f"sum({sel}) or vector(0)"
+        return f"sum({_requests(names, pods, resource)}) or vector(0)"
 
     usage = _selector(
         names.cpu_usage,

@@ -360,11 +360,7 @@ class SuspendingKubeSpawner(KubeSpawner):
                 "suspend", f"Suspending failed, the server keeps running: {e}", repr(e)
             )
             await self._annotate_pod(
-                {
-                    ck.SUSPEND_REQUEST_ANNOTATION: None,
-                    ck.SUSPEND_REQUESTED_AT_ANNOTATION: None,
-                    ck.SUSPEND_FAILED_ANNOTATION: str(e)[:1000],
-                }
+                {**ck.CLEAR_SUSPEND_MARK, ck.SUSPEND_FAILED_ANNOTATION: str(e)[:1000]}
             )
             self.will_resume = True
             return

@@ -34,10 +34,15 @@ def server_path(user: str, server_name: str = "") -> str:
     return f"{base}/servers/{quote(server_name, safe='')}" if server_name else f"{base}/server"
 
 
+async def user_model(hub: HubRequest, user: str) -> Any:
+    """The hub's model of one user with every server, stopped ones included, and their spawner
+    state (the caller's token needs `admin:server_state` for the state)."""
+    return await hub("GET", f"users/{quote(user, safe='')}?include_stopped_servers=1", None)
+
+
 async def server_model(hub: HubRequest, user: str, server_name: str = "") -> dict | None:
-    """The hub's model of one server, stopped ones included, with its spawner state (the
-    caller's token needs `admin:server_state` for the state)."""
-    model = await hub("GET", f"users/{quote(user, safe='')}?include_stopped_servers=1", None)
+    """The hub's model of one server (see :func:`user_model`)."""
+    model = await user_model(hub, user)
     return (model.get("servers") or {}).get(server_name)
 
 

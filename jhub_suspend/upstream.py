@@ -52,7 +52,7 @@ KUBESPAWNER_START = "_start"
 def kubespawner_start(parent: Any) -> Awaitable[Any]:
     """KubeSpawner's own ``_start()``: pass ``super()`` from the overriding spawner, so the
     method resolution order (and any mixin) is kept."""
-    return parent._start()
+    return getattr(parent, KUBESPAWNER_START)()
 
 
 def watch_pods(spawner: Any) -> Awaitable[Any]:

@@ -145,7 +145,8 @@ async def test_restore_timeout_defaults_below_start_timeout_and_rejects_nonsense
         s.restore_timeout = 0
 
 
-async def test_the_agent_client_gives_up_on_a_down_agent_within_the_reconnect_window():
+async def test_the_spawner_gives_its_agent_clients_the_checkpoint_and_reconnect_timeouts():
+    # The behaviour itself: test_agent.py::test_an_agent_that_is_down_fails_a_checkpoint_fast
     s = spawner(checkpoint_timeout=600, agent_reconnect_timeout=5)
     client = s.agent_for("node-1", "10.0.0.7")
     assert client.timeout == 600  # a checkpoint that runs may take long

@@ -667,14 +667,14 @@ class NodeAgent(Application):
             await self.stop_server()
 
     async def _sweep_loop(self) -> None:
-        while True:
+        while True:  # start_server swept already
+            await asyncio.sleep(self.orphan_sweep_interval)  # the schedule itself
             await asyncio.to_thread(
                 sweep_orphans,
                 self.checkpoint_dir,
                 self.orphan_archive_age,
                 set(self.checkpointer.archives_in_use),
             )
-            await asyncio.sleep(self.orphan_sweep_interval)  # the schedule itself
 
     # ---- operations ------------------------------------------------------------------------
 

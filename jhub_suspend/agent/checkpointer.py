@@ -180,7 +180,7 @@ FREEZE_RETRY_DELAY = 1.0
 
 def freeze_failed(e: BaseException) -> bool:
     """Whether the runtime failed to freeze the container's cgroup before CRIU ran (runc's
-    "unable to freeze", seen on a busy node with a hundred checkpoints queued): nothing was
+    "unable to freeze", seen once on a busy node in the 100-server load run): nothing was
     dumped and the container runs on, so one more try is safe."""
     return isinstance(e, KubeletError) and e.status == 500 and "unable to freeze" in e.message
 

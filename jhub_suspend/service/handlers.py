@@ -37,7 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from tornado import web
 
 from .. import promql, upstream
-from ..kubevalues import rfc3339
+from ..kubevalues import rfc3339_or_none
 from ..policy import PolicyConfig
 from . import listing, observe
 from .actions import ActionError, Actions
@@ -165,12 +165,8 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             return {}
         try:
             return json.loads(self.request.body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's limit
             raise web.HTTPError(400, "the request body is not valid JSON") from None
-
-
-def _t(value: datetime | None) -> str | None:
-    return rfc3339(value) if value else None
 
 
 class IndexHandler(BaseHandler):
@@ -229,8 +225,8 @@ class ServersHandler(BaseHandler):
         )
         self.write_json(
             {
-                "as_of": _t(now),
-                "policy_as_of": _t(snap.time) if snap else None,
+                "as_of": rfc3339_or_none(now),
+                "policy_as_of": rfc3339_or_none(snap.time) if snap else None,
                 "metrics": {"ok": snap.plan.metrics.ok, "reason": snap.plan.metrics.reason}
                 if snap
                 else {"ok": None, "reason": "the policy has not completed a cycle yet"},
@@ -394,8 +390,8 @@ class HealthHandler(web.RequestHandler):
             json.dumps(
                 {
                     "ok": ok,
-                    "last_cycle": _t(h.last_cycle),
-                    "last_success": _t(h.last_success),
+                    "last_cycle": rfc3339_or_none(h.last_cycle),
+                    "last_success": rfc3339_or_none(h.last_success),
                     "failsafe": h.failsafe is not None,
                 }
             )

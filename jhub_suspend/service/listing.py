@@ -21,17 +21,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ..checkpoints import Checkpoint
-from ..kubevalues import rfc3339
+from ..kubevalues import rfc3339, rfc3339_or_none
 from ..policy import Decision, KeepRunning, Signal
 from .observe import POLICY_STATES, ServerView
 from .snapshot import Snapshot
 
 if TYPE_CHECKING:
     from .operations import Operation
-
-
-def _t(value: datetime | None) -> str | None:
-    return rfc3339(value) if value else None
 
 
 def _signal(sig: Signal | None, scale: float) -> dict[str, Any] | None:
@@ -63,7 +59,7 @@ def assessment(
     cycle's view, its decision, None); else (None, None, why not)."""
     if snap is None:
         return None, None, "not yet assessed: the policy has not completed a cycle yet"
-    as_of = _t(snap.time)
+    as_of = rfc3339_or_none(snap.time)
     if view.state not in POLICY_STATES:
         return None, None, f"not assessed: the policy assesses no {view.state} server"
     if seen is None or not same_run(view, seen):
@@ -108,7 +104,7 @@ def server_entries(
             idle = d.idle_for
         warning = None
         if d is not None and d.action == "warn" and d.suspend_at:
-            warning = {"suspend_at": _t(d.suspend_at), "message": d.reasons[0]}
+            warning = {"suspend_at": rfc3339_or_none(d.suspend_at), "message": d.reasons[0]}
         req = v.requests or (measured.requests if measured else None)
         memory_ratio = measured.memory_ratio if measured else None
         out.append(
@@ -119,8 +115,8 @@ def server_entries(
                 "namespace": v.namespace,
                 "pod": v.pod_name,
                 "node": v.node,
-                "started": _t(v.started),
-                "last_activity": _t(v.last_activity),
+                "started": rfc3339_or_none(v.started),
+                "last_activity": rfc3339_or_none(v.last_activity),
                 "idle_seconds": idle,
                 "requests": None
                 if req is None
@@ -144,7 +140,7 @@ def server_entries(
                 else {
                     "action": d.action,
                     "reasons": list(d.reasons),
-                    "suspend_at": _t(d.suspend_at),
+                    "suspend_at": rfc3339_or_none(d.suspend_at),
                 },
                 "decision_note": note,
                 "warning": warning,
@@ -158,8 +154,8 @@ def keep_running_dict(kr: KeepRunning, max_keep_running: float | None) -> dict[s
     end = kr.effective_until(max_keep_running)
     return {
         "since": rfc3339(kr.since),
-        "until": rfc3339(kr.until) if kr.until else None,
-        "effective_until": rfc3339(end) if end else None,
+        "until": rfc3339_or_none(kr.until),
+        "effective_until": rfc3339_or_none(end),
     }
 
 

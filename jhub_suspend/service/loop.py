@@ -26,13 +26,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
-from urllib.parse import quote
 
 from .. import checkpoints as ck
 from .. import promql
-from ..kubevalues import rfc3339
+from ..kubevalues import rfc3339_or_none
 from ..policy import MetricsHealth, Plan, PolicyConfig, Resources
 from ..state import read_state
+from ..suspension import user_model
 from . import observe
 from .actions import Actions
 from .hubclient import HubClient, HubError
@@ -99,15 +99,12 @@ class LoopHealth:
     restarts: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        def t(v: datetime | None) -> str | None:
-            return rfc3339(v) if v else None
-
         return {
-            "started": t(self.started),
-            "last_cycle": t(self.last_cycle),
-            "last_success": t(self.last_success),
+            "started": rfc3339_or_none(self.started),
+            "last_cycle": rfc3339_or_none(self.last_cycle),
+            "last_success": rfc3339_or_none(self.last_success),
             "last_error": self.last_error,
-            "last_error_time": t(self.last_error_time),
+            "last_error_time": rfc3339_or_none(self.last_error_time),
             "failsafe": self.failsafe,
             "cycles": self.cycles,
             "restarts": self.restarts,
@@ -167,9 +164,7 @@ class PolicyLoop:
         ) = await asyncio.gather(
             users_task, pods_task, markers_task, pending_task, self._readings(now)
         )
-        pods_by_key = {
-            (p["metadata"].get("namespace", svc.namespace), p["metadata"]["name"]): p for p in pods
-        }
+        pods_by_key = self._by_key(pods)
         for key, pod in pods_by_key.items():
             if pod.get("status", {}).get("phase") in ("Running", "Pending"):
                 self.known_requests[key] = observe.pod_requests(pod, svc.gpu_resources)
@@ -224,6 +219,11 @@ class PolicyLoop:
             self._record(snap)
         return snap
 
+    def _by_key(self, pods: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+        """Pods by (namespace, name)."""
+        ns = self.service.namespace
+        return {(p["metadata"].get("namespace", ns), p["metadata"]["name"]): p for p in pods}
+
     async def current_views(self, user: str | None = None) -> list[ServerView]:
         """Every server the hub knows now (``user``'s, or everyone's), in its current state.
 
@@ -234,12 +234,12 @@ class PolicyLoop:
         """
         svc = self.service
         if user is None:
-            users, _ = await svc.hub.users()
+            (users, _), listed = await asyncio.gather(
+                svc.hub.users(), svc.kube.list_pods(svc.namespace)
+            )
         else:
             try:
-                model = await svc.hub.request(
-                    "GET", f"users/{quote(user, safe='')}?include_stopped_servers=1"
-                )
+                model = await user_model(svc.hub.request, user)
             except HubError as e:
                 if e.status in (400, 404):  # no such user (or no name the hub could have)
                     return []
@@ -254,10 +254,7 @@ class PolicyLoop:
 
         servers = [s for u in users for s in (u.get("servers") or {}).values()]
         if user is None:
-            pods = {
-                (p["metadata"].get("namespace", svc.namespace), p["metadata"]["name"]): p
-                for p in await svc.kube.list_pods(svc.namespace)
-            }
+            pods = self._by_key(listed)
         else:
             keys = {k for k in map(pod_of, servers) if k is not None}
             found = await asyncio.gather(*(svc.kube.read_pod(ns, name) for ns, name in keys))
@@ -422,11 +419,17 @@ class PolicyLoop:
                     "Clearing the suspension mark on pod %s/%s: set %s, no stop followed",
                     view.namespace, view.pod_name, view.suspend_marked,
                 )  # fmt: skip
-                await svc.kube.patch_pod_annotations(
-                    view.namespace,
-                    view.pod_name,
-                    {ck.SUSPEND_REQUEST_ANNOTATION: None, ck.SUSPEND_REQUESTED_AT_ANNOTATION: None},
-                )
+                try:
+                    await svc.kube.patch_pod_annotations(
+                        view.namespace, view.pod_name, dict(ck.CLEAR_SUSPEND_MARK)
+                    )
+                except Exception as e:  # one pod's repair must not stop the cycle's others
+                    self.log.warning(
+                        "Could not clear the mark on pod %s/%s: %s",
+                        view.namespace,
+                        view.pod_name,
+                        e,
+                    )
 
     # ---- the supervised task ---------------------------------------------------------------
 
