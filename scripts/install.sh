@@ -19,7 +19,7 @@ fi
 
 apt_packages=(debootstrap prometheus docker-registry buildah skopeo chromium iproute2 procps
               curl ca-certificates python3-venv patchelf file busybox-static
-              containernetworking-plugins)
+              containernetworking-plugins shellcheck)
 # Node.js may come from elsewhere (its own nodejs package bundles npm); take Debian's only if absent.
 command -v npm >/dev/null || apt_packages+=(nodejs npm)
 

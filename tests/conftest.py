@@ -155,20 +155,9 @@ def mock_kubeconfig(tmp_path, monkeypatch):
 
 
 def checkpoint_record(status: str = "suspended", **changes):
-    """A checkpoint record of alice's server, for the spawner's unit tests."""
-    import dataclasses
+    """A checkpoint record for the spawner's unit tests (jhub_suspend.testing.fakes'), taken
+    on a known node."""
+    from jhub_suspend.checkpoints import NodeFacts
+    from jhub_suspend.testing import fakes
 
-    from jhub_suspend.checkpoints import Checkpoint, NodeFacts
-
-    checkpoint = Checkpoint(
-        image="reg/jhub-suspend/default/jupyter-alice@sha256:" + "c" * 64,
-        digest="sha256:" + "c" * 64,
-        size=10,
-        created="2026-11-30T00:00:00Z",
-        reason="idle",
-        container="notebook",
-        original_image="img",
-        node=NodeFacts("n", "amd64"),
-        status=status,
-    )
-    return dataclasses.replace(checkpoint, **changes)
+    return fakes.checkpoint(status, **{"node": NodeFacts("n", "amd64"), **changes})

@@ -18,7 +18,6 @@ import copy
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from urllib.parse import urlparse
 import kubernetes_validate
 import pytest
 import yaml
+from conftest import require_command
 from jupyterhub import scopes as hub_scopes
 from traitlets import TraitError
 from traitlets.config import Config
@@ -928,5 +928,5 @@ def test_check_script_is_documented_and_kept_out_of_ci() -> None:
     assert "set -euo pipefail" in text
     assert "scripts/check-cluster.sh" in (REPO / "docs" / "deploy.md").read_text()
     subprocess.run(["bash", "-n", str(CHECK_SCRIPT)], check=True)
-    if shutil.which("shellcheck"):
-        subprocess.run(["shellcheck", "-x", str(CHECK_SCRIPT)], check=True)
+    shellcheck = require_command("shellcheck", "run scripts/install.sh, which installs shellcheck")
+    subprocess.run([shellcheck, "-x", str(CHECK_SCRIPT)], check=True)

@@ -246,16 +246,16 @@ async def test_a_repair_that_fails_for_one_pod_still_repairs_the_others():
     """Clearing a stale suspension mark is a repair each cycle makes; a pod that cannot be
     patched (gone, forbidden) is logged, and the cycle goes on to the next one."""
 
-    class Kube(fakes.FakeKube):
-        patched: list[str] = []
+    patched: list[str] = []
 
+    class Kube(fakes.FakeKube):
         async def patch_pod_annotations(self, namespace, pod, annotations):
             if pod == "jupyter-ann":
                 raise RuntimeError("pods 'jupyter-ann' not found")
-            self.patched.append(pod)
+            patched.append(pod)
 
     marked = CYCLE - timedelta(hours=1)  # older than any requester waits
     views = [view(u, "suspending", suspend_marked=marked) for u in ("ann", "bob")]
     svc = _service("http://127.0.0.1:9/hub/api", Kube([]))
     await svc.loop._repair(snapshot(views, []))
-    assert Kube.patched == ["jupyter-bob"]
+    assert patched == ["jupyter-bob"]

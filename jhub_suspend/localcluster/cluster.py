@@ -382,6 +382,9 @@ class LocalCluster(Application):
             await self.stop_registry()
             try:
                 await registrygc.collect_garbage(registry.argv[0], registry.argv[-1])
+            except Exception:
+                self.registry_metrics.runs.labels("failed").inc()
+                raise
             finally:
                 await self.start_registry_again()
             after = await asyncio.to_thread(registrygc.storage_bytes, storage)
@@ -430,9 +433,7 @@ class LocalCluster(Application):
             await asyncio.sleep(self.registry_gc_interval)  # the schedule itself
             try:
                 await self.collect_registry_garbage()
-            except Exception:
-                assert self.registry_metrics is not None
-                self.registry_metrics.runs.labels("failed").inc()
+            except Exception:  # counted by collect_registry_garbage; the next one may succeed
                 self.log.exception("registry garbage collection failed")
 
     @property

@@ -571,8 +571,10 @@ class Kubelet:
         except CriError as e:
             reason = "CreateContainerError" if checkpoint else "RunContainerError"
             # runc names no log when a restore fails; it is in the runtime's CRIU work dir.
-            restore_log = os.path.join(self.criu_work_dir, "restore.log")
-            why = await asyncio.to_thread(read_criu_errors, restore_log) if checkpoint else ""
+            why = ""
+            if checkpoint and self.criu_work_dir:
+                restore_log = os.path.join(self.criu_work_dir, "restore.log")
+                why = await asyncio.to_thread(read_criu_errors, restore_log)
             raise PodFailed(reason, f"{what}: {e.details}" + (f": {why}" if why else "")) from e
         if checkpoint:
             self._event(

@@ -48,7 +48,6 @@ from .resources import (
     conflict,
     not_found,
     resource_info,
-    rfc3339_micro,
 )
 from .storage import (
     Store,
@@ -119,7 +118,6 @@ __all__ = [
     "prepare_update",
     "qos_class",
     "resource_info",
-    "rfc3339_micro",
     "should_delete_during_update",
     "validate_create",
     "validate_pod_update",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from ..selectors import ApiError
@@ -105,11 +104,3 @@ def conflict(resource: str, name: str, why: str) -> ApiError:
 MODIFIED_CONFLICT = (
     "the object has been modified; please apply your changes to the latest version and try again"
 )
-
-
-# --- time ------------------------------------------------------------------------------------
-
-
-def rfc3339_micro(t: float) -> str:
-    """Microsecond RFC 3339 time, as ``metav1.MicroTime`` is serialised."""
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
