@@ -159,8 +159,8 @@ async def _watch(phase: Phase, users: list[str], settled, timeout: float) -> Non
         try:
             outcome = await settled(user)
         except HTTPClientError as e:
-            # The hub under this load sometimes answers a read with 403 or 5xx (its SQLite
-            # busy with a hundred spawns); the server's state is read again next round.
+            # The hub under this load sometimes answers a read with 403 or 5xx (why was not
+            # established); the server's state is read again next round.
             phase.poll_errors[f"{e.code}"] = phase.poll_errors.get(f"{e.code}", 0) + 1
             return
         if outcome is True:
@@ -262,14 +262,15 @@ async def resume_all(api: HubAPI, users: list[str], timeout: float) -> Phase:
 
 
 async def lost_state(kernels: dict[str, KernelClient], concurrency: int) -> dict[str, str]:
-    """Users whose kernel no longer answers with its value, and what it said instead."""
+    """Users whose kernel did not answer with its value: what it said instead, or, prefixed
+    "unreachable:", why it could not be asked."""
     lost: dict[str, str] = {}
 
     async def ask(user: str) -> None:
         try:
             answer = await kernels[user].execute("print(v)", store_history=False)
         except Exception as e:
-            lost[user] = f"{type(e).__name__}: {e}"
+            lost[user] = f"unreachable: {type(e).__name__}: {e}"
             return
         if answer != value_of(user) + "\n":
             lost[user] = f"answered {answer!r}"
@@ -321,10 +322,12 @@ def write_markdown(result: dict[str, Any]) -> str:
             f"{lat.get('p99')} | {lat.get('max')} |"
         )
     lost = result["state_lost"]
+    unreachable = sum(why.startswith("unreachable:") for why in lost.values())
     lines += [
         "",
         f"Starting the {result['servers']} servers with their kernels took "
-        f"{result['start_all_s']} s. Kernels whose state was lost: {len(lost)}.",
+        f"{result['start_all_s']} s. Kernels that did not answer with their value: "
+        f"{len(lost)} ({unreachable} could not be asked at all).",
     ]
     for phase in ("suspend", "resume"):
         errors = result[phase].get("poll_errors") or {}
@@ -335,7 +338,7 @@ def write_markdown(result: dict[str, Any]) -> str:
                     f"{n} of this benchmark's status reads with {code}"
                     for code, n in errors.items()
                 )
-                + " (SQLite busy under the load); each server was read again the next round."
+                + "; each server was read again the next round."
             )
         for user, why in result[phase]["failures"].items():
             lines.append(f"- {phase} of {user} failed: {why}")
