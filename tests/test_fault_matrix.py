@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from jupyterhub.utils import exponential_backoff
+from test_service_e2e import call, service_healthy
 from test_suspend_e2e import ours, pod_exists, server_with_kernel, suspend_services_of
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from jhub_suspend import checkpoints as ck
 from jhub_suspend import images
@@ -127,12 +127,12 @@ def pushing(pod: str) -> bool:
 
 
 async def wait_pushing(pod: str) -> None:
-    await exponential_backoff(
+    await wait_for(
         lambda: pushing(pod),
         f"the agent never pushed the checkpoint of {pod}",
+        120,
         start_wait=0.005,
         max_wait=0.02,
-        timeout=120,
     )
 
 
@@ -246,16 +246,8 @@ async def ask_for_suspension(hub, api, core, user: str, victim: str) -> asyncio.
 
 async def suspend_through_the_service(hub, user: str) -> None:
     """Ask for the suspension as an admin does, through the service's REST API."""
-    resp = await AsyncHTTPClient().fetch(
-        HTTPRequest(
-            f"{hub.service_url}api/servers/{user}/suspend",
-            method="POST",
-            body=b"",
-            headers={"Authorization": f"token {hub.service_token}"},
-        ),
-        raise_error=False,
-    )
-    assert resp.code == 202, (resp.code, resp.body)
+    status, body = await call(hub, "POST", f"api/servers/{user}/suspend", hub.service_token)
+    assert status == 202, (status, body)
 
 
 async def finish(request: asyncio.Future, victim: str) -> None:
@@ -270,13 +262,7 @@ async def finish(request: asyncio.Future, victim: str) -> None:
 async def service_back(hub) -> None:
     """The hub restarts a managed service that died (it polls every 30 s or so)."""
 
-    async def healthy():
-        resp = await AsyncHTTPClient().fetch(
-            HTTPRequest(hub.service_url + "health", request_timeout=5), raise_error=False
-        )
-        return resp.code == 200
-
-    await wait_for(healthy, "the suspend service never came back", 90)
+    await wait_for(lambda: service_healthy(hub), "the suspend service never came back", 90)
 
 
 # ---- the matrix --------------------------------------------------------------------------
