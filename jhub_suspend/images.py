@@ -267,6 +267,19 @@ async def build_and_push(
         await asyncio.to_thread(shutil.rmtree, layout_path(archive_path), True)
         raise ImageError(f"building checkpoint image {ref} failed: {e}") from e
     try:
+        await push_layout(layout, ref, tls_verify=tls_verify, config=cfg)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, layout, True)
+    log.info("pushed checkpoint image %s (%s)", ref, digest)
+    return digest
+
+
+async def push_layout(
+    layout: str, ref: str, *, tls_verify: bool = False, config: ImageConfig | None = None
+) -> None:
+    """Push the image of a layout :func:`write_layout` built to ``ref``, digests preserved."""
+    cfg = config or default_config
+    try:
         await run_command(
             [
                 cfg.skopeo,
@@ -282,10 +295,6 @@ async def build_and_push(
         )
     except CommandError as e:
         raise _error("pushing", ref, e) from e
-    finally:
-        await asyncio.to_thread(shutil.rmtree, layout, True)
-    log.info("pushed checkpoint image %s (%s)", ref, digest)
-    return digest
 
 
 async def inspect(

@@ -19,7 +19,6 @@ from prometheus_api_client import PrometheusConnect
 
 from jhub_suspend import images
 from jhub_suspend.archive import CRIO_CHECKPOINT_NAME_ANNOTATION as CRIO_NAME
-from jhub_suspend.commands import run_command
 from jhub_suspend.demo.hub import running_hub
 from jhub_suspend.testing.hubapi import HubAPI
 from jhub_suspend.testing.kernel import KernelClient
@@ -41,10 +40,7 @@ async def crio_only_image(archive: str, ref: str) -> str:
     its layer, annotated only with CRI-O's checkpoint name. Returns it pinned to its digest."""
     layout, digest = images.write_layout(archive, {CRIO_NAME: "notebook"})
     try:
-        await run_command(
-            ["skopeo", "copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false",
-             f"oci:{layout}:checkpoint", f"docker://{ref}"]
-        )  # fmt: skip
+        await images.push_layout(layout, ref)
     finally:
         shutil.rmtree(layout)
     facts = await images.inspect(ref)

@@ -36,18 +36,7 @@ async def push_random_image(tmp_path: Path, ref: str, size: int) -> str:
     layer = tmp_path / f"{os.urandom(4).hex()}.tar"
     layer.write_bytes(os.urandom(size))
     layout, digest = images.write_layout(str(layer), {"test": ref})
-    await run_command(
-        [
-            "skopeo",
-            "copy",
-            "--quiet",
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-            f"oci:{layout}:checkpoint",
-            f"docker://{ref}",
-        ],
-        timeout=120,
-    )
+    await images.push_layout(layout, ref)
     return digest
 
 
