@@ -312,6 +312,31 @@ async def test_the_reader_parses_signals_and_counts_queries():
         prom.stop()
 
 
+async def test_a_range_query_gives_json_safe_points():
+    """The admin charts' series: Prometheus writes NaN and Inf as strings, which JSON cannot
+    carry as numbers; they become None."""
+
+    class Range(web.RequestHandler):
+        def get(self) -> None:
+            assert self.get_argument("query") == "up" and self.get_argument("step") == "15"
+            values = [[100, "1.5"], [115, "NaN"], [130, "+Inf"]]
+            self.finish({"status": "success", "data": {"resultType": "matrix",
+                         "result": [{"metric": {}, "values": values}]}})  # fmt: skip
+
+    sockets = bind_sockets(0, "127.0.0.1")
+    server = HTTPServer(web.Application([(r"/api/v1/query_range", Range)]))
+    server.add_sockets(sockets)
+    reader = PrometheusReader(f"http://127.0.0.1:{sockets[0].getsockname()[1]}", timeout=5)
+    try:
+        points = await reader.query_range("up", 100, 130, 15)
+        assert points == [[100.0, 1.5], [115.0, None], [130.0, None]]
+        assert json.loads(json.dumps(points, allow_nan=False)) == points
+        assert reader.queries_total == 0
+    finally:
+        reader.close()
+        server.stop()
+
+
 async def test_an_unreachable_prometheus_is_reported_as_such():
     reader = PrometheusReader("http://127.0.0.1:9", timeout=2)
     try:

@@ -10,16 +10,14 @@ rejects) raises :class:`MetricsUnavailable`, which the loop turns into a fail-sa
 from __future__ import annotations
 
 import asyncio
-import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
 
 from prometheus_api_client import PrometheusConnect
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from urllib3.util.retry import Retry
 
 from .. import promql
@@ -81,8 +79,6 @@ class PrometheusReader:
     ) -> None:
         self.url = url
         self.timeout = timeout
-        self._headers = dict(headers or {})
-        self._verify_tls = verify_tls
         # No retries inside requests: a cycle fails safe and the next one tries again.
         self._client = PrometheusConnect(
             url=url,
@@ -105,10 +101,11 @@ class PrometheusReader:
         """One instant query; its raw result list."""
         self.queries_total += 1
         params = {"time": f"{at:.3f}"} if at is not None else None
-        loop = asyncio.get_running_loop()
-        call = loop.run_in_executor(
-            self._executor, lambda: self._client.custom_query(text, params=params)
-        )
+        return await self._ask(name, lambda: self._client.custom_query(text, params=params))
+
+    async def _ask(self, name: str, request: Callable[[], Any]) -> Any:
+        """Run one blocking client call in the executor, its failures as MetricsUnavailable."""
+        call = asyncio.get_running_loop().run_in_executor(self._executor, request)
         try:
             return await asyncio.wait_for(call, self.timeout + 1)
         except TimeoutError:
@@ -165,26 +162,25 @@ class PrometheusReader:
 
     async def query_range(
         self, query: str, start: float, end: float, step: float
-    ) -> list[list[float]]:
+    ) -> list[list[float | None]]:
         """The first series of a range query as ``[[time, value], ...]`` (empty when there is
-        none), for charts; not counted in :attr:`queries_total`."""
-        url = self.url.rstrip("/") + "/api/v1/query_range?" + urlencode(
-            {"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
-        )  # fmt: skip
+        none; a value that is not a finite number is None, which JSON can carry), for charts;
+        not counted in :attr:`queries_total`."""
+        result = await self._ask(
+            "range",
+            lambda: self._client.custom_query_range(
+                query,
+                datetime.fromtimestamp(start, UTC),
+                datetime.fromtimestamp(end, UTC),
+                f"{step:g}",
+            ),
+        )
         try:
-            resp = await AsyncHTTPClient().fetch(
-                HTTPRequest(
-                    url,
-                    headers=self._headers,
-                    validate_cert=self._verify_tls,
-                    request_timeout=self.timeout,
-                )
-            )
-            result = json.loads(resp.body)["data"]["result"]
-            return [[float(t), float(v)] for t, v in result[0]["values"]] if result else []
-        except HTTPClientError as e:
-            raise MetricsUnavailable("error", f"Prometheus answered {e.code}") from None
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise MetricsUnavailable(
-                "unreachable", f"Prometheus is unreachable or answered badly ({type(e).__name__})"
-            ) from None
+            values = result[0]["values"] if result else []
+            return [[float(t), _finite_or_none(float(v))] for t, v in values]
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise MetricsUnavailable("malformed", f"range query: unreadable answer: {e}") from e
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
