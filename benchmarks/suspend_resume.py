@@ -21,8 +21,10 @@ The process holds realistic state, not only random bytes: half random bytes (inc
 like numeric arrays), a quarter repetitive bytes, and a quarter Python objects (lists of ints
 and strings), so compression, if any, would be judged fairly.
 
-This goes through the agent's and the kubelet's code, not through the hub and the suspend
-service: their share is HTTP calls and bookkeeping, measured by the e2e tests' timings.
+This calls what the node agent calls, in the agent's order (the kubelet's checkpoint,
+``images.build_and_push``, ``images.inspect``), not the agent's ``Checkpointer`` itself (so
+without its one retry of a failed freeze), and not the hub and the suspend service: their
+share is HTTP calls and bookkeeping.
 
 Results: ``benchmarks/results/suspend_resume.{json,md,png}``. Timings are never asserted.
 
