@@ -339,9 +339,21 @@ def write_results(result: dict[str, Any]) -> None:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=float, nargs="+", default=[0.1, 1.0, 4.0])
-    parser.add_argument("--state-dir", default="")
+    parser.add_argument(
+        "--state-dir",
+        default="",
+        help="keep the cluster's state here (default: a temporary directory, removed)",
+    )
     args = parser.parse_args()
-    state = args.state_dir or tempfile.mkdtemp(prefix="jhs-bench-")
+    if args.state_dir:
+        await run_all(args.state_dir, args.sizes)
+    else:
+        # The cluster's state holds every checkpoint and image of the run: gigabytes at 4 GB.
+        with tempfile.TemporaryDirectory(prefix="jhs-bench-") as state:
+            await run_all(state, args.sizes)
+
+
+async def run_all(state: str, sizes: list[float]) -> None:
     lc = LocalCluster(
         state_dir=state,
         bridge="jhsbench0",
@@ -354,7 +366,7 @@ async def main() -> None:
     await lc.up()
     try:
         runs = []
-        for i, gb in enumerate(args.sizes):
+        for i, gb in enumerate(sizes):
             run = await one_size(lc, gb, i)
             print(json.dumps(run), flush=True)
             runs.append(run)
