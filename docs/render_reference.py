@@ -41,6 +41,10 @@ together: [service.md](service.md) (the policy, the REST API) and [deploy.md](de
   `--config FILE` for the agent: `c.SuspendService.idle_window = 1800`) and the command line
   (`--SuspendService.idle_window=1800`). `--generate-config` prints a config file with every
   setting and its help, commented out.
+- The settings for reaching the node agents (`agent_urls`, `agent_token`, `agent_ca_file`,
+  `agent_client_cert`, `agent_client_key`, `agent_call_timeout`, `agent_reconnect_timeout`)
+  are declared once, in `AgentClientConfig`, and shared by the spawner and the service: set
+  them for both at once as `c.AgentClientConfig.agent_token = ...`, or per class.
 
 A default marked *computed* is worked out when the object is created, from the expression
 shown (environment variables, other settings), unless the setting is given.

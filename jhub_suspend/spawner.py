@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import os
 from dataclasses import replace
 from typing import Any
 
@@ -25,7 +24,6 @@ from kubespawner import KubeSpawner
 from sqlalchemy.orm import object_session
 from traitlets import (
     Bool,
-    Dict,
     Float,
     Instance,
     Integer,
@@ -39,7 +37,9 @@ from traitlets import (
 from . import checkpoints as ck
 from . import upstream
 from .agent.client import AgentClient, AgentError
+from .agent.client_config import AgentClientConfig
 from .checkpoints import Checkpoint, LastError, Status
+from .deprecation import renamed_setting
 from .errors import JhubSuspendError
 from .kubevalues import rfc3339
 from .restore import CheckpointImageDriver, RestoreDriver, RestoreFailed
@@ -72,7 +72,7 @@ def human_size(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-class SuspendingKubeSpawner(KubeSpawner):
+class SuspendingKubeSpawner(AgentClientConfig, KubeSpawner):
     """KubeSpawner that suspends servers to a CRIU checkpoint and restores them on next start."""
 
     suspend_on_stop = Bool(
@@ -111,46 +111,34 @@ class SuspendingKubeSpawner(KubeSpawner):
         """,
     ).tag(config=True)
 
-    agent_urls = Dict(
-        Unicode(),
-        help="Per-node agent URLs, by node name; they take precedence over `agent_url`.",
-    ).tag(config=True)
-
-    agent_token = Unicode(
-        help="Token the node agents accept (default: $JHUB_SUSPEND_AGENT_TOKEN)."
-    ).tag(config=True)
-
-    @default("agent_token")
-    def _default_agent_token(self) -> str:
-        return os.environ.get("JHUB_SUSPEND_AGENT_TOKEN", "")
-
-    agent_ca_file = Unicode(
-        "", help="CA bundle that signed the agents' TLS certificates (for https agent URLs)."
-    ).tag(config=True)
-    agent_client_cert = Unicode(
-        "", help="Client certificate the hub presents to agents that require mTLS."
-    ).tag(config=True)
-    agent_client_key = Unicode("", help="Key of `agent_client_cert`.").tag(config=True)
-
     checkpoint_timeout = Float(
         300,
         help="Seconds a checkpoint may take, from the agent's start to the verified push.",
     ).tag(config=True)
 
-    agent_reconnect_timeout = Float(
-        30,
-        help="""Seconds to keep trying to reach a node agent that refuses connections before
-        the suspension fails (the server keeps running). A refused connection means nothing
-        has started, so there is no reason to wait for `checkpoint_timeout`.""",
+    keep_used_checkpoints = Bool(
+        False,
+        help="""Keep a checkpoint's image in the registry after it was restored or discarded.
+
+        False deletes the image at once. True leaves it, and its record in the spawner's
+        state, to the jhub-suspend service's retention sweep, which deletes it once older than
+        `SuspendService.used_checkpoint_retention`. A checkpoint whose restore failed is kept
+        for the admin either way.
+        """,
     ).tag(config=True)
 
     checkpoint_retention = Float(
-        0,
-        help="""Seconds to keep a checkpoint image in the registry after it was restored or
-        discarded. 0 deletes it at once; the jhub-suspend service deletes older ones.
-        A checkpoint whose restore failed is kept for the admin regardless.
+        help="""Deprecated since jhub-suspend 0.1: use `keep_used_checkpoints`.
+
+        The spawner never used this as a duration: any value above 0 kept used checkpoints
+        for the service's sweep, whose own age limit is
+        `SuspendService.used_checkpoint_retention`. Setting it sets `keep_used_checkpoints`.
         """,
     ).tag(config=True)
+
+    _checkpoint_retention_renamed = renamed_setting(
+        "checkpoint_retention", "keep_used_checkpoints", "0.1", convert=lambda seconds: seconds > 0
+    )
 
     restore_timeout = Float(
         help="""Seconds a restore may take before it is given up (capped at `start_timeout`).
@@ -378,20 +366,12 @@ class SuspendingKubeSpawner(KubeSpawner):
             checkpoint.seconds,
         )
 
-    def agent_for(self, node: str, host_ip: str) -> AgentClient:
-        url = self.agent_urls.get(node) or self.agent_url.format(node=node, host_ip=host_ip)
-        return self._agent_client(url)
+    def agent_url_for(self, node: str, host_ip: str) -> str:
+        return self.agent_urls.get(node) or self.agent_url.format(node=node, host_ip=host_ip)
 
-    def _agent_client(self, url: str) -> AgentClient:
-        return AgentClient(
-            url,
-            self.agent_token,
-            timeout=self.checkpoint_timeout,
-            reconnect_timeout=self.agent_reconnect_timeout,
-            ca_file=self.agent_ca_file or None,
-            client_cert=self.agent_client_cert or None,
-            client_key=self.agent_client_key or None,
-        )
+    def agent_for(self, node: str, host_ip: str) -> AgentClient:
+        """The client for checkpointing on ``node``: each call may take `checkpoint_timeout`."""
+        return self.agent_client(self.agent_url_for(node, host_ip), timeout=self.checkpoint_timeout)
 
     async def suspend(self, pod: dict[str, Any], reason: str) -> Checkpoint:
         """Checkpoint the running pod through its node's agent; the pod is not touched."""
@@ -634,8 +614,8 @@ class SuspendingKubeSpawner(KubeSpawner):
 
     async def _release(self, checkpoint: Checkpoint) -> None:
         """A checkpoint that was used or discarded: delete its image unless retention keeps it."""
-        self.checkpoint = None if self.checkpoint_retention == 0 else checkpoint
-        if self.checkpoint_retention > 0:
+        self.checkpoint = checkpoint if self.keep_used_checkpoints else None
+        if self.keep_used_checkpoints:
             return
         agent = self._any_agent()
         if agent is None:
@@ -649,9 +629,10 @@ class SuspendingKubeSpawner(KubeSpawner):
     def _any_agent(self) -> AgentClient | None:
         pod = self.pod_reflector.pods.get(self._ref_key()) if self.pod_reflector else None
         if pod and pod["spec"].get("nodeName"):
-            return self.agent_for(pod["spec"]["nodeName"], pod["status"].get("hostIP", ""))
+            node, host_ip = pod["spec"]["nodeName"], pod["status"].get("hostIP", "")
+            return self.agent_client(self.agent_url_for(node, host_ip))
         if self.agent_urls:
-            return self._agent_client(next(iter(self.agent_urls.values())))
+            return self.agent_client(next(iter(self.agent_urls.values())))
         return None
 
     async def get_pod_manifest(self) -> Any:

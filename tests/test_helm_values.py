@@ -376,7 +376,7 @@ async def test_values_configure_the_spawner(
     assert spawner.suspend_on_stop is settings["suspend_on_stop"] is False
     assert spawner.checkpoint_repository == settings["checkpoint_repository"]
     assert spawner.checkpoint_timeout == settings["checkpoint_timeout"] == 600
-    assert spawner.checkpoint_retention == 0
+    assert spawner.keep_used_checkpoints is settings["keep_used_checkpoints"] is False
     assert spawner.namespace == HUB_NAMESPACE
     # the token reaches the spawner from the Secret, through hub.extraEnv
     assert spawner.agent_token == hub_env["JHUB_SUSPEND_AGENT_TOKEN"]
@@ -479,7 +479,7 @@ def test_values_configure_the_suspend_service(
         "max_suspensions_per_cycle",
         "max_concurrent_suspensions",
         "warn_before",
-        "checkpoint_retention",
+        "used_checkpoint_retention",
         "agent_url",
         "dry_run",
     ):

@@ -70,7 +70,7 @@ c.KubeSpawner.profile_list = [
         "display_name": "CPU, keeping used checkpoints", "slug": "keep",
         "kubespawner_override": {{
             "node_selector": {{"kubernetes.io/hostname": "node-1"}},
-            "checkpoint_retention": 3600,
+            "keep_used_checkpoints": True,
         }},
     }},
     {{
@@ -603,7 +603,7 @@ async def test_with_prometheus_stopped_nothing_is_suspended(hub, api, cluster):
 
 async def test_retention_deletes_used_images_and_discards_old_suspensions(hub, api, cluster):
     """The retention sweep against the real registry: a restored checkpoint's image (kept by
-    the spawner's checkpoint_retention) goes once older than the service's; a suspension older
+    the spawner's keep_used_checkpoints) goes once older than used_checkpoint_retention; a suspension older
     than max_suspended_age is discarded, and the next start is fresh."""
     user, admin = "rex", hub.service_token  # pinned: the module's policy loop leaves it alone
     await start(api, user, profile="keep")
@@ -631,10 +631,10 @@ async def test_retention_deletes_used_images_and_discards_old_suspensions(hub, a
     first = await act("suspend")
     restored = await act("resume")
     assert restored["status"] == "restored" and restored["digest"] == first["digest"]
-    await images.inspect(image(first))  # kept: within the spawner's retention
+    await images.inspect(image(first))  # kept by the spawner for the service's sweep
 
     svc = await local_service(
-        cluster, hub, dry_run=False, checkpoint_retention=0, max_suspended_age=0
+        cluster, hub, dry_run=False, used_checkpoint_retention=0, max_suspended_age=0
     )
 
     async def sweep() -> dict[str, int]:

@@ -52,7 +52,7 @@ def service(recorder, retention_hours=24, max_suspended_hours=None, dry_run=Fals
         log=logging.getLogger("test"),
         actions=recorder,
         kube=recorder,
-        checkpoint_retention=retention_hours * 3600,
+        used_checkpoint_retention=retention_hours * 3600,
         max_suspended_age=None if max_suspended_hours is None else max_suspended_hours * 3600,
         checkpoint_repository=REPO,
         namespace="jhub",

@@ -541,6 +541,16 @@ def test_agent_client_uses_the_tls_settings():
     assert service(agent_urls={}).agent() is None
 
 
+def test_the_services_renamed_settings_still_work(capsys):
+    svc = service(checkpoint_retention=3600, restore_timeout=30)
+    assert svc.used_checkpoint_retention == 3600
+    assert svc.resume_timeout == 30
+    # the Application's own log handler writes to stderr
+    assert "SuspendService.restore_timeout is deprecated" in capsys.readouterr().err
+    defaults = service()
+    assert (defaults.used_checkpoint_retention, defaults.resume_timeout) == (86400, 600)
+
+
 def test_warnings_keep_their_first_time_until_the_server_is_kept():
     from jhub_suspend.policy import Decision, MetricsHealth, Plan
     from jhub_suspend.service.loop import warnings_in_force

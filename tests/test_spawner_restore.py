@@ -150,7 +150,7 @@ async def test_a_restore_that_succeeds_releases_the_checkpoint_as_restored(clust
 
 
 async def test_a_restored_checkpoint_under_retention_is_kept_as_restored(cluster):
-    s = spawner(cluster, checkpoint_retention=3600)
+    s = spawner(cluster, keep_used_checkpoints=True)
     s.checkpoint = record()
     assert await s.start() == RESTORED_URL
     assert s.checkpoint.status == Status.RESTORED
@@ -235,7 +235,7 @@ async def test_a_checkpoint_discarded_while_stopped_is_not_restored(cluster):
 
 @pytest.mark.parametrize("interrupted", [0, 1])
 async def test_an_interrupted_restore_is_tried_again(cluster, interrupted):
-    s = spawner(cluster, max_interrupted_restores=2, checkpoint_retention=3600)
+    s = spawner(cluster, max_interrupted_restores=2, keep_used_checkpoints=True)
     s.checkpoint = record(Status.RESTORING, interrupted_restores=interrupted)
     assert await s.start() == RESTORED_URL
     assert cluster.starts == ["restore"]
@@ -297,7 +297,7 @@ async def test_a_pod_whose_suspension_failed_is_adopted(cluster):
 
 
 async def test_a_restore_that_finished_after_the_hub_stopped_is_adopted(cluster):
-    s = spawner(cluster, checkpoint_retention=3600)
+    s = spawner(cluster, keep_used_checkpoints=True)
     s.checkpoint = record(Status.RESTORING)
     cluster.pod = running_pod(image=record().image)
     url = await s.start()

@@ -153,6 +153,36 @@ async def test_the_spawner_gives_its_agent_clients_the_checkpoint_and_reconnect_
     assert client.reconnect_timeout == 5  # an agent that refuses connections fails fast
 
 
+async def test_agent_client_settings_are_shared_with_the_service_in_one_section():
+    """c.AgentClientConfig sets both the spawner's and the service's agent settings; a
+    class's own section still wins, as with any traitlets class hierarchy."""
+    from jhub_suspend.service import SuspendService
+
+    c = Config()
+    c.AgentClientConfig.agent_token = "shared"
+    c.AgentClientConfig.agent_call_timeout = 42
+    c.SuspendService.agent_token = "service-only"
+    c.SuspendService.prometheus_url = "http://127.0.0.1:9"
+    s = SuspendingKubeSpawner(_mock=True, config=c)
+    svc = SuspendService(config=c)
+    assert s.agent_token == "shared"
+    assert svc.agent_token == "service-only"
+    assert s.agent_call_timeout == svc.agent_call_timeout == 42
+    # image deletions get the call timeout, checkpoints their own
+    svc.agent_url = "http://10.0.0.1:9770"
+    agent = svc.agent()
+    assert agent is not None and agent.timeout == 42
+    assert s.agent_for("node-1", "10.0.0.7").timeout == s.checkpoint_timeout
+
+
+async def test_the_renamed_checkpoint_retention_still_keeps_used_checkpoints(caplog):
+    assert spawner().keep_used_checkpoints is False
+    assert spawner(checkpoint_retention=3600).keep_used_checkpoints is True
+    assert spawner(checkpoint_retention=0).keep_used_checkpoints is False
+    assert "checkpoint_retention is deprecated" in caplog.text
+    assert "keep_used_checkpoints" in caplog.text
+
+
 async def test_an_interrupted_restore_is_tried_again_a_bounded_number_of_times():
     """The hub stopped during a restore (issue 10's fault matrix): the image is intact, so the
     next start restores again, up to max_interrupted_restores times, then keeps it aside."""

@@ -47,7 +47,7 @@ class ActionsContext(Protocol):
     namespace: str
     checkpoint_repository: str
     suspend_timeout: float
-    restore_timeout: float
+    resume_timeout: float
 
     @property
     def policy_config(self) -> PolicyConfig: ...
@@ -196,8 +196,8 @@ class Actions:
 
             try:
                 after = await exponential_backoff(
-                    ready, f"{_name(user, server_name)} was not ready within {svc.restore_timeout} s",
-                    timeout=svc.restore_timeout, max_wait=2,
+                    ready, f"{_name(user, server_name)} was not ready within {svc.resume_timeout} s",
+                    timeout=svc.resume_timeout, max_wait=2,
                 )  # fmt: skip
                 state = read_state(after.get("state"))
                 checkpoint = state.checkpoint
@@ -230,7 +230,7 @@ class Actions:
         async def work(op: Operation) -> None:
             try:
                 after = await restart_kept_server(
-                    svc.hub.request, user, server_name, timeout=svc.restore_timeout
+                    svc.hub.request, user, server_name, timeout=svc.resume_timeout
                 )
             except Exception as e:
                 op.status, op.message = "failed", str(e) or type(e).__name__

@@ -42,6 +42,8 @@ from traitlets.utils.importstring import import_item
 
 from .. import promql
 from ..agent.client import AgentClient
+from ..agent.client_config import AgentClientConfig
+from ..deprecation import renamed_setting
 from ..policy import PolicyConfig, decide
 from . import handlers, ui
 from .actions import Actions
@@ -78,7 +80,7 @@ def _default_namespace() -> str:
     return "default"
 
 
-class SuspendService(Application):
+class SuspendService(AgentClientConfig, Application):
     name = "jhub-suspend-service"
 
     @default("log_level")
@@ -372,40 +374,26 @@ class SuspendService(Application):
     def _default_checkpoint_repository(self) -> str:
         return os.environ.get("JHUB_SUSPEND_CHECKPOINT_REPOSITORY", "")
 
-    agent_urls = Dict(
-        help="Node agent URL per node name; any of them can delete images from the registry."
-    ).tag(config=True)
-
-    @default("agent_urls")
-    def _default_agent_urls(self) -> dict:
-        import json
-
-        return json.loads(os.environ.get("JHUB_SUSPEND_AGENT_URLS", "{}"))
-
     agent_url = Unicode(
-        help="One node agent URL (e.g. the agents' Service); used before agent_urls."
+        help="""One node agent URL, e.g. the agents' Service; used before `agent_urls`. The
+        service only deletes images through an agent, which any agent can do."""
     ).tag(config=True)
-    agent_token = Unicode(help="Token for the node agents (JHUB_SUSPEND_AGENT_TOKEN).").tag(
-        config=True
-    )
 
-    @default("agent_token")
-    def _default_agent_token(self) -> str:
-        return os.environ.get("JHUB_SUSPEND_AGENT_TOKEN", "")
-
-    agent_ca_file = Unicode(
-        "", help="CA bundle that signed the agents' TLS certificates (for https agent URLs)."
+    used_checkpoint_retention = Float(
+        86400,
+        help="""Seconds after which the retention sweep deletes images of restored or
+        discarded checkpoints (those the spawner keeps, with
+        `SuspendingKubeSpawner.keep_used_checkpoints`), and orphaned discard markers.""",
     ).tag(config=True)
-    agent_client_cert = Unicode(
-        "", help="Client certificate the service presents to agents that require mTLS."
-    ).tag(config=True)
-    agent_client_key = Unicode("", help="Key of `agent_client_cert`.").tag(config=True)
 
     checkpoint_retention = Float(
-        86400,
-        help="Seconds after which images of restored or discarded checkpoints, and orphaned "
-        "discard markers, are deleted by the retention sweep.",
+        help="Deprecated since jhub-suspend 0.1: use `used_checkpoint_retention`."
     ).tag(config=True)
+
+    _checkpoint_retention_renamed = renamed_setting(
+        "checkpoint_retention", "used_checkpoint_retention", "0.1"
+    )
+
     max_suspended_age = Float(
         None,
         allow_none=True,
@@ -423,9 +411,14 @@ class SuspendService(Application):
     suspend_timeout = Float(
         900, help="Seconds a suspension may take until the server stopped."
     ).tag(config=True)
-    restore_timeout = Float(600, help="Seconds a resume may take until the server is ready.").tag(
+    resume_timeout = Float(
+        600, help="Seconds a resume started through the service may take until the server is ready."
+    ).tag(config=True)
+    restore_timeout = Float(help="Deprecated since jhub-suspend 0.1: use `resume_timeout`.").tag(
         config=True
     )
+
+    _restore_timeout_renamed = renamed_setting("restore_timeout", "resume_timeout", "0.1")
     clock = Callable(
         help="Returns the current time as an aware datetime; tests inject their own."
     ).tag(config=True)
@@ -510,16 +503,7 @@ class SuspendService(Application):
 
     def agent(self) -> AgentClient | None:
         url = self.agent_url or next(iter(self.agent_urls.values()), "")
-        if not url:
-            return None
-        return AgentClient(
-            url,
-            self.agent_token,
-            timeout=120,
-            ca_file=self.agent_ca_file or None,
-            client_cert=self.agent_client_cert or None,
-            client_key=self.agent_client_key or None,
-        )
+        return self.agent_client(url) if url else None
 
     # ---- lifecycle --------------------------------------------------------------------------
 

@@ -3,11 +3,11 @@
 Every ``retention_interval`` seconds, from the last cycle's snapshot:
 
 1. images of checkpoints that were **restored** or **discarded** (the spawner keeps their record
-   when its ``checkpoint_retention`` is above 0) and were created more than
-   ``checkpoint_retention`` seconds ago are deleted through a node agent (idempotent: an image
-   already gone counts as deleted);
+   with its ``keep_used_checkpoints``) and were created more than ``used_checkpoint_retention``
+   seconds ago are deleted through a node agent (idempotent: an image already gone counts as
+   deleted);
 2. images whose deletion failed earlier (a discard while the registry was down) are tried again;
-3. **discard markers** older than ``checkpoint_retention`` that no server's restorable
+3. **discard markers** older than ``used_checkpoint_retention`` that no server's restorable
    checkpoint refers to any more (the server was deleted, or restored some other way) are
    deleted; a marker that still names a server's checkpoint stays until the spawner consumes it;
 4. with ``max_suspended_age`` set, checkpoints of servers suspended for longer are discarded
@@ -43,7 +43,7 @@ class RetentionContext(Protocol):
     actions: Actions
     namespace: str
     checkpoint_repository: str
-    checkpoint_retention: float
+    used_checkpoint_retention: float
     retention_interval: float
     dry_run: bool
 
@@ -75,7 +75,7 @@ class Retention:
         svc = self.service
         actions = svc.actions
         now = snap.time
-        keep = svc.checkpoint_retention
+        keep = svc.used_checkpoint_retention
         stats = {"images": 0, "markers": 0, "discarded": 0, "orphans": 0}
         live: set[str] = set()
         for v in snap.views:
