@@ -10,7 +10,8 @@ unless :attr:`Plan.dry_run`.
 The rules, in the order they are applied to each server:
 
 1. **Fail-safe.** If :attr:`MetricsHealth.ok` is false every server is kept; nothing is
-   suspended that cycle and every decision carries the metrics reason.
+   suspended that cycle and every decision carries the metrics reason. The service computes
+   the health with :func:`freshness_health` over the signals :func:`required_signals` names.
 2. **Only running servers** are candidates (not suspending, suspended, restoring or failed).
 3. **Exemptions** by user, by group and by server name.
 4. **Utilisation.** The CPU signal (max over the idle window of usage / request) must be under
@@ -241,6 +242,45 @@ class MetricsHealth:
     reason: str = ""
 
 
+def required_signals(running: Iterable[Resources | None]) -> frozenset[str]:
+    """The signals the fail-safe requires fresh, given the requests of the running servers.
+
+    Any running server needs CPU, memory and the requests they are measured against; a server
+    holding a GPU needs the GPU signal too. With nothing running, nothing is required: an
+    empty hub is not a broken metrics pipeline. A server whose requests are unknown is held
+    to the CPU signals (it cannot be shown to hold a GPU).
+    """
+    required: set[str] = set()
+    for requests in running:
+        required |= {"cpu", "memory", "requests"}
+        if requests is not None and requests.gpu > 0:
+            required.add("gpu")
+    return frozenset(required)
+
+
+def freshness_health(
+    ages: Mapping[str, float], required: Iterable[str], max_age: float
+) -> MetricsHealth:
+    """Whether every required source has a sample no older than ``max_age`` seconds (the ages
+    are Prometheus's, per source); a missing, infinite or NaN age is stale."""
+    for source in sorted(required):
+        age = ages.get(source)
+        if age is None:
+            return MetricsHealth(False, f"stale: no recent {source} samples in Prometheus")
+        if not math.isfinite(age) or age > max_age:
+            return MetricsHealth(
+                False, f"stale: newest {source} sample is {age:.0f} s old (limit {max_age:.0f} s)"
+            )
+    return MetricsHealth(True)
+
+
+def cpu_signal_source(holds_gpu: bool, gpu_window_measured: bool) -> Literal["cpu", "cpu_gpu"]:
+    """Which CPU reading judges a server: a GPU server's CPU is read over the GPU idle window
+    (``"cpu_gpu"``), as its GPU is, when that window was queried; every other server's over
+    the CPU idle window (``"cpu"``)."""
+    return "cpu_gpu" if holds_gpu and gpu_window_measured else "cpu"
+
+
 # ---------------------------------------------------------------------------------------------
 # Configuration
 
@@ -373,6 +413,12 @@ class Decision:
     frees: tuple[str, ...] = ()
     namespace: str = ""
     pod: str = ""
+
+    @property
+    def suspension_reason(self) -> Literal["capacity", "idle"]:
+        """Why a suspension of this server is asked for: it frees what a Pending pod waits
+        for (``"capacity"``), or it is idle (``"idle"``). Labels the suspension metrics."""
+        return "capacity" if self.frees else "idle"
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -23,9 +23,12 @@ from jhub_suspend.policy import (
     Resources,
     ServerObservation,
     Signal,
+    cpu_signal_source,
     decide,
+    freshness_health,
     human_duration,
     insufficient_resources,
+    required_signals,
     signals_from_vectors,
     waste,
 )
@@ -782,3 +785,40 @@ def test_decide_reads_inputs_once_and_scales(n) -> None:
     gpu_users = {s.user for s in servers if s.is_gpu}
     head = plan.to_suspend[: len(gpu_users)]
     assert head and all(d.user in gpu_users for d in head)
+
+
+# ---- the fail-safe's inputs, and which reading judges a server ----------------------------------
+
+
+def test_freshness():
+    assert freshness_health({"cpu": 3, "memory": 3}, {"cpu", "memory"}, 60).ok
+    stale = freshness_health({"cpu": 300, "memory": 3}, {"cpu", "memory"}, 60)
+    assert not stale.ok and "cpu" in stale.reason and "300 s" in stale.reason
+    missing = freshness_health({"cpu": 3}, {"cpu", "gpu"}, 60)
+    assert not missing.ok and "no recent gpu" in missing.reason
+    assert not freshness_health({"cpu": math.nan}, {"cpu"}, 60).ok
+    assert freshness_health({}, set(), 60).ok  # nothing running, nothing required
+
+
+def test_required_signals_follow_what_is_running():
+    assert required_signals([]) == frozenset()  # an empty hub is not a broken pipeline
+    cpu_only = required_signals([Resources(cpu=1), None])
+    assert cpu_only == {"cpu", "memory", "requests"}
+    assert required_signals([Resources(cpu=1), Resources(cpu=1, gpu=1)]) == {
+        "cpu",
+        "memory",
+        "requests",
+        "gpu",
+    }
+
+
+def test_a_gpu_server_is_judged_on_the_gpu_window_when_it_was_measured():
+    assert cpu_signal_source(holds_gpu=True, gpu_window_measured=True) == "cpu_gpu"
+    assert cpu_signal_source(holds_gpu=True, gpu_window_measured=False) == "cpu"
+    assert cpu_signal_source(holds_gpu=False, gpu_window_measured=True) == "cpu"
+
+
+def test_a_suspension_that_frees_a_pending_pod_is_asked_for_capacity():
+    idle = Decision("u", "", "suspend", ("idle",), idle_for=7200)
+    assert idle.suspension_reason == "idle"
+    assert replace(idle, frees=("jhub/jupyter-v",)).suspension_reason == "capacity"

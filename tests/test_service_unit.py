@@ -25,7 +25,7 @@ from jhub_suspend.policy import Decision, Plan, PolicyConfig, Resources, decide
 from jhub_suspend.service import SuspendService, cli, observe
 from jhub_suspend.service.hubclient import HubClient
 from jhub_suspend.service.loop import PolicyLoop
-from jhub_suspend.service.prom import MetricsUnavailable, PrometheusReader, freshness_health
+from jhub_suspend.service.prom import MetricsUnavailable, PrometheusReader
 from jhub_suspend.testing import fakes
 from jhub_suspend.testing.waiting import wait_for
 
@@ -197,15 +197,6 @@ def test_views_join_hub_servers_to_pods():
     assert views[0].requests.gpu == 1 and views[0].node == "node-0"
     assert views[1].requests == Resources(cpu=0.5)  # remembered from an earlier cycle
     assert views[0].observation().last_activity == NOW
-
-
-def test_freshness():
-    assert freshness_health({"cpu": 3, "memory": 3}, {"cpu", "memory"}, 60).ok
-    stale = freshness_health({"cpu": 300, "memory": 3}, {"cpu", "memory"}, 60)
-    assert not stale.ok and "cpu" in stale.reason and "300 s" in stale.reason
-    missing = freshness_health({"cpu": 3}, {"cpu", "gpu"}, 60)
-    assert not missing.ok and "no recent gpu" in missing.reason
-    assert freshness_health({}, set(), 60).ok  # nothing running, nothing required
 
 
 # ---- settings --------------------------------------------------------------------------------

@@ -45,7 +45,14 @@ from jhub_suspend.agent.app import (
 )
 from jhub_suspend.agent.checkpointer import verification_problems
 from jhub_suspend.checkpoints import RESTORABLE_STATUSES, Checkpoint, NodeFacts, Status
-from jhub_suspend.policy import MetricsHealth, PolicyConfig, Resources, ServerObservation, decide
+from jhub_suspend.policy import (
+    MetricsHealth,
+    PolicyConfig,
+    Resources,
+    ServerObservation,
+    decide,
+    freshness_health,
+)
 from jhub_suspend.promql import (
     MalformedResponse,
     MetricNames,
@@ -53,12 +60,7 @@ from jhub_suspend.promql import (
     build_queries,
     parse_vector,
 )
-from jhub_suspend.service.prom import (
-    MetricsUnavailable,
-    PrometheusReader,
-    Readings,
-    freshness_health,
-)
+from jhub_suspend.service.prom import MetricsUnavailable, PrometheusReader, Readings
 from jhub_suspend.spawner import STATE_KEY, UNREADABLE_KEY, SuspendingKubeSpawner
 
 # The whole file runs in about 20 s; the example database (.hypothesis/) replays what failed.

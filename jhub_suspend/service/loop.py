@@ -30,7 +30,15 @@ from typing import Any, Protocol
 from .. import checkpoints as ck
 from .. import promql
 from ..kubevalues import rfc3339_or_none
-from ..policy import MetricsHealth, Plan, PolicyConfig, Resources
+from ..policy import (
+    MetricsHealth,
+    Plan,
+    PolicyConfig,
+    Resources,
+    cpu_signal_source,
+    freshness_health,
+    required_signals,
+)
 from ..state import read_state
 from ..suspension import user_model
 from . import observe
@@ -40,7 +48,7 @@ from .kube import Kube, marker_digest
 from .metrics import ServiceMetrics
 from .observe import ServerView
 from .operations import Operations
-from .prom import MetricsUnavailable, PrometheusReader, Readings, freshness_health
+from .prom import MetricsUnavailable, PrometheusReader, Readings
 from .retention import Retention
 from .snapshot import Snapshot
 
@@ -285,12 +293,9 @@ class PolicyLoop:
     ) -> MetricsHealth:
         if readings is None:
             return MetricsHealth(False, reason)
-        running = [v for v in views if v.state == "running" and v.pod_name]
-        required: set[str] = set()
-        if running:
-            required |= {"cpu", "memory", "requests"}
-        if any(v.requests and v.requests.gpu > 0 for v in running):
-            required.add("gpu")
+        required = required_signals(
+            v.requests for v in views if v.state == "running" and v.pod_name
+        )
         return freshness_health(readings.ages, required, self.service.max_metrics_age)
 
     def _attach(self, views: list[ServerView], readings: Readings) -> None:
@@ -299,8 +304,9 @@ class PolicyLoop:
                 continue
             key = (v.namespace, v.pod_name)
             is_gpu = bool(v.requests and v.requests.gpu > 0)
-            cpu = readings.cpu_gpu_window if is_gpu and readings.cpu_gpu_window else readings.cpu
-            v.cpu = cpu.get(key)
+            gpu_window = readings.cpu_gpu_window or {}
+            source = cpu_signal_source(is_gpu, bool(gpu_window))
+            v.cpu = (gpu_window if source == "cpu_gpu" else readings.cpu).get(key)
             v.gpu = readings.gpu.get(key) if is_gpu else None
             v.memory_ratio = readings.memory_ratio.get(key)
 
@@ -387,8 +393,9 @@ class PolicyLoop:
                 )
             if acting:
                 for d in plan.to_suspend:
-                    reason = "capacity" if d.frees else "idle"
-                    self.service.actions.start_suspension(d.user, d.server_name, "policy", reason)
+                    self.service.actions.start_suspension(
+                        d.user, d.server_name, "policy", d.suspension_reason
+                    )
             # A repair, not a policy action: done in dry-run mode too.
             await self._repair(snap)
             await self.service.retention.maybe_sweep(snap)

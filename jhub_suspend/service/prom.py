@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,7 +22,7 @@ from urllib3.util.retry import Retry
 
 from .. import promql
 from ..errors import JhubSuspendError
-from ..policy import MetricsHealth, Signal, signals_from_vectors
+from ..policy import Signal, signals_from_vectors
 
 Key = tuple[str, ...]
 
@@ -48,21 +48,6 @@ class Readings:
     memory_ratio: dict[Key, float] = field(default_factory=dict)
     ages: dict[str, float] = field(default_factory=dict)
     queries: int = 0
-
-
-def freshness_health(
-    ages: Mapping[str, float], required: Iterable[str], max_age: float
-) -> MetricsHealth:
-    """Whether every required source has a sample no older than ``max_age`` seconds."""
-    for source in sorted(required):
-        age = ages.get(source)
-        if age is None:
-            return MetricsHealth(False, f"stale: no recent {source} samples in Prometheus")
-        if not math.isfinite(age) or age > max_age:
-            return MetricsHealth(
-                False, f"stale: newest {source} sample is {age:.0f} s old (limit {max_age:.0f} s)"
-            )
-    return MetricsHealth(True)
 
 
 class PrometheusReader:
