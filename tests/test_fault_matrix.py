@@ -89,10 +89,7 @@ async def api(hub, cluster):
     api = HubAPI(hub.api_url, hub.service_token)
     yield api
     cluster.faults.clear()
-    for user in await api.request("GET", "users"):
-        for name, server in (user.get("servers") or {}).items():
-            if server.get("ready") or server.get("pending"):
-                await api.stop_server(user["name"], name)
+    await api.stop_all_servers()
 
 
 # ---- killing, and watching for the push --------------------------------------------------

@@ -58,10 +58,7 @@ async def api(hub):
     api = HubAPI(hub.api_url, hub.service_token)
     yield api
     # Whatever a story left running, stop it: the small node has room for two notebooks.
-    for user in await api.request("GET", "users"):
-        for name, server in (user.get("servers") or {}).items():
-            if server.get("ready") or server.get("pending"):
-                await api.stop_server(user["name"], name)
+    await api.stop_all_servers()
 
 
 async def server_with_kernel(hub, api, user, name=""):

@@ -64,3 +64,10 @@ class HubAPI:
         await exponential_backoff(
             stopped, f"server {user}/{server_name} did not stop", timeout=timeout
         )
+
+    async def stop_all_servers(self) -> None:
+        """Stop every server that is running or starting, as a test's cleanup."""
+        for user in await self.request("GET", "users"):
+            for name, server in (user.get("servers") or {}).items():
+                if server.get("ready") or server.get("pending"):
+                    await self.stop_server(user["name"], name)
