@@ -7,12 +7,12 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .errors import JhubSuspendError
+from .errors import OwnError
 
 log = logging.getLogger(__name__)
 
 
-class CommandError(JhubSuspendError, RuntimeError):
+class CommandError(OwnError, RuntimeError):
     """An external command failed or timed out."""
 
     def __init__(self, argv: Sequence[str], returncode: int | None, stdout: str, stderr: str):
@@ -23,7 +23,7 @@ class CommandError(JhubSuspendError, RuntimeError):
         what = "timed out" if returncode is None else f"exited with {returncode}"
         detail = (stderr.strip() or stdout.strip())[-2000:]
         message = f"{' '.join(self.argv)} {what}" + (f": {detail}" if detail else "")
-        super().__init__(self.status, message)
+        super().__init__(message)
 
 
 @dataclass

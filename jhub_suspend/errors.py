@@ -25,3 +25,11 @@ class JhubSuspendError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class OwnError(JhubSuspendError):
+    """An error of jhub-suspend's own making: its status is the class's :attr:`status`, and
+    only the message varies from one to the next."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(self.status, message)

@@ -25,16 +25,13 @@ from typing import Any
 
 from . import archive as ckpt
 from .commands import CommandError, run_command
-from .errors import JhubSuspendError
+from .errors import OwnError
 
 log = logging.getLogger(__name__)
 
 
-class ImageError(JhubSuspendError, RuntimeError):
+class ImageError(OwnError, RuntimeError):
     """An image operation failed."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(self.status, message)
 
 
 class ImageNotFound(ImageError):

@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .errors import JhubSuspendError
+from .errors import OwnError
 
 GpuSource = Literal["util", "engine_active", "auto"]
 GpuAggregation = Literal["avg", "max"]
@@ -61,13 +61,10 @@ _UNITS: tuple[tuple[str, float], ...] = (
 _RE2_SPECIAL = frozenset("\\.+*?()|[]{}^$")
 
 
-class MalformedResponse(JhubSuspendError, ValueError):
+class MalformedResponse(OwnError, ValueError):
     """Prometheus returned something this module cannot trust; the cycle must fail safe."""
 
     status = 502
-
-    def __init__(self, message: str) -> None:
-        super().__init__(self.status, message)
 
 
 @dataclass(frozen=True)

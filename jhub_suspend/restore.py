@@ -16,7 +16,7 @@ from traitlets import Dict, List
 from traitlets.config import LoggingConfigurable
 
 from .checkpoints import ORIGINAL_IMAGE_ANNOTATION, Checkpoint, NodeFacts
-from .errors import JhubSuspendError
+from .errors import OwnError
 
 # Waiting reasons after which a restore will not succeed by waiting longer.
 FAILED_WAITING_REASONS = frozenset(
@@ -73,12 +73,12 @@ def merge_affinity(existing: dict[str, Any] | None, required: dict[str, Any]) ->
     return merged
 
 
-class RestoreFailed(JhubSuspendError):
+class RestoreFailed(OwnError):
     """A restore cannot succeed. ``str()`` is a sentence for the user; ``detail`` is what
     Kubernetes and the runtime said, for the admin."""
 
     def __init__(self, message: str, detail: str = "") -> None:
-        super().__init__(self.status, message)
+        super().__init__(message)
         self.detail = detail or message
 
 

@@ -40,7 +40,7 @@ from .agent.client import AgentClient, AgentError
 from .agent.client_config import AgentClientConfig
 from .checkpoints import Checkpoint, LastError, Status
 from .deprecation import renamed_setting
-from .errors import JhubSuspendError
+from .errors import OwnError
 from .kubevalues import rfc3339
 from .restore import CheckpointImageDriver, RestoreDriver, RestoreFailed
 from .state import STATE_KEY, UNREADABLE_KEY
@@ -57,11 +57,8 @@ NO_ROOM_MESSAGE = (
 )
 
 
-class SuspendFailed(JhubSuspendError):
+class SuspendFailed(OwnError):
     """A checkpoint could not be made durable; the pod was left running and untouched."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(self.status, message)
 
 
 def human_size(n: float) -> str:

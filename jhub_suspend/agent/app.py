@@ -48,7 +48,7 @@ from traitlets.config import Application
 
 from .. import images
 from ..archive import CHECKPOINT_NAME_ANNOTATIONS
-from ..errors import JhubSuspendError
+from ..errors import JhubSuspendError, OwnError
 from .checkpointer import (
     FAILURE_REASONS,
     Checkpointer,
@@ -78,11 +78,8 @@ IMAGE_REF = re.compile(
 )
 
 
-class AgentConfigError(JhubSuspendError, ValueError):
+class AgentConfigError(OwnError, ValueError):
     """The agent's configuration cannot work; the message says what to set."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(self.status, message)
 
 
 class ApiError(web.HTTPError, JhubSuspendError):

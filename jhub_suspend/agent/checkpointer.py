@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from .. import images
 from ..archive import checkpoint_image_annotations
-from ..errors import JhubSuspendError
+from ..errors import OwnError
 from ..retry import with_retries
 from .criuconfig import node_setting_hint
 from .kubelet import KubeletError
@@ -45,13 +45,10 @@ FAILURE_REASONS = (
 )
 
 
-class CheckpointError(JhubSuspendError):
+class CheckpointError(OwnError):
     """A checkpoint failed; nothing was left behind, and the pod must stay as it is."""
 
     reason = "internal"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(self.status, message)
 
 
 class NotFound(CheckpointError):

@@ -21,20 +21,20 @@ from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
 from .. import promql
-from ..errors import JhubSuspendError
+from ..errors import OwnError
 from ..policy import Signal, signals_from_vectors
 
 Key = tuple[str, ...]
 
 
-class MetricsUnavailable(JhubSuspendError):
+class MetricsUnavailable(OwnError):
     """The metrics cannot be used this cycle. ``category`` is a short label value for the
     fail-safe metric (unreachable, timeout, error, malformed, stale); the message says more."""
 
     status = 503
 
     def __init__(self, category: str, message: str) -> None:
-        super().__init__(self.status, message)
+        super().__init__(message)
         self.category = category
 
 
