@@ -85,3 +85,18 @@ def test_generate_config_prints_every_setting_and_the_file_loads(
     loaded = cls()
     loaded.initialize([config_option, str(path), *extra])
     assert getattr(loaded, line.group(1).rsplit(".", 1)[1]) == 42.0
+
+
+@pytest.mark.parametrize(
+    "cls, config_option, name, extra",
+    [
+        (SuspendService, "-f", "cycle_interval", ["--prometheus-url=http://127.0.0.1:9"]),
+        (NodeAgent, "--config", "shutdown_timeout", []),
+    ],
+)
+def test_the_command_line_wins_over_the_config_file(cls, config_option, name, extra, tmp_path):
+    path = tmp_path / "config.py"
+    path.write_text(f"c.{cls.__name__}.{name} = 42.0\n")
+    app = cls()
+    app.initialize([config_option, str(path), f"--{cls.__name__}.{name}=7", *extra])
+    assert getattr(app, name) == 7

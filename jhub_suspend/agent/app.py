@@ -48,6 +48,7 @@ from traitlets.config import Application
 
 from .. import images
 from ..archive import CHECKPOINT_NAME_ANNOTATIONS
+from ..configfile import ConfigFileApplication
 from ..errors import JhubSuspendError, OwnError
 from .checkpointer import (
     FAILURE_REASONS,
@@ -313,7 +314,7 @@ class NotFoundHandler(BaseHandler):
 # ---- the application ---------------------------------------------------------------------------
 
 
-class NodeAgent(Application):
+class NodeAgent(ConfigFileApplication):
     """The jhub-suspend node agent: checkpoints containers on this node into OCI images."""
 
     name = "jhub-suspend-agent"
@@ -336,13 +337,6 @@ class NodeAgent(Application):
             "(jhub-suspend-agent --generate-config > agent_config.py).",
         ),
     }
-
-    config_file = Unicode("", help="A Python or JSON traitlets config file to load.").tag(
-        config=True
-    )
-    generate_config = Bool(
-        False, help="Print a config file with every setting and its help, commented out, and exit."
-    ).tag(config=True)
 
     node_name = Unicode(help="This node's name (the downward API's spec.nodeName).").tag(
         config=True
@@ -522,11 +516,6 @@ class NodeAgent(Application):
 
     def initialize(self, argv: Any = None) -> None:
         super().initialize(argv)
-        if self.generate_config:
-            print(self.generate_config_file())
-            self.exit(0)
-        if self.config_file:
-            self.load_config_file(self.config_file)
         self.metrics = AgentMetrics()
         self._server: HTTPServer | None = None
         self._tasks: set[asyncio.Task] = set()

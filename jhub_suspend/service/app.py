@@ -37,12 +37,13 @@ from traitlets import (
     default,
     validate,
 )
-from traitlets.config import Application, catch_config_error
+from traitlets.config import catch_config_error
 from traitlets.utils.importstring import import_item
 
 from .. import promql
 from ..agent.client import AgentClient
 from ..agent.client_config import AgentClientConfig
+from ..configfile import ConfigFileApplication
 from ..deprecation import renamed_setting
 from ..policy import PolicyConfig, decide
 from . import handlers, ui
@@ -80,7 +81,7 @@ def _default_namespace() -> str:
     return "default"
 
 
-class SuspendService(AgentClientConfig, Application):
+class SuspendService(AgentClientConfig, ConfigFileApplication):
     name = "jhub-suspend-service"
 
     @default("log_level")
@@ -115,13 +116,6 @@ class SuspendService(AgentClientConfig, Application):
             "(jhub-suspend-service --generate-config > suspend_config.py).",
         ),
     }
-
-    config_file = Unicode("", help="A Python config file to load (c.SuspendService.*).").tag(
-        config=True
-    )
-    generate_config = Bool(
-        False, help="Print a config file with every setting and its help, commented out, and exit."
-    ).tag(config=True)
 
     # ---- policy (the fields of policy.PolicyConfig, with its defaults) ----------------------
 
@@ -510,14 +504,6 @@ class SuspendService(AgentClientConfig, Application):
     @catch_config_error
     def initialize(self, argv: Any = None) -> None:
         super().initialize(argv)
-        if self.generate_config:
-            print(self.generate_config_file())
-            self.exit(0)
-        if self.config_file:
-            self.load_config_file(self.config_file)
-            # command-line settings win over the file
-            if argv is not None or self.cli_config:
-                self.update_config(self.cli_config)
         self.prepare()
 
     def prepare(self) -> None:
