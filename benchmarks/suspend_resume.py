@@ -15,7 +15,15 @@ state, in one run:
   ``stats-dump`` read with ``checkpointctl inspect --stats``, is reported beside it), one
   monolithic blob upload of the archive's bytes to the same registry, and one blob download;
 * **what users do today after culling**: a fresh pod from the same image that recomputes its
-  state, until it answers.
+  state, until it answers;
+* **inside containerd**, where its share goes, from outside: the checkpoint's last step (the
+  window in which the archive file grows: containerd's copy of its tar stream into it) is
+  sampled every 10 ms, and CRIU's dump time is subtracted, leaving what containerd does in
+  between (it stores CRIU's images in its content store, unpacks them into a work directory
+  and compresses the container's writable layer); the pull's download (the window in which a
+  file grows in containerd's content ingest directory) is sampled the same way, leaving the
+  layer's unpacking into a snapshot; and CRIU's own restore time is read from the
+  ``restore.log`` runc leaves in the runtime's CRIU work directory.
 
 The process holds realistic state, not only random bytes: half random bytes (incompressible,
 like numeric arrays), a quarter repetitive bytes, and a quarter Python objects (lists of ints
@@ -35,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import glob
 import json
 import os
 import platform
@@ -151,6 +160,63 @@ def criu_frozen_seconds(archive: str) -> float:
     return float(m.group(1)) * {"µs": 1e-6, "ms": 1e-3, "s": 1.0}[m.group(2)]
 
 
+class GrowthWindow:
+    """Samples the files matching ``pattern`` every 10 ms while it runs: ``window`` is the time
+    from the first sample that found one to the last sample in which one grew."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.first: float | None = None
+        self.last_growth: float | None = None
+        self._sizes: dict[str, int] = {}
+        self._task: asyncio.Task | None = None
+
+    def _sample(self) -> None:
+        now = time.monotonic()
+        for path in glob.glob(self.pattern):
+            try:
+                size = os.path.getsize(path)
+            except OSError:
+                continue
+            if self.first is None:
+                self.first = now
+            if size != self._sizes.get(path):
+                self._sizes[path] = size
+                self.last_growth = now
+
+    async def _run(self) -> None:
+        while True:
+            self._sample()
+            await asyncio.sleep(0.01)  # the sampling period, not a wait for something
+
+    def __enter__(self) -> GrowthWindow:
+        self._task = asyncio.ensure_future(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        self._sample()
+
+    @property
+    def window(self) -> float:
+        if self.first is None or self.last_growth is None:
+            return float("nan")
+        return self.last_growth - self.first
+
+
+def criu_restore_seconds(work_dir: str, since: float) -> float:
+    """CRIU's restore time, from the newest ``restore.log`` under the runtime's CRIU work
+    directory written after ``since`` (wall clock): the stamp of its last line."""
+    logs = [p for p in glob.glob(os.path.join(work_dir, "**", "restore.log"), recursive=True)]
+    logs = [p for p in logs if os.path.getmtime(p) >= since]
+    if not logs:
+        return float("nan")
+    with open(max(logs, key=os.path.getmtime), errors="replace") as f:
+        stamps = re.findall(r"^\(\s*([0-9.]+)\)", f.read(), re.M)
+    return float(stamps[-1]) if stamps else float("nan")
+
+
 def criu_dump_seconds(archive: str) -> float:
     """How long CRIU's dump ran: the time stamp of the last line of the archive's dump.log
     (CRIU stamps each line with the seconds since it started)."""
@@ -201,7 +267,8 @@ async def one_size(lc: LocalCluster, gb: float, round_: int) -> dict[str, Any]:
 
     phases: dict[str, float] = {}
     t = time.monotonic()
-    archive = await kubelet.checkpoint("default", name, "notebook", 1200)
+    with GrowthWindow(os.path.join(kubelet.checkpoint_dir, f"checkpoint-{name}_*.tar")) as written:
+        archive = await kubelet.checkpoint("default", name, "notebook", 1200)
     phases["checkpoint"] = time.monotonic() - t
     archive_bytes = os.path.getsize(archive)
     criu_dump = criu_dump_seconds(archive)
@@ -224,10 +291,16 @@ async def one_size(lc: LocalCluster, gb: float, round_: int) -> dict[str, Any]:
     restored = f"{name}-restored"
     checkpoint_image = images.pinned_reference(f"{ref}@{pushed}")
     spec = pod(restored, checkpoint_image, size)
-    t = time.monotonic()
-    lc.store.create("pods", "default", spec)
-    restored_digest, _ = await answering(lc, restored, timeout=600)
+    assert lc.containerd is not None
+    ingest = os.path.join(
+        lc.containerd.dir, "root", "io.containerd.content.v1.content", "ingest", "*", "data"
+    )
+    t, wall = time.monotonic(), time.time()
+    with GrowthWindow(ingest) as fetched:
+        lc.store.create("pods", "default", spec)
+        restored_digest, _ = await answering(lc, restored, timeout=600)
     resume = time.monotonic() - t
+    criu_restore = criu_restore_seconds(str(lc.containerd.criu_work), wall)
     assert restored_digest == digest, "the restored process lost its state"
     phases["pull"] = pulled_seconds(lc, restored, checkpoint_image)
     phases["restore"] = resume - phases["pull"]
@@ -255,6 +328,16 @@ async def one_size(lc: LocalCluster, gb: float, round_: int) -> dict[str, Any]:
             "criu_frozen_seconds": round(criu_frozen, 3),
             "raw_blob_push_seconds": round(raw_push, 3),
             "raw_blob_pull_seconds": round(raw_pull, 3),
+        },
+        "inside_containerd": {
+            "checkpoint_criu_dump": round(criu_dump, 3),
+            "checkpoint_containerd_copies": round(
+                phases["checkpoint"] - criu_dump - written.window, 3
+            ),
+            "checkpoint_archive_write": round(written.window, 3),
+            "pull_download": round(fetched.window, 3),
+            "pull_unpack": round(phases["pull"] - fetched.window, 3),
+            "restore_criu": round(criu_restore, 3),
         },
         "suspend_over_floor": round(suspend / floor_suspend, 2),
         "resume_pull_over_raw_pull": round(phases["pull"] / raw_pull, 2),
@@ -293,7 +376,29 @@ def write_markdown(result: dict[str, Any]) -> str:
         "CRIU is the difference. `restore + answer` is containerd's restore with CRIU until the",
         "process answers; the pull is the kubelet's own figure.",
         "",
+        "## Inside containerd",
+        "",
+        "Where the checkpoint's and the pull's time goes, measured from outside (see the",
+        "benchmark's docstring): CRIU's dump; what containerd does before it writes the archive",
+        "(CRIU's images into its content store, unpacked again into a work directory, the",
+        "writable layer compressed); the archive's write; the layer's download into the content",
+        "store and its unpacking into a snapshot; and CRIU's own restore.",
+        "",
+        "| state | checkpoint | CRIU dump | containerd's copies | archive write "
+        "| pull | download | unpack | restore + answer | CRIU restore |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    for r in result["runs"]:
+        ph, inside = r["phases"], r.get("inside_containerd")
+        if not inside:
+            continue
+        lines.append(
+            f"| {r['state_gb']} GB | {ph['checkpoint']} | {inside['checkpoint_criu_dump']} "
+            f"| {inside['checkpoint_containerd_copies']} | {inside['checkpoint_archive_write']} "
+            f"| {ph['pull']} | {inside['pull_download']} | {inside['pull_unpack']} "
+            f"| {ph['restore']:.3f} | {inside['restore_criu']} |"
+        )
+    lines.append("")
     return "\n".join(lines)
 
 
