@@ -34,6 +34,7 @@ from traitlets.config import Application
 from . import apiserver, metrics, nodeimages, registrygc, services
 from .containerd import Containerd, gateway_address
 from .faults import FaultPoints
+from .imagegc import IMAGE_GC_PERIOD, ImageFilesystem, ImageGcPolicy
 from .kubelet import Kubelet, NodeConfig
 from .scheduler import Scheduler
 from .store import Store
@@ -129,6 +130,48 @@ class LocalCluster(Application):
         collects once at start when its storage is not empty.
         """,
     ).tag(config=True)
+    image_gc_high_threshold_percent = Integer(
+        ImageGcPolicy.high_threshold_percent,
+        help="""Usage of the image filesystem (the one holding containerd's root), in percent,
+        at or above which the kubelets remove unused images, as the kubelet's
+        `imageGCHighThresholdPercent`. 100 turns image garbage collection off (unless
+        `image_maximum_gc_age` is set). The nodes share one containerd, so they share its
+        images and this filesystem.
+        """,
+    ).tag(config=True)
+    image_gc_low_threshold_percent = Integer(
+        ImageGcPolicy.low_threshold_percent,
+        help="""Usage of the image filesystem, in percent, that removing unused images aims to
+        come down to, as the kubelet's `imageGCLowThresholdPercent`. At most
+        `image_gc_high_threshold_percent`.
+        """,
+    ).tag(config=True)
+
+    @validate("image_gc_high_threshold_percent", "image_gc_low_threshold_percent")
+    def _validate_image_gc_percent(self, proposal: dict) -> int:
+        if not 0 <= proposal["value"] <= 100:
+            raise ValueError(f"{proposal['trait'].name} must be between 0 and 100")
+        return int(proposal["value"])
+
+    image_minimum_gc_age = Float(
+        ImageGcPolicy.minimum_age,
+        help="""Seconds since a kubelet first saw an image before it may remove it, as the
+        kubelet's `imageMinimumGCAge` (2 minutes): an image just pulled is about to be used.
+        """,
+    ).tag(config=True)
+    image_maximum_gc_age = Float(
+        ImageGcPolicy.maximum_age,
+        help="""Seconds after its last use by a container that an unused image is removed,
+        whatever the disk usage, as the kubelet's `imageMaximumGCAge`; 0 (the kubelet's
+        default) never. Counted from the kubelet's start at the earliest.
+        """,
+    ).tag(config=True)
+    image_gc_period = Float(
+        IMAGE_GC_PERIOD,
+        help="""Seconds between the kubelets' image garbage collections (a kubelet's is fixed
+        at 5 minutes); 0 never.
+        """,
+    ).tag(config=True)
     start_prometheus = Bool(True, help="Start Prometheus scraping the cluster's metrics.").tag(
         config=True
     )
@@ -209,6 +252,7 @@ class LocalCluster(Application):
             raise
 
     async def _start(self) -> None:
+        image_gc = self.image_gc_policy  # settings that disagree fail before anything starts
         os.makedirs(self.state_dir, exist_ok=True)
         _, port = await apiserver.serve(
             self.store,
@@ -254,6 +298,11 @@ class LocalCluster(Application):
         )
         cri_client = await self.containerd.start(timeout=self.ready_timeout)
 
+        # The node images stay obtainable when image GC removes them: the notebook image is
+        # pulled again from the registry (which keeps tagged manifests), by a new pod or by a
+        # restore that needs it as its base; the sandbox image is pinned in containerd's
+        # configuration, as a node pins its pause image, and GC passes pinned images over.
+        imagefs = ImageFilesystem()
         for spec in self.nodes:
             kubelet = Kubelet(
                 self.store,
@@ -264,6 +313,9 @@ class LocalCluster(Application):
                 criu_work_dir=str(self.containerd.criu_work),
                 authorize=self._authorize,
                 faults=self.faults,
+                image_gc=image_gc,
+                image_gc_period=self.image_gc_period,
+                imagefs=imagefs,
             )
             await kubelet.start(self.host)
             self.kubelets.append(kubelet)
@@ -293,6 +345,16 @@ class LocalCluster(Application):
             self.api_url,
             self.registry_host or "-",
             self.prometheus_url or "-",
+        )
+
+    @property
+    def image_gc_policy(self) -> ImageGcPolicy:
+        """The kubelets' image GC policy (ValueError when the thresholds or ages disagree)."""
+        return ImageGcPolicy(
+            high_threshold_percent=self.image_gc_high_threshold_percent,
+            low_threshold_percent=self.image_gc_low_threshold_percent,
+            minimum_age=self.image_minimum_gc_age,
+            maximum_age=self.image_maximum_gc_age,
         )
 
     async def _start_agents(self) -> None:

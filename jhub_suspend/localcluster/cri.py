@@ -155,6 +155,20 @@ class CriClient:
         req = cri.PullImageRequest(image=cri.ImageSpec(image=image), sandbox_config=sandbox_config)
         return str((await self._call(self.images, "PullImage", req, None)).image_ref)
 
+    async def list_images(self) -> list[Any]:
+        req = cri.ListImagesRequest(filter=cri.ImageFilter())
+        return list((await self._call(self.images, "ListImages", req, None)).images)
+
+    async def remove_image(self, image: str) -> None:
+        """Remove an image (by ID: every tag and digest of it); CRI makes this idempotent."""
+        req = cri.RemoveImageRequest(image=cri.ImageSpec(image=image))
+        await self._call(self.images, "RemoveImage", req, None)
+
+    async def image_fs_info(self) -> list[Any]:
+        """The runtime's image filesystems (``ImageFsInfo``): mountpoint and used bytes."""
+        req = cri.ImageFsInfoRequest()
+        return list((await self._call(self.images, "ImageFsInfo", req, 10.0)).image_filesystems)
+
     async def image_status(self, image: str) -> tuple[Any, dict[str, Any]]:
         """The image (None when the runtime does not have it) and its OCI config, which
         containerd gives in its verbose answer (``{}`` when it gives none)."""

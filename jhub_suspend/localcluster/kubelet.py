@@ -9,6 +9,8 @@ HTTP API:
   the runtime's ``CheckpointContainer`` (runc, then CRIU), the container keeps running, the
   answer is ``{"items": [archive path]}``;
 - ``GET /healthz``, ``GET /pods``;
+- image garbage collection, as the kubelet's image manager (:mod:`.imagegc`): unused images
+  are removed through CRI when the image filesystem fills up;
 - ``GET /metrics/cadvisor`` (container CPU and memory from the runtime's cgroup statistics) and
   ``GET /metrics/dcgm`` (the node's simulated GPUs, DCGM-exporter style), with
   ``PUT /debug/gpus/{index}`` for tests and demos to set a simulated GPU's utilisation.
@@ -45,6 +47,21 @@ from . import crispec, metrics
 from .cri import CriClient, CriError, cri
 from .crispec import NODE_LABEL, RunAs
 from .faults import FaultPoints, InjectedFault
+from .imagegc import (
+    IMAGE_GC_PERIOD,
+    FsUsage,
+    ImageFilesystem,
+    ImageGcFailed,
+    ImageGcPolicy,
+    ImageGcResult,
+    ImageRecord,
+    RuntimeImage,
+    detect_images,
+    eviction_order,
+    images_to_free,
+    space_to_free,
+    too_old,
+)
 from .podstatus import set_condition
 from .store import ApiError, Store
 
@@ -318,6 +335,9 @@ class Kubelet:
         authorize: Authorizer | None = None,
         clock: Callable[[], float] | None = None,
         faults: FaultPoints | None = None,
+        image_gc: ImageGcPolicy | None = None,
+        image_gc_period: float = IMAGE_GC_PERIOD,
+        imagefs: ImageFilesystem | None = None,
     ) -> None:
         self.store = store
         self.faults = faults or FaultPoints()
@@ -337,6 +357,15 @@ class Kubelet:
         self._watch_task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._terminating: set[str] = set()
+        #: the image GC policy; a test may replace it on a running kubelet
+        self.image_gc = image_gc or ImageGcPolicy()
+        #: seconds between image garbage collections (0: none but those asked for)
+        self.image_gc_period = image_gc_period
+        #: shared with the kubelets on the same runtime (the local cluster's one containerd)
+        self.imagefs = imagefs or ImageFilesystem()
+        self.image_records: dict[str, ImageRecord] = {}
+        self._image_gc_task: asyncio.Task | None = None
+        self._started = 0.0
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -349,7 +378,10 @@ class Kubelet:
         os.makedirs(self.checkpoint_dir, exist_ok=True)
         await self._remove_orphans()
         self._register_node()
+        self._started = self.clock()
         self._watch_task = asyncio.create_task(self._watch(), name=f"kubelet-{self.node.name}")
+        if self.image_gc_period > 0:
+            self._image_gc_task = self._spawn(self._image_gc_loop(), f"image-gc-{self.node.name}")
         log.info("kubelet %s serving on %s:%s", self.node.name, self.address, self.port)
 
     async def _remove_orphans(self) -> None:
@@ -378,17 +410,27 @@ class Kubelet:
 
     async def stop(self) -> None:
         """Stop watching and remove every pod's containers; the API objects stay as they are."""
-        if self._watch_task:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
+        for task in (self._watch_task, self._image_gc_task):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await asyncio.gather(*(self._teardown(rec) for rec in list(self.pods.values())))
         if self._server:
             self._server.stop()
 
     @property
+    def unhealthy(self) -> str:
+        """Why the kubelet is not healthy ("" when it is): a background loop that ended."""
+        if self._watch_task is None or self._watch_task.done():
+            return "pod watch is not running"
+        if self._image_gc_task is not None and self._image_gc_task.done():
+            return "image garbage collection is not running"
+        return ""
+
+    @property
     def healthy(self) -> bool:
-        return self._watch_task is not None and not self._watch_task.done()
+        return not self.unhealthy
 
     async def _watch(self) -> None:
         selector = f"spec.nodeName={self.node.name}"
@@ -524,13 +566,31 @@ class Kubelet:
         self, pod: dict, rec: PodRecord, container: dict, volumes: dict[str, str]
     ) -> dict:
         """Pull the container's image, create and start the container; return its status
-        facts. A checkpoint image is restored by the runtime in create and start."""
+        facts. A checkpoint image is restored by the runtime in create and start.
+
+        Image GC counts the image as in use from before its pull until the container exists.
+        A real kubelet leaves that window open and, should GC remove the image in it, pulls
+        again on its next sync; this kubelet does not retry a failed container, so a removal
+        there would fail the pod for good.
+        """
+        with self.imagefs.holding(container["image"]) as hold:
+            return await self._pull_create_start(pod, rec, container, volumes, hold)
+
+    async def _pull_create_start(
+        self,
+        pod: dict,
+        rec: PodRecord,
+        container: dict,
+        volumes: dict[str, str],
+        hold: Callable[[str], None],
+    ) -> dict:
         name, image = container["name"], container["image"]
         started = self.clock()
         self._event(pod, "Pulling", f'Pulling image "{image}"')
         try:
             await self.faults.reach("pull", rec.name)
             image_ref = await self.runtime.pull_image(image, rec.sandbox_config)
+            hold(image_ref)
         except CriError as e:
             raise PodFailed("ErrImagePull", f'Failed to pull image "{image}": {e.details}') from e
         except InjectedFault as e:
@@ -633,6 +693,162 @@ class Kubelet:
             await self.runtime.remove_pod_sandbox_and_containers(sandbox_id)
         except CriError as e:
             log.warning("removing sandbox %s: %s", sandbox_id[:12], e)
+
+    # ---- image garbage collection ----------------------------------------------------------
+
+    def _node_event(self, reason: str, message: str, type_: str = "Warning") -> None:
+        # The kubelet's reference to its node: its name is also its uid.
+        ref = {"kind": "Node", "apiVersion": "v1", "name": self.node.name, "uid": self.node.name}
+        with contextlib.suppress(ApiError):
+            self.store.record_event(ref, reason, message, type_=type_, host=self.node.name)
+
+    async def detect_images(self, now: float | None = None) -> list[ImageRecord]:
+        """Look at the runtime's images and at every container it has (in any state, on any
+        node: they share its images), record when each image was first seen and last used
+        (``now``), and return the images GC may remove, in eviction order."""
+        now = self.clock() if now is None else now
+        images = [
+            RuntimeImage(i.id, i.size, i.pinned, (*i.repo_tags, *i.repo_digests))
+            for i in await self.runtime.list_images()
+        ]
+        containers = await self.runtime.list_containers()
+        in_use = {c.image_ref for c in containers} | {c.image.image for c in containers}
+        in_use |= set(self.imagefs.starting)
+        self.image_records = detect_images(self.image_records, images, in_use, now)
+        return eviction_order(self.image_records, in_use)
+
+    async def _image_fs_usage(self) -> tuple[str, FsUsage]:
+        """The image filesystem (where the runtime says it keeps images) and its usage."""
+        filesystems = await self.runtime.image_fs_info()
+        if not filesystems:
+            raise ImageGcFailed("the runtime names no image filesystem")
+        path = filesystems[0].fs_id.mountpoint
+        return path, FsUsage.of(await asyncio.to_thread(os.statvfs, path))
+
+    async def _remove_images(
+        self, records: list[ImageRecord], why: str, result: ImageGcResult
+    ) -> int:
+        """Remove images through CRI, one by one, going on past failures; return the bytes
+        freed (by the runtime's image sizes)."""
+        freed = 0
+        for record in records:
+            image = record.image
+            name = image.names[0] if image.names else "-"
+            log.info(
+                "kubelet %s: removing image %s (%s, %d bytes): %s",
+                self.node.name,
+                image.id,
+                name,
+                image.size,
+                why,
+            )
+            try:
+                await self.runtime.remove_image(image.id)
+            except CriError as e:
+                result.errors.append(f"{image.id}: {e.details or e.code.name}")
+                continue
+            self.image_records.pop(image.id, None)
+            result.removed.append(image.id)
+            freed += image.size
+        result.freed += freed
+        return freed
+
+    async def collect_images(self) -> ImageGcResult:
+        """One image garbage collection, as the kubelet's ``GarbageCollect``: images unused
+        for longer than the maximum age, then, with the image filesystem at or above the high
+        threshold, unused images least recently used first until the low threshold is
+        reached. Falling short is the result's ``failure`` and a ``FreeDiskSpaceFailed``
+        event on the node. The periodic loop calls this; so may tests."""
+        policy = self.image_gc
+        result = ImageGcResult()
+        async with self.imagefs.lock:
+            now = self.clock()
+            candidates = await self.detect_images(now)
+            old = too_old(candidates, policy, now, self._started)
+            await self._remove_images(
+                old, f"unused for more than {policy.maximum_age:.0f} s", result
+            )
+            candidates = [c for c in candidates if c.image.id not in result.removed]
+            path, usage = await self._image_fs_usage()
+            if usage.capacity <= 0:
+                message = f"invalid capacity 0 on image filesystem {path}"
+                self._node_event("InvalidDiskCapacity", message)
+                raise ImageGcFailed(message)
+            result.to_free = space_to_free(usage, policy)
+            result.usage_percent = usage.percent
+            space_freed = 0
+            if result.to_free:
+                log.info(
+                    "kubelet %s: image filesystem %s is %d %% used (high threshold %d %%): "
+                    "freeing %d bytes to come down to %d %%",
+                    self.node.name,
+                    path,
+                    usage.percent,
+                    policy.high_threshold_percent,
+                    result.to_free,
+                    policy.low_threshold_percent,
+                )
+                tried: set[str] = set()
+                # A removal that fails is passed over for the next candidate, as the kubelet does.
+                while batch := images_to_free(
+                    [c for c in candidates if c.image.id not in tried],
+                    result.to_free - space_freed,
+                    policy,
+                    now,
+                ):
+                    tried.update(r.image.id for r in batch)
+                    space_freed += await self._remove_images(batch, "disk usage", result)
+            if result.removed:
+                _, after = await self._image_fs_usage()
+                log.info(
+                    "kubelet %s: image garbage collection removed %d image(s), %d bytes; "
+                    "image filesystem %d %% used, was %d %%",
+                    self.node.name,
+                    len(result.removed),
+                    result.freed,
+                    after.percent,
+                    usage.percent,
+                )
+        if result.errors:
+            result.failure = (
+                f"wanted to free {result.to_free} bytes, but freed {space_freed} bytes with "
+                f"errors in image deletion: {'; '.join(result.errors)}"
+            )
+        elif space_freed < result.to_free:
+            result.failure = (
+                "Failed to garbage collect required amount of images. Attempted to free "
+                f"{result.to_free} bytes, but only found {space_freed} bytes eligible to free."
+            )
+            self._node_event("FreeDiskSpaceFailed", result.failure)
+        return result
+
+    async def _image_gc_loop(self) -> None:
+        """Detect the images at start, then collect every ``image_gc_period``. A failed run is
+        logged; one that fails again is also an ``ImageGCFailed`` event, as on a kubelet."""
+        try:
+            await self.detect_images()
+        except CriError as e:
+            log.warning("kubelet %s: listing images failed: %s", self.node.name, e)
+        failed = False
+        while True:
+            await asyncio.sleep(self.image_gc_period)  # the period itself
+            if self.image_gc.disabled:
+                continue
+            try:
+                error = (await self.collect_images()).failure
+            except (CriError, ImageGcFailed, OSError) as e:
+                error = str(e)
+            except Exception as e:  # a defect: its traceback is logged; the next run may succeed
+                log.exception("kubelet %s: image garbage collection failed", self.node.name)
+                error = f"{type(e).__name__}: {e}"
+            else:
+                if error:
+                    log.warning(
+                        "kubelet %s: image garbage collection failed: %s", self.node.name, error
+                    )
+            if error and failed:
+                self._node_event("ImageGCFailed", error)
+            failed = bool(error)
 
     # ---- the kubelet's HTTP API ------------------------------------------------------------
 
@@ -764,8 +980,8 @@ class HealthHandler(KubeletHandler):
         pass
 
     def get(self) -> None:
-        if not self.kubelet.healthy:
-            raise web.HTTPError(503, "pod watch is not running")
+        if reason := self.kubelet.unhealthy:
+            raise web.HTTPError(503, "%s", reason)
         self.finish("ok")
 
 
