@@ -1,8 +1,11 @@
 """What the demo keeps in its state directory so that a suspended server survives a restart."""
 
+import json
 import os
+import socket
 import stat
 
+from jhub_suspend.demo.app import PORTS_FILE, kept_ports, port_taken
 from jhub_suspend.demo.hub import CRYPT_KEY_FILE, crypt_key
 
 
@@ -17,3 +20,32 @@ def test_the_crypt_key_is_made_once_and_kept(tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     assert crypt_key(str(other)) != first
+
+
+def test_the_ports_a_restore_needs_are_picked_once_and_kept(tmp_path):
+    state = str(tmp_path)
+    first = kept_ports(state)
+    assert set(first) == {"registry", "hub"}
+    assert all(0 < p < 65536 for p in first.values()) and first["registry"] != first["hub"]
+    # the next start of the demo uses the same ports: a checkpoint names its registry by
+    # host:port, and a restored server calls the hub where it first found it
+    assert kept_ports(state) == first
+    assert json.loads((tmp_path / PORTS_FILE).read_text()) == first
+    # a port the file lacks (or spoils) is picked anew; the others are kept
+    (tmp_path / PORTS_FILE).write_text(json.dumps({"registry": first["registry"], "hub": "x"}))
+    again = kept_ports(state)
+    assert again["registry"] == first["registry"] and isinstance(again["hub"], int)
+    assert kept_ports(state) == again
+    # a torn file: new ports, written whole
+    (tmp_path / PORTS_FILE).write_text('{"registry": 50')
+    fresh = kept_ports(state)
+    assert json.loads((tmp_path / PORTS_FILE).read_text()) == fresh
+
+
+def test_a_kept_port_in_use_is_told(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert port_taken(port)
+    assert not port_taken(port)

@@ -124,6 +124,7 @@ async def start_hub(
     state_dir: str,
     *,
     port: int = 0,
+    hub_port: int = 0,
     extra_config: str = "",
     service_config: str = "",
     spawner: str = "suspending-kubespawner",
@@ -135,7 +136,9 @@ async def start_hub(
     """Start JupyterHub with the demo configuration plus ``extra_config`` (Python config text).
 
     ``service_config`` is Python config text for the jhub-suspend service
-    (``c.SuspendService.*``), written to a file the service loads.
+    (``c.SuspendService.*``), written to a file the service loads. ``hub_port`` is where pods
+    reach the hub (0: a free port); a restored server calls the hub at the address it was
+    first started with, so a hub that restores servers across its restarts keeps it.
     """
     os.makedirs(state_dir, exist_ok=True)
     config = Path(state_dir, "jupyterhub_config.py")
@@ -153,7 +156,7 @@ async def start_hub(
         # kubernetes_asyncio reads KUBECONFIG once, when it is first imported.
         "KUBECONFIG": cluster["kubeconfig"],
         "JHUB_SUSPEND_HUB_URL": f"http://127.0.0.1:{public_port}",
-        "JHUB_SUSPEND_HUB_PORT": str(services.free_port()),
+        "JHUB_SUSPEND_HUB_PORT": str(hub_port or services.free_port()),
         "JHUB_SUSPEND_PROXY_API_URL": f"http://127.0.0.1:{services.free_port()}",
         "JHUB_SUSPEND_SERVICE_TOKEN": token,
         "JHUB_SUSPEND_USER_PASSWORD": user_password,
