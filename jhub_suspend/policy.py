@@ -673,17 +673,19 @@ def _exemption(obs: ServerObservation, cfg: PolicyConfig) -> str | None:
     return None
 
 
-def _keep_running(obs: ServerObservation, ctx: _Context) -> tuple[bool, datetime | None, str]:
-    """(active, end or None for no end, sentence or "")."""
-    kr = obs.keep_running
+def keep_running_in_force(
+    kr: KeepRunning | None, config: PolicyConfig, now: datetime
+) -> tuple[bool, datetime | None, str]:
+    """Whether a server's keep-running opt-out holds at ``now`` under ``config``: (in force,
+    its end or None for no end, a sentence saying so or "")."""
     if kr is None:
         return False, None, ""
-    if not ctx.config.allow_keep_running:
+    if not config.allow_keep_running:
         return False, None, "keep-running opt-out ignored (not allowed by policy)"
-    until = kr.effective_until(ctx.config.max_keep_running)
+    until = kr.effective_until(config.max_keep_running)
     if until is None:
         return True, None, "keep-running opt-out with no end"
-    if until <= ctx.now:
+    if until <= now:
         return False, None, ""
     capped = kr.until is None or until < kr.until
     cap = " (capped by max_keep_running)" if capped else ""
@@ -745,7 +747,7 @@ def _assess(obs: ServerObservation, ctx: _Context) -> Decision:
     if exempt:
         return _keep(obs, [exempt], idle_for, waste=w)
     checks = _utilisation(obs, ctx)
-    kr_active, kr_until, kr_text = _keep_running(obs, ctx)
+    kr_active, kr_until, kr_text = keep_running_in_force(obs.keep_running, cfg, ctx.now)
     notes = [kr_text] if kr_text else []
     if not all(c.idle for c in checks):
         busy = [c.reason for c in checks if not c.idle]

@@ -16,7 +16,7 @@ from tornado import web
 from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 from traitlets.config import Config
 
-from jhub_suspend.service import SuspendService, actions, handlers, ui
+from jhub_suspend.service import SuspendService, actions, drain, handlers, ui
 from jhub_suspend.service.app import routes
 from jhub_suspend.service.handlers import ACTION_METHODS, openapi_document
 
@@ -30,7 +30,7 @@ NOT_API = (
     handlers.NotFoundHandler,
 )
 METHODS = ("get", "head", "post", "delete", "patch", "put", "options")
-SAMPLES = {"user": "ann", "server_name": "lab", "id": "ff00"}
+SAMPLES = {"user": "ann", "server_name": "lab", "id": "ff00", "node": "node-1"}
 
 DOC = openapi_document(PREFIX)
 APP = web.Application(routes(SimpleNamespace(service_prefix=PREFIX)))  # type: ignore[arg-type]
@@ -118,6 +118,8 @@ def test_every_status_a_handler_raises_is_documented(path, method, op):
     raised = _raised(inspect.getsource(cls)) - {405}  # 405: only methods the spec leaves out
     if cls is handlers.ServerActionHandler:
         raised |= _raised(inspect.getsource(actions)) | {502}  # act(): the hub or Kubernetes
+    if cls is handlers.NodeDrainHandler:
+        raised |= _raised(inspect.getsource(drain)) | {502}
     secured = op.get("security", DOC["security"]) != []
     if secured and cls.prepare is handlers.BaseHandler.prepare:
         raised |= {401, 403, 502}  # no or bad token; no access scope; the hub cannot check it

@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import json
 import re
+import sys
 import time
 from typing import Any
 
@@ -29,6 +30,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi import checks as openapi_checks
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
@@ -46,7 +48,7 @@ from jhub_suspend.testing.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
-PINNED = ["gus", "kim", "eve", "cy", "fay", "rex", "lou", "zed", "ola"]
+PINNED = ["gus", "kim", "eve", "cy", "fay", "rex", "lou", "zed", "ola", "dot", "mo"]
 TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 WINDOWS = {
     "idle_window": 20,
@@ -724,6 +726,77 @@ async def test_a_server_started_after_the_last_cycle_is_listed_and_then_listed_s
         assert svc.loop.snapshot.time == cycle  # all of it without a cycle in between
     finally:
         await svc.close()
+
+
+async def jhub_suspend_cli(hub, *args: str) -> tuple[int, str, str]:
+    """``jhub-suspend ARGS`` as an admin, in a process of its own: (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "jhub_suspend.service.cli",
+        "--url", hub.service_url, "--token", hub.service_token, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 180)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_an_admin_drains_a_node_and_the_opted_out_server_is_left_with_the_reason(
+    hub, api, cluster, core
+):
+    """Issue 12, part 2: ``jhub-suspend drain NODE`` against the hub-managed service. A dry run
+    changes nothing; the drain suspends the server it may (its pod is gone, its checkpoint is
+    in the registry) and leaves the one whose user opted out, saying why, and so exits 5."""
+    node, opted_out = "gpu-node-1", "mo"  # pinned: the module's policy loop leaves them alone
+    try:
+        await asyncio.gather(
+            start(api, "dot", profile="gpunode"), start(api, opted_out, profile="gpunode")
+        )
+        token = await user_token(api, opted_out)
+        status, body = await call(
+            hub, "PUT", f"api/servers/{opted_out}/keep-running", token, {"enabled": True}
+        )
+        assert status == 200, body
+        status, body = await call(hub, "POST", f"api/nodes/{node}/drain?dry_run=true", token)
+        assert status == 403 and "admin" in body["message"]
+        status, body = await call(hub, "POST", "api/nodes/no-such-node/drain", hub.service_token)
+        assert status == 404 and "no node 'no-such-node'" in body["message"], body
+
+        before = await world(hub, api, core)
+        code, out, err = await jhub_suspend_cli(hub, "drain", node, "--dry-run")
+        assert code == 0, (out, err)
+        assert out.startswith(f"drain of {node} (dry run): "), out
+        assert re.search(r"^would suspend +dot$", out, re.M), out
+        assert re.search(rf"^left running +{opted_out}: keep-running opt-out .*UTC", out, re.M)
+        assert await world(hub, api, core) == before
+
+        code, out, err = await jhub_suspend_cli(hub, "drain", node)
+        assert code == 5, (out, err)
+        lines = out.splitlines()
+        kept = next(i for i, line in enumerate(lines) if line.startswith("left running"))
+        done = next(i for i, line in enumerate(lines) if line.startswith("suspended"))
+        assert kept < done, out  # the left one at once, the suspended one once done
+        assert re.fullmatch(r"suspended +dot: checkpoint \d+ MiB in [\d.]+ s", lines[done])
+        assert f"{opted_out}: keep-running opt-out" in lines[kept]
+        assert lines[-1].startswith(f"{node}: suspended 1, left 1 running; 1 still on {node}")
+
+        dot = await server_model(api.request, "dot")
+        assert dot is not None and not dot.get("ready")
+        ck = ours(dot)["checkpoint"]
+        assert (ck["status"], ck["reason"]) == ("suspended", "drain")
+        ref = f"{cluster.checkpoint_repository}/default/jupyter-dot@{ck['digest']}"
+        assert (await images.inspect(ref))["digest"] == ck["digest"]
+        with pytest.raises(ApiException) as gone:
+            await core.read_namespaced_pod("jupyter-dot", "default")
+        assert gone.value.status == 404
+        assert (await api.server(opted_out) or {}).get("ready")
+        pod = await core.read_namespaced_pod(f"jupyter-{opted_out}", "default")
+        assert pod.spec.node_name == node and pod.metadata.deletion_timestamp is None
+        m = await metrics(hub)
+        assert m['jhub_suspend_suspensions_total{outcome="success",reason="drain"}'] == 1
+    finally:
+        await stop(api, opted_out)
+        if ours(await server_model(api.request, "dot") or {}).get("checkpoint"):
+            await call(hub, "DELETE", "api/servers/dot/checkpoint", hub.service_token)
 
 
 # ---- fuzzing the REST API against its OpenAPI description --------------------------------------

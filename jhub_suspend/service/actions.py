@@ -98,7 +98,10 @@ class Actions:
 
     # ---- suspend ---------------------------------------------------------------------------
 
-    async def suspend(self, user: str, server_name: str, requested_by: str) -> Operation:
+    async def suspend(
+        self, user: str, server_name: str, requested_by: str, reason: str = "manual"
+    ) -> Operation:
+        """Suspend a running server in the background (``reason``: manual, or drain)."""
         self._busy(user, server_name)
         model = await self.server(user, server_name)
         if model.get("pending"):
@@ -111,7 +114,7 @@ class Actions:
             raise ActionError(
                 409, f"{_name(user, server_name)} is not a SuspendingKubeSpawner server"
             )
-        return self.start_suspension(user, server_name, requested_by, "manual")
+        return self.start_suspension(user, server_name, requested_by, reason)
 
     def start_suspension(
         self, user: str, server_name: str, requested_by: str, reason: str

@@ -48,6 +48,7 @@ from ..deprecation import renamed_setting
 from ..policy import PolicyConfig, decide
 from . import handlers, ui
 from .actions import Actions
+from .drain import Drains
 from .hubclient import HubClient
 from .kube import Kube, make_api_client
 from .loop import PolicyLoop
@@ -413,6 +414,26 @@ class SuspendService(AgentClientConfig, ConfigFileApplication):
     )
 
     _restore_timeout_renamed = renamed_setting("restore_timeout", "resume_timeout", "0.1")
+
+    drain_concurrency = Integer(
+        2,
+        help="""Suspensions a drain (`POST api/nodes/{node}/drain`, `jhub-suspend drain NODE`)
+        runs at once. Every server of a drain is on the one node, whose agent checkpoints
+        `NodeAgent.max_concurrent_checkpoints` pods at a time (default 1) and queues the
+        others, and a queued checkpoint's wait counts against the spawner's
+        `checkpoint_timeout`. 2 keeps that agent busy (the next checkpoint is queued while the
+        last one's pod is deleted and the hub records the stop), and each of its requests
+        waits behind at most one of its other checkpoints. Raise it with the agents' setting.
+        Only this bounds a drain; the policy counts a drain's suspensions as in flight against
+        `max_concurrent_suspensions`, so it starts fewer of its own meanwhile.""",
+    ).tag(config=True)
+
+    @validate("drain_concurrency")
+    def _validate_drain_concurrency(self, proposal: Any) -> int:
+        if proposal.value < 1:
+            raise TraitError("SuspendService.drain_concurrency must be at least 1")
+        return int(proposal.value)
+
     clock = Callable(
         help="Returns the current time as an aware datetime; tests inject their own."
     ).tag(config=True)
@@ -557,6 +578,7 @@ class SuspendService(AgentClientConfig, ConfigFileApplication):
             timeout=self.prometheus_timeout,
         )
         self.actions = Actions(self)
+        self.drains = Drains(self)
         self.retention = Retention(self)
         self.loop = PolicyLoop(self)
 

@@ -6,12 +6,14 @@
     jhub-suspend discard USER[/SERVER]
     jhub-suspend keep-running USER[/SERVER] (--hours N | --forever | --off)
     jhub-suspend plan [--fresh] [--json]
+    jhub-suspend drain NODE [--dry-run] [--json]
 
 The service URL comes from ``--url`` or ``JHUB_SUSPEND_URL`` (default: ``JUPYTERHUB_URL`` +
 ``/services/suspend/``), the token from ``--token`` or ``JUPYTERHUB_API_TOKEN``.
 
 Exit codes: 0 success; 1 the service refused (its message is printed); 2 bad usage;
-3 the service could not be reached; 4 a waited-for operation failed.
+3 the service could not be reached; 4 a waited-for operation failed (or is still running
+after ``--wait-timeout``); 5 a drain left notebook servers running on the node.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TextIO
 from urllib.parse import quote, urlencode
 
 from ..errors import NO_ANSWER, JhubSuspendError
 
-EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_FAILED = 1, 2, 3, 4
+EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_FAILED, EXIT_LEFT = 1, 2, 3, 4, 5
 
 
 class CliError(JhubSuspendError):
@@ -84,17 +87,93 @@ def server_path(spec: str) -> str:
     return f"api/servers/{quote(user, safe='')}" + (f"/{quote(name, safe='')}" if name else "")
 
 
-def _wait(client: Client, op: dict[str, Any], timeout: float) -> dict[str, Any]:
+def _wait(
+    client: Client,
+    op: dict[str, Any],
+    timeout: float,
+    max_delay: float = 5,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Poll the operation until it has finished; ``progress(op)`` after each reading."""
     path = op["url"].split("/api/", 1)[1]
     deadline = time.monotonic() + timeout
     delay = 0.5
+    if progress:
+        progress(op)
     while op.get("status") == "running":
         if time.monotonic() > deadline:
             raise CliError(EXIT_FAILED, f"operation {op['id']} still running after {timeout:.0f} s")
         time.sleep(delay)
-        delay = min(delay * 1.5, 5)
+        delay = min(delay * 1.5, max_delay)
         _, op = client.request("GET", f"api/{path}")
+        if progress:
+            progress(op)
     return op
+
+
+def _server_name(s: dict[str, Any]) -> str:
+    return f"{s['user']}/{s['server_name']}" if s["server_name"] else s["user"]
+
+
+DRAIN_LABELS = {
+    "suspended": "suspended",
+    "failed": "FAILED",
+    "left_running": "left running",
+    "not_running": "not running",
+    "would_suspend": "would suspend",
+}
+
+
+def _drain_line(s: dict[str, Any]) -> str:
+    """One server's outcome; ``s`` is an entry of a drain's ``result.servers``."""
+    text = f"{DRAIN_LABELS[s['outcome']]:13}  {_server_name(s)}"
+    ck = s.get("checkpoint")
+    if s["outcome"] == "suspended" and ck:
+        seconds = f" in {ck['seconds']:.1f} s" if ck.get("seconds") is not None else ""
+        return f"{text}: checkpoint {(ck.get('size') or 0) / 2**20:.0f} MiB{seconds}"
+    if s["outcome"] == "failed":
+        return f"{text}: {s['message']} (not suspended)"
+    return f"{text}: {s['message'] or s['reason']}" if s["outcome"] != "would_suspend" else text
+
+
+def drain(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    path = f"api/nodes/{quote(args.node, safe='')}/drain"
+    _, data = client.request("POST", path + ("?dry_run=true" if args.dry_run else ""))
+    op = data["operation"]
+    shown: set[tuple[str, str]] = set()
+
+    def progress(op: dict[str, Any]) -> None:
+        if args.json:
+            return
+        for s in op["result"]["servers"]:
+            key = (s["user"], s["server_name"])
+            if key not in shown and s["outcome"] in DRAIN_LABELS:
+                shown.add(key)
+                print(_drain_line(s), file=out, flush=True)
+
+    if not args.json:
+        servers = op["result"]["servers"]
+        acting = sum(1 for s in servers if s["outcome"] in ("pending", "suspending"))
+        print(
+            f"drain of {args.node}{' (dry run)' if args.dry_run else ''}: "
+            f"{len(servers)} notebook server(s) on it"
+            + (f", suspending {acting} (operation {op['id']})" if acting else ""),
+            file=out,
+            flush=True,
+        )
+    op = _wait(client, op, args.wait_timeout, max_delay=2, progress=progress)
+    if args.json:
+        json.dump(op, out, indent=2)
+        out.write("\n")
+    else:
+        print(f"{args.node}: {op['message']}", file=out)
+        if not op["result"].get("node_checked", True):
+            print(
+                "note: the service may not read nodes, so a node that does not exist looks empty",
+                file=sys.stderr,
+            )
+    left = [s for s in op["result"]["servers"] if s["outcome"] in ("failed", "left_running")]
+    return EXIT_LEFT if left and not args.dry_run else 0
 
 
 def _table(servers: list[dict[str, Any]]) -> str:
@@ -160,6 +239,8 @@ def run(args: argparse.Namespace) -> int:
                 name = f"{d['user']}/{d['server_name']}" if d["server_name"] else d["user"]
                 print(f"{d['action']:8} {name}: {'; '.join(d['reasons'])}", file=out)
         return 0
+    if args.command == "drain":
+        return drain(client, args, out)
     path = server_path(args.server)
     if args.command in ("suspend", "resume"):
         _, data = client.request("POST", f"{path}/{args.command}")
@@ -227,6 +308,27 @@ def parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="what the policy would do, and why")
     pl.add_argument("--fresh", action="store_true", help="observe now instead of the last cycle")
     pl.add_argument("--json", action="store_true")
+    dr = sub.add_parser(
+        "drain",
+        help="suspend every notebook server on a node (admins)",
+        description="""Suspend every notebook server whose pod is on NODE, a few at a time
+        (the service's drain_concurrency), printing a line per server as it is done and a
+        summary. Servers with a keep-running opt-out in force, and servers starting,
+        restoring or being stopped, are left running, each with the reason; suspend an
+        opted-out server regardless with `jhub-suspend suspend USER[/SERVER]`. Cordon the
+        node first (kubectl cordon NODE) so that nothing restores onto it; this command does
+        not. Interrupting the command does not stop the drain, which the service runs.
+        Exit status: 0 when no notebook server is left running on the node (also when there
+        was none), 5 when a server was left running or its suspension failed (listed),
+        4 when the drain still runs after --wait-timeout, 1 when the service refused (e.g. 404:
+        no such node; 403: not an admin). A dry run exits 0.""",
+    )
+    dr.add_argument("node", metavar="NODE", help="the Kubernetes node's name")
+    dr.add_argument(
+        "--dry-run", action="store_true", help="list what would be done, and do nothing"
+    )
+    dr.add_argument("--json", action="store_true", help="print the finished operation as JSON")
+    dr.add_argument("--wait-timeout", type=float, default=3600, help="seconds to follow the drain")
     return p
 
 

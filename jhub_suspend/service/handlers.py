@@ -5,8 +5,8 @@ cookie a browser gets by logging in through the hub (``HubOAuthenticated``). Coo
 requests that change something need the ``_xsrf`` token, exactly as for JupyterHub's own
 services; token-authenticated ones do not. A request needs ``access:services!service=suspend``
 (granted to every user in the demo). Admins (hub admins, or holders of the custom scope
-``custom:jhub-suspend:admin``) may act on any server and read the policy's plan; everyone
-else acts on, and sees, only their own servers.
+``custom:jhub-suspend:admin``) may act on any server, drain nodes and read the policy's plan;
+everyone else acts on, and sees, only their own servers.
 
 Errors are JSON ``{"message": ...}``; no traceback reaches a client.
 """
@@ -41,6 +41,7 @@ from ..kubevalues import rfc3339_or_none
 from ..policy import PolicyConfig
 from . import listing, observe
 from .actions import ActionError, Actions
+from .drain import Drains
 from .hubclient import HubError
 from .loop import PolicyLoop
 from .metrics import ServiceMetrics
@@ -60,6 +61,7 @@ class WebContext(Protocol):
     cycle_timeout: float
     loop: PolicyLoop
     actions: Actions
+    drains: Drains
     operations: Operations
     metrics: ServiceMetrics
     queries: promql.Queries
@@ -160,6 +162,15 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             self.service.log.warning("Kubernetes API error: %s", e)
             raise web.HTTPError(502, "the Kubernetes API failed; try again") from None
 
+    def accepted(self, op: Any) -> None:
+        """Answer with an operation: 202 while it runs, 200 once it has finished."""
+        url = f"{self.service.service_prefix}api/operations/{op.id}"
+        self.set_header("Location", url)
+        self.write_json(
+            {"operation": op.to_dict(self.service.service_prefix), "status_url": url},
+            200 if op.done else 202,
+        )
+
     def json_body(self) -> Any:
         if not self.request.body:
             return {}
@@ -219,7 +230,7 @@ class ServersHandler(BaseHandler):
             ],
             snap,
             now=now,
-            operations={(o.user, o.server_name): o for o in svc.operations.running()},
+            operations={(o.user, o.server_name): o for o in svc.operations.running() if not o.node},
             prefix=svc.service_prefix,
             max_keep_running=svc.policy_config.max_keep_running,
         )
@@ -261,20 +272,13 @@ class ServerActionHandler(BaseHandler):
         self.require_owner(user)
         return user, server_name, action
 
-    def _accepted(self, op: Any) -> None:
-        url = f"{self.service.service_prefix}api/operations/{op.id}"
-        self.set_header("Location", url)
-        self.write_json(
-            {"operation": op.to_dict(self.service.service_prefix), "status_url": url}, 202
-        )
-
     async def post(self, user: str, *rest: str) -> None:
         user, server_name, action = self._target(user, *rest)
         if action == "suspend":
             op = await self.act(self.service.actions.suspend(user, server_name, self.name))
         else:
             op = await self.act(self.service.actions.resume(user, server_name, self.name))
-        self._accepted(op)
+        self.accepted(op)
 
     async def delete(self, user: str, *rest: str) -> None:
         user, server_name, _ = self._target(user, *rest)
@@ -304,12 +308,32 @@ class ServerActionHandler(BaseHandler):
         self.write_json(result)
 
 
+class NodeDrainHandler(BaseHandler):
+    """``POST nodes/{node}/drain[?dry_run=true]`` (admins): suspend every notebook server on
+    the node (see :mod:`.drain`)."""
+
+    async def post(self, node: str) -> None:
+        self.require_admin()
+        dry_run = self.get_argument("dry_run", "false").lower()
+        if dry_run not in ("true", "1", "false", "0"):
+            raise web.HTTPError(400, "dry_run must be true or false")
+        op = await self.act(
+            self.service.drains.start(
+                node, dry_run=dry_run in ("true", "1"), requested_by=self.name
+            )
+        )
+        self.accepted(op)
+
+
 class OperationHandler(BaseHandler):
     def get(self, op_id: str) -> None:
         op = self.service.operations.get(op_id)
         if op is None:
             raise web.HTTPError(404, f"no operation {op_id!r}")
-        self.require_owner(op.user)
+        if op.node:
+            self.require_admin()  # a drain: on everyone's servers
+        else:
+            self.require_owner(op.user)
         self.write_json(op.to_dict(self.service.service_prefix))
 
 
@@ -454,6 +478,7 @@ def routes(service: WebContext) -> list[tuple]:
         (f"{api}servers", ServersHandler, kw),
         (f"{api}servers/{seg}/{act}", ServerActionHandler, kw),
         (f"{api}servers/{seg}/{seg}/{act}", ServerActionHandler, kw),
+        (f"{api}nodes/{seg}/drain", NodeDrainHandler, kw),
         (f"{api}operations/{seg}", OperationHandler, kw),
         (f"{api}policy", PolicyHandler, kw),
         (f"{api}plan", PlanHandler, kw),

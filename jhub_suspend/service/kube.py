@@ -62,7 +62,14 @@ class Kube:
     async def _read(self, what: str, call: Any) -> Any:
         async def attempt(_: float) -> Any:  # cancelled when its time is up
             resp = await call()
-            return json.loads(await resp.read())
+            data = await resp.read()
+            # Unlike a preloaded call, a raw one returns whatever the status: an error's body
+            # (a Status object) would be taken for the object asked for.
+            if not 200 <= resp.status <= 299:
+                error = ApiException(status=resp.status, reason=resp.reason)
+                error.body = data
+                raise error
+            return json.loads(data)
 
         return await with_retries(
             attempt,
@@ -115,6 +122,20 @@ class Kube:
             n["metadata"]["name"]: dict(n["metadata"].get("labels") or {})
             for n in data.get("items") or []
         }
+
+    async def node_exists(self, name: str) -> bool | None:
+        """Whether the cluster has a node ``name``; None when this service may not read nodes."""
+        try:
+            await self._read(
+                f"read node {name}", lambda: self.core.read_node(name, _preload_content=False)
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            if e.status in (401, 403):
+                return None
+            raise
+        return True
 
     async def patch_pod_annotations(
         self, namespace: str, pod: str, annotations: dict[str, str | None]

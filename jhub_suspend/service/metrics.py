@@ -18,7 +18,7 @@ class ServiceMetrics:
         ns = namespace
         self.suspensions = Counter(
             "suspensions",
-            "Suspensions asked for, by reason (idle, capacity, manual) and outcome "
+            "Suspensions asked for, by reason (idle, capacity, manual, drain) and outcome "
             "(success, failed: the server kept running, error: could not be asked for).",
             ["reason", "outcome"],
             namespace=ns,

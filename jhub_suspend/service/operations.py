@@ -1,4 +1,4 @@
-"""Operations the service runs in the background (suspend, resume), for ``GET
+"""Operations the service runs in the background (suspend, resume, a node's drain), for ``GET
 api/operations/{id}``. Kept in memory; the oldest finished ones are forgotten first."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from ..kubevalues import rfc3339
 @dataclass
 class Operation:
     id: str
-    kind: str  # suspend | resume
-    user: str
+    kind: str  # suspend | resume | drain
+    user: str  # "" for a drain
     server_name: str
     requested_by: str
     reason: str
@@ -27,6 +27,8 @@ class Operation:
     message: str = ""
     finished: datetime | None = None
     result: dict[str, Any] = field(default_factory=dict)
+    #: the node a drain empties ("" for an operation on one server)
+    node: str = ""
     task: asyncio.Task | None = field(default=None, repr=False)
 
     @property
@@ -46,12 +48,13 @@ class Operation:
             "created": rfc3339(self.created),
             "finished": rfc3339(self.finished) if self.finished else None,
             "result": self.result,
+            "node": self.node or None,
             "url": f"{prefix}api/operations/{self.id}",
         }
 
 
 class Operations:
-    """The registry: at most one running operation per server."""
+    """The registry: at most one running operation per server, and one drain per node."""
 
     def __init__(self, keep: int = 1000) -> None:
         self.keep = keep
@@ -65,12 +68,21 @@ class Operations:
 
     def running_for(self, user: str, server_name: str) -> Operation | None:
         return next(
-            (o for o in self.running() if o.user == user and o.server_name == server_name), None
+            (
+                o
+                for o in self.running()
+                if not o.node and o.user == user and o.server_name == server_name
+            ),
+            None,
         )
 
+    def draining(self, node: str) -> Operation | None:
+        """The drain of ``node`` under way, if any."""
+        return next((o for o in self.running("drain") if o.node == node), None)
+
     def by_server(self) -> dict[tuple[str, str], str]:
-        """Kind of the running operation per server."""
-        return {(o.user, o.server_name): o.kind for o in self.running()}
+        """Kind of the running operation per server (a drain is on no one server)."""
+        return {(o.user, o.server_name): o.kind for o in self.running() if not o.node}
 
     def start(
         self,
@@ -81,11 +93,16 @@ class Operations:
         reason: str,
         now: datetime,
         work: Callable[[Operation], Coroutine[Any, Any, None]],
+        *,
+        node: str = "",
     ) -> Operation:
         """Register an operation and run ``work(op)`` as a task; ``work`` sets the outcome."""
-        op = Operation(secrets.token_hex(8), kind, user, server_name, requested_by, reason, now)
+        op = Operation(
+            secrets.token_hex(8), kind, user, server_name, requested_by, reason, now, node=node
+        )
         self._ops[op.id] = op
-        op.task = asyncio.create_task(work(op), name=f"{kind} {user}/{server_name}")
+        name = f"{kind} {node}" if node else f"{kind} {user}/{server_name}"
+        op.task = asyncio.create_task(work(op), name=name)
         self._forget_old()
         return op
 
