@@ -20,11 +20,10 @@ import pytest
 from conftest import CONTAINERD, CRIU, INSTALL_HINT, free_pod_cidr, require_command, require_root
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
-from tornado.httpserver import HTTPServer
-from tornado.netutil import bind_sockets
 
 from jhub_suspend.demo.stop import suspend_all
 from jhub_suspend.localcluster.services import free_port
+from jhub_suspend.testing import fakes
 from jhub_suspend.testing.hubapi import HubAPI
 from jhub_suspend.testing.kernel import KernelClient
 
@@ -95,8 +94,7 @@ class FakeService:
                 fake.reads[user] = fake.reads.get(user, 0) + 1
                 self.answer(fake.operation(user))
 
-        sockets = bind_sockets(0, "127.0.0.1")
-        self.server = HTTPServer(
+        self.server, base = fakes.serve(
             web.Application(
                 [
                     (r"/api/servers", Servers),
@@ -105,8 +103,7 @@ class FakeService:
                 ]
             )
         )
-        self.server.add_sockets(sockets)
-        return f"http://127.0.0.1:{sockets[0].getsockname()[1]}/"
+        return f"{base}/"
 
 
 def server(user, state):

@@ -28,6 +28,7 @@ from jhub_suspend.service.drain import Drains, drain_steps, summary
 from jhub_suspend.service.kube import Kube
 from jhub_suspend.service.observe import ServerView
 from jhub_suspend.service.operations import Operation, Operations
+from jhub_suspend.testing import fakes
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 CONFIG = PolicyConfig()
@@ -388,10 +389,8 @@ async def test_the_cli_prints_each_server_as_it_is_done_and_exits_5_when_some_ar
             message = "suspended 1, 1 failed and kept running, left 1 running; 2 still on n1"
             self.finish(operation(servers, "failed" if done else "running", message))
 
-    sockets = bind_sockets(0, "127.0.0.1")
-    server = HTTPServer(web.Application([(r"/services/suspend/(.*)", Api)]))
-    server.add_sockets(sockets)
-    url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}/services/suspend/"
+    server, base = fakes.serve(web.Application([(r"/services/suspend/(.*)", Api)]))
+    url = f"{base}/services/suspend/"
     loop = asyncio.get_running_loop()
 
     def run(*args):

@@ -469,10 +469,8 @@ async def test_cli_against_a_service(capsys):
         def delete(self, path):
             self.finish(json.dumps({"message": "discarded; the next start is a fresh server"}))
 
-    sockets = bind_sockets(0, "127.0.0.1")
-    server = HTTPServer(web.Application([(r"/services/suspend/(.*)", Api)]))
-    server.add_sockets(sockets)
-    url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}/services/suspend/"
+    server, base = fakes.serve(web.Application([(r"/services/suspend/(.*)", Api)]))
+    url = f"{base}/services/suspend/"
     loop = asyncio.get_running_loop()
 
     def run(*args):

@@ -151,7 +151,9 @@ class _User(web.RequestHandler):
         self.finish(json.dumps(user))
 
 
-def _serve(app: web.Application) -> tuple[HTTPServer, str]:
+def serve(app: web.Application) -> tuple[HTTPServer, str]:
+    """A test's stand-in ``app`` served on a free loopback port: the server (to stop) and its
+    base URL."""
     sockets = bind_sockets(0, "127.0.0.1")
     server = HTTPServer(app)
     server.add_sockets(sockets)
@@ -167,7 +169,7 @@ class FakeHub:
     _server: HTTPServer | None = None
 
     def start(self) -> str:
-        self._server, base = _serve(
+        self._server, base = serve(
             web.Application(
                 [
                     (r"/hub/api/users", _Users, {"hub": self}),
@@ -239,7 +241,7 @@ class FakePrometheus:
     _server: HTTPServer | None = None
 
     def start(self) -> str:
-        self._server, self.url = _serve(
+        self._server, self.url = serve(
             web.Application([(r"/api/v1/query", _Query, {"prom": self})])
         )
         return self.url
