@@ -29,10 +29,14 @@ The process holds realistic state, not only random bytes: half random bytes (inc
 like numeric arrays), a quarter repetitive bytes, and a quarter Python objects (lists of ints
 and strings), so compression, if any, would be judged fairly.
 
-This calls what the node agent calls, in the agent's order (the kubelet's checkpoint,
-``images.build_and_push``, ``images.inspect``), not the agent's ``Checkpointer`` itself (so
-without its one retry of a failed freeze), and not the hub and the suspend service: their
-share is HTTP calls and bookkeeping.
+The phases above call what the node agent calls, in the agent's order (the kubelet's
+checkpoint, ``images.build_and_push``, ``images.inspect``), not the agent's ``Checkpointer``
+itself (so without its one retry of a failed freeze). Then, **through the product**, as a user
+and an admin meet it: a user's notebook server whose kernel holds the same kind of state is
+suspended through the suspend service's REST API (request → the hub has it suspended, its pod
+gone) and started again through the hub's (request → ready, and → the kernel answers with
+its state's digest, equal to the one before), next to a fresh server started through the hub
+that builds the same state again.
 
 Results: ``benchmarks/results/suspend_resume.{json,md,png}``. Timings are never asserted.
 
@@ -58,7 +62,10 @@ from typing import Any
 
 from jhub_suspend import images
 from jhub_suspend.commands import run_command
+from jhub_suspend.demo.hub import running_hub
 from jhub_suspend.localcluster.cluster import LocalCluster
+from jhub_suspend.testing.hubapi import HubAPI
+from jhub_suspend.testing.kernel import KernelClient
 from jhub_suspend.testing.waiting import wait_for
 
 RESULTS = Path(__file__).parent / "results"
@@ -89,6 +96,34 @@ while True:
     c.sendall(answer)
     c.close()
 """
+
+
+# The same state in a notebook's kernel; ``digest()`` is its fingerprint.
+KERNEL_STATE = """
+import hashlib, os
+size = {size}
+random_part = os.urandom(size // 2)
+repetitive = (b"jhub-suspend " * (size // 4 // 13 + 1))[: size // 4]
+n = size // 4 // 40
+objects = [i * 7 for i in range(n // 2)] + [f"row-{{i}}" for i in range(n // 2)]
+def digest():
+    h = hashlib.sha256(random_part)
+    h.update(repetitive)
+    h.update(repr(objects[:1000] + objects[-1000:]).encode() + str(len(objects)).encode())
+    return h.hexdigest()
+"""
+# The hub's pods: no memory limit beyond the node's, room for the largest state.
+HUB_CONFIG = """
+c.KubeSpawner.cpu_guarantee = 0.01
+c.KubeSpawner.mem_guarantee = "128M"
+c.KubeSpawner.storage_pvc_ensure = False
+c.KubeSpawner.volumes = []
+c.KubeSpawner.volume_mounts = []
+c.SuspendingKubeSpawner.checkpoint_timeout = 1200
+c.SuspendingKubeSpawner.start_timeout = 1200
+"""
+# The policy must not act on its own while this runs.
+SERVICE_CONFIG = "c.SuspendService.dry_run = True\nc.SuspendService.suspend_timeout = 1800\n"
 
 
 def pod(name: str, image: str, size: int) -> dict[str, Any]:
@@ -346,6 +381,51 @@ async def one_size(lc: LocalCluster, gb: float, round_: int) -> dict[str, Any]:
     }
 
 
+async def through_hub(hub: Any, gb: float, round_: int) -> dict[str, Any]:
+    """Suspend and resume one user's server holding ``gb`` of kernel state through the
+    service's and the hub's REST APIs; and a fresh server that builds the state again."""
+    import load  # benchmarks/load.py: the same calls, for one server
+
+    api = HubAPI(hub.api_url, hub.service_token)
+    state = KERNEL_STATE.format(size=int(gb * (1 << 30)))
+    user, fresh_user = f"hub{round_}", f"fresh{round_}"
+    await api.ensure_user(user)
+    await api.start_server(user, timeout=600)
+    kernel = KernelClient(f"{hub.url}/user/{user}/", hub.service_token, timeout=600)
+    await kernel.start()
+    await kernel.execute(state, store_history=False)
+    before = await kernel.execute("print(digest())", store_history=False)
+
+    suspend = await load.suspend_all(hub, api, [user], timeout=1800)
+    if user not in suspend.seconds:
+        raise RuntimeError(f"suspending {user} failed: {suspend.failures}")
+    resume = await load.resume_all(api, [user], timeout=1800)
+    if user not in resume.seconds:
+        raise RuntimeError(f"resuming {user} failed: {resume.failures}")
+    after = await kernel.execute("print(digest())", store_history=False)
+    answered = time.monotonic() - resume.started
+    assert after == before, "the resumed kernel lost its state"
+    await api.stop_server(user)
+
+    t = time.monotonic()
+    await api.ensure_user(fresh_user)
+    await api.start_server(fresh_user, timeout=600)
+    ready = time.monotonic() - t
+    fresh = KernelClient(f"{hub.url}/user/{fresh_user}/", hub.service_token, timeout=600)
+    await fresh.start()
+    await fresh.execute(state, store_history=False)
+    await fresh.execute("print(digest())", store_history=False)
+    recomputed = time.monotonic() - t
+    await api.stop_server(fresh_user)
+    return {
+        "suspend_seconds": round(suspend.seconds[user], 3),
+        "resume_ready_seconds": round(resume.seconds[user], 3),
+        "resume_kernel_answers_seconds": round(answered, 3),
+        "fresh_server_ready_seconds": round(ready, 3),
+        "fresh_server_and_recompute_seconds": round(recomputed, 3),
+    }
+
+
 def write_markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Suspend and resume, phase by phase",
@@ -397,6 +477,28 @@ def write_markdown(result: dict[str, Any]) -> str:
             f"| {inside['checkpoint_containerd_copies']} | {inside['checkpoint_archive_write']} "
             f"| {ph['pull']} | {inside['pull_download']} | {inside['pull_unpack']} "
             f"| {ph['restore']:.3f} | {inside['restore_criu']} |"
+        )
+    lines += [
+        "",
+        "## Through the product",
+        "",
+        "A user's notebook server whose kernel holds the state, suspended through the suspend",
+        "service's REST API (until the hub has it suspended) and started again through the",
+        "hub's (until ready, and until its kernel answers with the same state); beside it, a",
+        "fresh server started through the hub, and the same state built again in its kernel.",
+        "",
+        "| state | suspend | resume: ready | resume: kernel answers | fresh server: ready "
+        "| fresh server + recompute |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in result["runs"]:
+        hub = r.get("through_hub")
+        if not hub:
+            continue
+        lines.append(
+            f"| {r['state_gb']} GB | {hub['suspend_seconds']} | {hub['resume_ready_seconds']} "
+            f"| {hub['resume_kernel_answers_seconds']} | {hub['fresh_server_ready_seconds']} "
+            f"| {hub['fresh_server_and_recompute_seconds']} |"
         )
     lines.append("")
     return "\n".join(lines)
@@ -463,8 +565,6 @@ async def run_all(state: str, sizes: list[float]) -> None:
         state_dir=state,
         bridge="jhsbench0",
         pod_cidr="10.98.240.0/24",
-        start_prometheus=False,
-        start_agents=False,
         nodes=[{"name": "bench-node", "cpu": "2", "memory": "20Gi"}],
     )
     lc.initialize([])
@@ -475,6 +575,16 @@ async def run_all(state: str, sizes: list[float]) -> None:
             run = await one_size(lc, gb, i)
             print(json.dumps(run), flush=True)
             runs.append(run)
+        os.makedirs(os.path.join(state, "hub"))
+        async with running_hub(
+            lc.describe(),
+            os.path.join(state, "hub"),
+            extra_config=HUB_CONFIG,
+            service_config=SERVICE_CONFIG,
+        ) as hub:
+            for i, (gb, run) in enumerate(zip(sizes, runs, strict=True)):
+                run["through_hub"] = await through_hub(hub, gb, i)
+                print(json.dumps(run["through_hub"]), flush=True)
     finally:
         await lc.down()
     result = {
