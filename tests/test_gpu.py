@@ -6,6 +6,7 @@ import io
 import json
 import os
 import tarfile
+from types import SimpleNamespace
 
 import pytest
 from test_agent import (
@@ -22,7 +23,7 @@ from test_agent import (
 )
 from traitlets import TraitError
 
-from jhub_suspend.agent import AgentClient
+from jhub_suspend.agent import AgentClient, AgentError
 from jhub_suspend.agent.app import ApiError, NodeAgent, parse_checkpoint_request
 from jhub_suspend.agent.checkpointer import Checkpointer, GpuStateMissing
 from jhub_suspend.archive import (
@@ -41,6 +42,9 @@ from jhub_suspend.gpu import (
     node_capability,
     sharing_problem,
 )
+from jhub_suspend.service.actions import ActionError, Actions
+from jhub_suspend.service.gpucaps import GpuCapabilities
+from jhub_suspend.state import read_state
 
 # GPU feature discovery's labels on an H100 node with driver 580 (names as upstream documents)
 LABELS = {
@@ -351,3 +355,118 @@ async def test_the_agent_reports_its_nodes_gpu_capabilities(tmp_path, ckpt_dir):
         assert (await client.gpu_report()).device_mode == "legacy"
     with pytest.raises(TraitError):
         NodeAgent(gpu_device_mode="mig")
+
+
+# ---- the service: capability per node, and the suspend action's 409 -------------------------
+
+
+class NodesKube:
+    """Lists nodes as the API server does (None: not allowed), and reads pods."""
+
+    def __init__(self, nodes: list[dict] | None, pods: list[dict] = ()):
+        self.nodes, self.pods, self.lists = nodes, list(pods), 0
+
+    async def list_nodes(self):
+        self.lists += 1
+        return self.nodes
+
+    async def read_pod(self, namespace, name):
+        return next((p for p in self.pods if p["metadata"]["name"] == name), None)
+
+
+def node(name: str, **labels: str) -> dict:
+    return {
+        "metadata": {"name": name, "labels": {**LABELS, **labels}},
+        "status": {"addresses": [{"type": "InternalIP", "address": f"10.0.0.{len(name)}"}]},
+    }
+
+
+class ReportingAgent:
+    def __init__(self, report: AgentGpuReport | None, asked: list[str], name: str):
+        self.report, self.asked, self.name = report, asked, name
+
+    async def gpu_report(self) -> AgentGpuReport:
+        self.asked.append(self.name)
+        if self.report is None:
+            raise AgentError(0, "connection refused")
+        return self.report
+
+
+async def test_the_service_joins_labels_and_agent_reports_and_caches_reports():
+    now = [0.0]
+    asked: list[str] = []
+    reports = {"a": REPORT, "b": AgentGpuReport(False, True, "legacy"), "c": None, "m": REPORT}
+    where: list[tuple[str, str]] = []
+
+    def agent_for(name: str, ip: str):
+        where.append((name, ip))
+        return ReportingAgent(reports[name], asked, name)
+
+    kube = NodesKube(
+        [node("a"), node("b"), node("c"), node("m", **{"nvidia.com/mig.strategy": "single"})]
+    )
+    caps = GpuCapabilities(
+        kube, agent_for, CapabilityConfig(), ttl=300, retry=30, clock=lambda: now[0]
+    )
+    got = await caps.for_nodes(["a", "b", "c", "m", "gone"])
+    assert got["a"].capable and got["a"].device_mode == "cdi"
+    assert not got["b"].capable and "cuda_plugin.so" in got["b"].reason
+    assert not got["c"].capable and "connection refused" in got["c"].reason
+    assert not got["m"].capable and "MIG" in got["m"].reason
+    assert not got["gone"].capable and "labels are unreadable" in got["gone"].reason
+    assert ("a", "10.0.0.1") in where  # the agent on the node's InternalIP
+    # reports are reused for ttl; a failed one is asked again after retry
+    asked.clear()
+    now[0] = 31
+    await caps.for_nodes(["a", "c"])
+    assert asked == ["c"]
+    now[0] = 301
+    asked.clear()
+    await caps.for_nodes(["a"])
+    assert asked == ["a"]
+    assert kube.lists == 3  # labels are read fresh each time
+    assert await caps.for_nodes([]) == {}
+
+
+async def test_a_service_that_may_not_list_nodes_counts_no_node_capable():
+    caps = GpuCapabilities(NodesKube(None), lambda n, ip: None, CapabilityConfig())
+    (cap,) = (await caps.for_nodes(["a"])).values()
+    assert not cap.capable and "get/list on nodes" in cap.reason
+
+
+def gpu_pod(name: str, gpus: int, node_name: str = "a") -> dict:
+    limits = {"nvidia.com/gpu": str(gpus)} if gpus else {}
+    return {
+        "metadata": {"name": name, "namespace": "jhub"},
+        "spec": {
+            "nodeName": node_name,
+            "containers": [{"name": "notebook", "resources": {"limits": limits}}],
+        },
+    }
+
+
+async def test_suspend_answers_409_with_the_reason_for_a_gpu_server_on_an_incapable_node():
+    kube = NodesKube(
+        [node("a"), node("mps", **{"nvidia.com/gpu.sharing-strategy": "mps"})],
+        [
+            gpu_pod("jupyter-gus", 1, "mps"),
+            gpu_pod("jupyter-ann", 1, "a"),
+            gpu_pod("jupyter-cy", 0, "mps"),
+        ],
+    )
+    caps = GpuCapabilities(kube, lambda n, ip: ReportingAgent(REPORT, [], n), CapabilityConfig())
+    svc = SimpleNamespace(
+        kube=kube,
+        namespace="jhub",
+        gpu_resources={"nvidia.com/gpu"},
+        gpu_capabilities=caps,
+        log=None,
+    )
+    actions = Actions(svc)  # type: ignore[arg-type]
+    with pytest.raises(ActionError) as err:
+        await actions._gpu_capable("gus", "", read_state({"pod_name": "jupyter-gus"}))
+    assert err.value.status == 409
+    assert err.value.message.startswith("gus is left running: node mps cannot checkpoint GPUs")
+    assert "MPS" in err.value.message
+    await actions._gpu_capable("ann", "", read_state({"pod_name": "jupyter-ann"}))
+    await actions._gpu_capable("cy", "", read_state({"pod_name": "jupyter-cy"}))  # no GPU
