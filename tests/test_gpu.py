@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import secrets
 import tarfile
 from types import SimpleNamespace
 
@@ -15,12 +16,17 @@ from test_agent import (
     TOKEN,
     Clock,
     FakeImages,
+    archives_of,
+    assert_still_running,
     body,
+    e2e_traits,
     fetch,
+    holder_pod,
     request,
     running_agent,
     url,
 )
+from tornado.httpclient import AsyncHTTPClient
 from traitlets import TraitError
 
 from jhub_suspend.agent import AgentClient, AgentError
@@ -44,7 +50,9 @@ from jhub_suspend.gpu import (
 )
 from jhub_suspend.service.actions import ActionError, Actions
 from jhub_suspend.service.gpucaps import GpuCapabilities
+from jhub_suspend.service.kube import Kube, make_api_client
 from jhub_suspend.state import read_state
+from jhub_suspend.testing.waiting import wait_gone, wait_running
 
 # GPU feature discovery's labels on an H100 node with driver 580 (names as upstream documents)
 LABELS = {
@@ -470,3 +478,76 @@ async def test_suspend_answers_409_with_the_reason_for_a_gpu_server_on_an_incapa
     assert "MPS" in err.value.message
     await actions._gpu_capable("ann", "", read_state({"pod_name": "jupyter-ann"}))
     await actions._gpu_capable("cy", "", read_state({"pod_name": "jupyter-cy"}))  # no GPU
+
+
+# ---- on the local cluster: simulated GPU nodes, real agents, kubelet, containerd and CRIU -----
+
+
+def gpu_holder(name: str, image: str) -> dict:
+    pod = holder_pod(name, image)
+    pod["spec"]["containers"][0]["resources"]["limits"] = {"nvidia.com/gpu": "1"}
+    pod["spec"]["nodeSelector"] = {"kubernetes.io/hostname": "gpu-node-1"}
+    pod["spec"]["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+    return pod
+
+
+@pytest.mark.slow
+async def test_simulated_gpu_nodes_and_device_state_on_the_local_cluster(cluster, tmp_path):
+    # The GPU node is labelled as GPU feature discovery would; its agent reports a simulated
+    # CUDA plugin and CDI; the service finds it capable (simulated), and the CPU node not.
+    api = await make_api_client(cluster.kubeconfig_path)
+    try:
+        caps = GpuCapabilities(
+            Kube(api),
+            lambda n, ip: AgentClient(cluster.agent_urls[n], cluster.agent_token),
+            CapabilityConfig(),
+        )
+        got = await caps.for_nodes(["gpu-node-1", "node-1"])
+    finally:
+        await api.close()
+    gpu = got["gpu-node-1"]
+    assert (gpu.capable, gpu.device_mode, gpu.simulated) == (True, "cdi", True), gpu
+    assert "580.65.06" in gpu.reason and "(simulated)" in gpu.reason
+    assert not got["node-1"].capable and "no driver version label" in got["node-1"].reason
+
+    name = f"gpu-{secrets.token_hex(3)}"
+    cluster.store.create("pods", "default", gpu_holder(name, cluster.images["notebook"]))
+    try:
+        await wait_running(cluster.store, name)
+        repo = f"{cluster.registry_host}/jhub-suspend"
+        # the node's own agent: the simulated plugin's marker stands for the device state
+        agent = AgentClient(cluster.agent_urls["gpu-node-1"], cluster.agent_token, timeout=300)
+        result = await agent.checkpoint("default", name, "notebook", f"{repo}/gpu:ok", gpus=1)
+        await agent.delete_image(result.image)
+        page = await AsyncHTTPClient().fetch(cluster.agent_urls["gpu-node-1"] + "/metrics")
+        metrics = page.body.decode()
+        assert 'jhub_suspend_agent_gpu_checkpoints_total{device_state="simulated"} 1.0' in metrics
+        assert 'jhub_suspend_agent_gpu_checkpoints_total{device_state="real"} 0.0' in metrics
+
+        # an agent that does not accept the simulation: the checkpoint holds no device state,
+        # so it fails, its archive is deleted and the pod keeps running
+        plugins = tmp_path / "criu"
+        plugins.mkdir()
+        (plugins / "cuda_plugin.so").write_text("stub")
+        traits = e2e_traits(cluster, "gpu-node-1", criu_plugin_dir=str(plugins))
+        async with running_agent(**traits) as strict:
+            with pytest.raises(AgentError) as err:
+                await AgentClient(url(strict), TOKEN, timeout=300).checkpoint(
+                    "default", name, "notebook", f"{repo}/gpu:no", gpus=1
+                )
+        assert err.value.status == 502 and "holds no GPU state" in err.value.message
+        assert archives_of(cluster, "gpu-node-1", name) == []
+        assert_still_running(cluster, name)
+
+        # an agent on a node without the plugin refuses before any dump
+        traits = e2e_traits(cluster, "gpu-node-1", criu_plugin_dir=str(tmp_path / "none"))
+        async with running_agent(**traits) as bare:
+            with pytest.raises(AgentError) as err:
+                await AgentClient(url(bare), TOKEN, timeout=300).checkpoint(
+                    "default", name, "notebook", f"{repo}/gpu:none", gpus=1
+                )
+        assert err.value.status == 502 and "is not installed on this node" in err.value.message
+        assert_still_running(cluster, name)
+    finally:
+        cluster.store.delete("pods", "default", name, grace_period_seconds=0)
+        await wait_gone(cluster.store, name)
