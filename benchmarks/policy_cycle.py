@@ -61,6 +61,7 @@ async def measure(n: int, repeat: int) -> dict[str, Any]:
     svc.hub = HubClient(hub.url, "benchmark-token", page_size=200)
     svc.prometheus = PrometheusReader(prom.url, timeout=60)
     svc.kube = fakes.FakeKube(pods)  # type: ignore[assignment]
+    svc.gpu_capabilities = fakes.AssumedGpuCapabilities()  # type: ignore[assignment]
     svc.actions = Actions(svc)
     svc.retention = Retention(svc)
     svc.loop = PolicyLoop(svc)

@@ -68,6 +68,7 @@ from jhub_suspend.service.loop import PolicyLoop
 from jhub_suspend.service.prom import PrometheusReader
 from jhub_suspend.service.retention import Retention
 from jhub_suspend.service.snapshot import Snapshot
+from jhub_suspend.testing import fakes
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -330,6 +331,7 @@ def make_service(prometheus_url: str, clock: Callable[[], datetime]) -> SuspendS
     svc.prepare()
     svc.hub = SimulatedHub()  # type: ignore[assignment]
     svc.kube = SimulatedKube()  # type: ignore[assignment]
+    svc.gpu_capabilities = fakes.AssumedGpuCapabilities()  # type: ignore[assignment]
     svc.prometheus = PrometheusReader(prometheus_url, timeout=60)
     svc.actions = Actions(svc)
     svc.retention = Retention(svc)

@@ -14,6 +14,10 @@ The rules, in the order they are applied to each server:
    the health with :func:`freshness_health` over the signals :func:`required_signals` names.
 2. **Only running servers** are candidates (not suspending, suspended, restoring or failed).
 3. **Exemptions** by user, by group and by server name.
+   **GPU capability**: a server holding GPUs is a candidate only on a node known to checkpoint
+   CUDA (:attr:`ServerObservation.gpu_capable`, from :func:`jhub_suspend.gpu.node_capability`);
+   otherwise it is kept, and the reason says why its node is not capable. Unknown never counts
+   as capable.
 4. **Utilisation.** The CPU signal (max over the idle window of usage / request) must be under
    :attr:`PolicyConfig.cpu_threshold`, and its samples must cover at least
    :attr:`PolicyConfig.min_coverage` of the window. Servers requesting GPUs use the GPU window
@@ -165,7 +169,9 @@ class ServerObservation:
     ``memory_ratio`` is the current working set / memory request (only used for waste).
     ``last_activity`` is the hub's, None when the hub has none. ``warned_since`` is when the
     service first warned this server of a suspension in its current run of warnings (None:
-    not warned). Datetimes must be aware.
+    not warned). ``gpu_capable`` is whether its node can checkpoint CUDA (None: unknown, which
+    a server holding GPUs is kept for, as for not capable) and ``gpu_capability`` the sentence
+    saying why. Datetimes must be aware.
     """
 
     user: str
@@ -183,6 +189,8 @@ class ServerObservation:
     last_activity: datetime | None = None
     keep_running: KeepRunning | None = None
     warned_since: datetime | None = None
+    gpu_capable: bool | None = None
+    gpu_capability: str = ""
 
     def __post_init__(self) -> None:
         if self.state not in STATES:
@@ -746,6 +754,9 @@ def _assess(obs: ServerObservation, ctx: _Context) -> Decision:
     exempt = _exemption(obs, cfg)
     if exempt:
         return _keep(obs, [exempt], idle_for, waste=w)
+    if obs.is_gpu and obs.gpu_capable is not True:
+        why = obs.gpu_capability or "whether its node can checkpoint GPUs is unknown"
+        return _keep(obs, [f"GPU server left running: {why}", activity_text], idle_for, waste=w)
     checks = _utilisation(obs, ctx)
     kr_active, kr_until, kr_text = keep_running_in_force(obs.keep_running, cfg, ctx.now)
     notes = [kr_text] if kr_text else []

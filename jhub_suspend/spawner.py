@@ -401,7 +401,12 @@ class SuspendingKubeSpawner(AgentClientConfig, KubeSpawner):
         agent = self.agent_for(node_name, pod.get("status", {}).get("hostIP", ""))
         try:
             result = await agent.checkpoint(
-                self.namespace, self.pod_name, NOTEBOOK_CONTAINER, ref, annotations
+                self.namespace,
+                self.pod_name,
+                NOTEBOOK_CONTAINER,
+                ref,
+                annotations,
+                gpus=ck.pod_gpu_count(pod),
             )
         except AgentError as e:
             raise SuspendFailed(str(e)) from e

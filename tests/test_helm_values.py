@@ -662,13 +662,17 @@ def test_agent_arguments_make_a_working_node_agent(monkeypatch: pytest.MonkeyPat
     ckpt = mounts[agent.checkpoint_dir]
     assert volumes[ckpt["name"]]["hostPath"]["path"] == agent.checkpoint_dir
     assert agent.checkpoint_dir == "/var/lib/kubelet/checkpoints"
-    # The only other host path is the node's CRIU configuration, read only, where the
-    # agent looks for it.
+    # The other host paths are the node's CRIU configuration and, for GPU nodes, CRIU's
+    # plugin directory and the CDI specs: read only, where the agent looks for them.
     criu = mounts["/etc/criu"]
     assert criu["readOnly"] and volumes[criu["name"]]["hostPath"]["path"] == "/etc/criu"
     assert {os.path.dirname(f) for f in agent.criu_config_files} == {"/etc/criu"}
+    read_only = ["/etc/criu", agent.criu_plugin_dir, *agent.cdi_spec_dirs]
+    for path in read_only:
+        assert mounts[path]["readOnly"], path
+        assert volumes[mounts[path]["name"]]["hostPath"]["path"] == path
     hostpaths = [v["hostPath"]["path"] for v in volumes.values() if "hostPath" in v]
-    assert sorted(hostpaths) == ["/etc/criu", agent.checkpoint_dir]
+    assert sorted(hostpaths) == sorted([*read_only, agent.checkpoint_dir])
 
     def volume_for(path: str) -> dict[str, Any]:
         best = max((m for m in mounts if f"{path}/".startswith(m.rstrip("/") + "/")), key=len)

@@ -69,6 +69,8 @@ def gpu_obs(user: str = "gus", **kw) -> ServerObservation:
     kw.setdefault("cpu", Signal(0.01, 30, 30))
     kw.setdefault("last_activity", ago(minutes=40))
     kw.setdefault("node", "gpu-node")
+    kw.setdefault("gpu_capable", True)
+    kw.setdefault("gpu_capability", "node gpu-node can checkpoint GPUs")
     return obs(user, **kw)
 
 
@@ -252,6 +254,35 @@ def test_gpu_thresholds_do_not_apply_to_cpu_servers() -> None:
 def test_custom_gpu_threshold() -> None:
     cfg = PolicyConfig(gpu_threshold=60)
     assert one(gpu_obs(gpu=Signal(50.0, 30, 30)), config=cfg).action == "suspend"
+
+
+def test_gpu_servers_on_incapable_nodes_are_left_running_and_say_why() -> None:
+    why = "node g cannot checkpoint GPUs: MIG is in use (nvidia.com/mig.strategy=single)"
+    d = one(gpu_obs(gpu_capable=False, gpu_capability=why))
+    assert d.action == "keep"
+    assert d.reasons[0] == f"GPU server left running: {why}"
+    assert d.reasons[1].startswith("no activity for")
+    # unknown never counts as capable, and the reason says it is unknown
+    d = one(gpu_obs(gpu_capable=None, gpu_capability=""))
+    assert d.action == "keep"
+    assert "whether its node can checkpoint GPUs is unknown" in d.reasons[0]
+    # not warned either: the warning would promise a suspension that cannot come
+    cfg = PolicyConfig(warn_before=3600)
+    assert one(gpu_obs(gpu_capable=False, warned_since=None), config=cfg).action == "keep"
+    assert one(gpu_obs(warned_since=None), config=cfg).action == "warn"
+    # an exemption is still the reason given for an exempt user
+    d = one(gpu_obs(gpu_capable=False), config=PolicyConfig(exempt_users=frozenset({"gus"})))
+    assert d.reasons == ("user gus is exempt",)
+
+
+def test_gpu_capability_does_not_concern_cpu_servers() -> None:
+    assert one(obs(gpu_capable=False, gpu_capability="no GPU here")).action == "suspend"
+
+
+def test_an_incapable_gpu_server_does_not_take_a_slot() -> None:
+    cfg = PolicyConfig(max_suspensions_per_cycle=1)
+    plan = run(gpu_obs("gus", gpu_capable=False), obs("alice"), config=cfg)
+    assert [d.user for d in plan.to_suspend] == ["alice"]
 
 
 # --- exemptions and states -----------------------------------------------------------------------

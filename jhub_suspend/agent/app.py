@@ -12,6 +12,9 @@ HTTP API (JSON; errors are ``{"message": ...}``):
   outside the repository.
 - ``GET /healthz`` (no token) → 200 ``{"node", "kubelet": "ok" or the error, "criu": "ok" or
   what the node's CRIU configuration lacks, "checkpoints"}``.
+- ``GET /capabilities`` (no token) → 200 ``{"node", "gpu": {"cuda_plugin", "cuda_checkpoint",
+  "device_mode", "simulated"}}``: what this node offers GPU checkpoints that no node label says
+  (see :class:`jhub_suspend.gpu.AgentGpuReport`).
 - ``GET /metrics`` (no token) → Prometheus text.
 
 Every answer carries the ``X-JHub-Suspend-Agent`` header, so a client can tell the agent's own
@@ -50,6 +53,7 @@ from .. import images
 from ..archive import CHECKPOINT_NAME_ANNOTATIONS
 from ..configfile import ConfigFileApplication
 from ..errors import JhubSuspendError, OwnError
+from ..gpu import CUDA_PLUGIN_FILE, DEVICE_MODES, AgentGpuReport, is_nvidia_cdi_spec
 from .checkpointer import (
     FAILURE_REASONS,
     Checkpointer,
@@ -163,7 +167,10 @@ def parse_checkpoint_request(body: Any, repository: str) -> CheckpointRequest:
     container = _name(body, "container", DNS_LABEL, 63)
     image = check_ref(_field(body, "image"), repository, allow_digest=False)
     annotations = check_annotations(body.get("annotations"), container)
-    return CheckpointRequest(namespace, pod, container, image, annotations)
+    gpus = body.get("gpus", 0)
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or not 0 <= gpus <= 1024:
+        raise ApiError(400, "'gpus' must be a whole number from 0 to 1024")
+    return CheckpointRequest(namespace, pod, container, image, annotations, gpus)
 
 
 # ---- metrics -----------------------------------------------------------------------------------
@@ -201,6 +208,16 @@ class AgentMetrics:
             ["reason"],
             registry=r,
         )
+        self.gpu_checkpoints = Counter(
+            "jhub_suspend_agent_gpu_checkpoints",
+            "Checkpoints of pods holding GPUs whose device state was verified, by device_state: "
+            "real (CRIU's CUDA plugin recorded it) or simulated (the local cluster's simulated "
+            "plugin; never a real CUDA checkpoint).",
+            ["device_state"],
+            registry=r,
+        )
+        for kind in ("real", "simulated"):
+            self.gpu_checkpoints.labels(kind)
         self.in_progress = Gauge(
             "jhub_suspend_agent_checkpoints_in_progress",
             "Checkpoints running now.",
@@ -294,6 +311,14 @@ class HealthHandler(BaseHandler):
 
     async def get(self) -> None:
         self.finish(json.dumps(await self.agent.health()))
+
+
+class CapabilitiesHandler(BaseHandler):
+    authenticated = False
+
+    async def get(self) -> None:
+        report = await asyncio.to_thread(self.agent.gpu_report)
+        self.finish(json.dumps({"node": self.agent.node_name, "gpu": report.to_json()}))
 
 
 class MetricsHandler(BaseHandler):
@@ -461,6 +486,48 @@ class NodeAgent(ConfigFileApplication):
         notebook (they must set `tcp-close`).""",
     ).tag(config=True)
 
+    criu_plugin_dir = Unicode(
+        "/usr/lib/criu",
+        help=f"""CRIU's plugin directory on this node (CRIU's default --libdir), mounted
+        read-only at the same path. GPU servers are suspended only on nodes where it holds
+        CRIU's CUDA plugin ({CUDA_PLUGIN_FILE}); `GET /capabilities` reports it.""",
+    ).tag(config=True)
+    cuda_checkpoint_paths = List(
+        Unicode(),
+        ["/usr/bin/cuda-checkpoint", "/usr/local/bin/cuda-checkpoint"],
+        help="""Where NVIDIA's cuda-checkpoint tool may be on this node (mounted read-only at
+        the same paths). CRIU's CUDA plugin needs it with drivers before r580; `GET
+        /capabilities` reports whether one of them is an executable file.""",
+    ).tag(config=True)
+    cdi_spec_dirs = List(
+        Unicode(),
+        ["/etc/cdi", "/var/run/cdi"],
+        help="""The node's CDI spec directories (mounted read-only at the same paths). With a
+        spec for nvidia.com/gpu in one of them the node's device mode is reported as `cdi`
+        (GPUs are remapped by UUID on restore), else `legacy`. See gpu_device_mode.""",
+    ).tag(config=True)
+    gpu_device_mode = Unicode(
+        "auto",
+        help="""How the node hands GPUs to containers: `cdi`, `legacy`, or `auto` (from
+        cdi_spec_dirs). Set it where the device plugin's strategy differs from what the CDI
+        specs suggest.""",
+    ).tag(config=True)
+
+    @validate("gpu_device_mode")
+    def _valid_gpu_device_mode(self, proposal: dict) -> str:
+        mode = str(proposal["value"]).strip().lower()
+        if mode not in ("auto", *DEVICE_MODES):
+            raise TraitError(f"gpu_device_mode must be auto, cdi or legacy, not {mode!r}")
+        return mode
+
+    simulated_cuda_plugin = Bool(
+        False,
+        help="""Local cluster only: the node's CUDA plugin is the local cluster's simulation,
+        whose marker in a GPU pod's checkpoint stands in for device state. Reported as
+        `simulated` and counted apart; never a real CUDA checkpoint. Never set it on a real
+        node.""",
+    ).tag(config=True)
+
     repository = Unicode(
         "",
         help="""Image repository prefix the agent pushes to and deletes from, e.g.
@@ -561,6 +628,7 @@ class NodeAgent(ConfigFileApplication):
                 (r"/api/checkpoints/?", CheckpointsHandler, args),
                 (r"/api/images/?", ImagesHandler, args),
                 (r"/healthz", HealthHandler, args),
+                (r"/capabilities", CapabilitiesHandler, args),
                 (r"/metrics", MetricsHandler, args),
             ],
             default_handler_class=NotFoundHandler,
@@ -586,6 +654,9 @@ class NodeAgent(ConfigFileApplication):
             self.checkpoint_dir,
             node_name=self.node_name,
             timeout=self.checkpoint_timeout,
+            gpu_report=self.gpu_report,
+            accept_simulated_gpu_state=self.simulated_cuda_plugin,
+            on_gpu_checkpoint=lambda kind: self.metrics.gpu_checkpoints.labels(kind).inc(),
         )
         self._semaphore = asyncio.Semaphore(self.max_concurrent_checkpoints)
         if self.orphan_archive_age > 0:
@@ -777,6 +848,37 @@ class NodeAgent(ConfigFileApplication):
             "criu": await asyncio.to_thread(self.criu_config_health),
             "checkpoints": len(self.in_flight),
         }
+
+    def gpu_report(self) -> AgentGpuReport:
+        """What this node offers GPU checkpoints (reads the file system: call in a thread)."""
+        plugin = os.path.isfile(os.path.join(self.criu_plugin_dir, CUDA_PLUGIN_FILE))
+        tool = any(os.path.isfile(p) and os.access(p, os.X_OK) for p in self.cuda_checkpoint_paths)
+        mode = self.gpu_device_mode
+        if mode == "auto":
+            mode = "cdi" if self._nvidia_cdi_spec() else "legacy"
+        return AgentGpuReport(
+            cuda_plugin=plugin,
+            cuda_checkpoint=tool,
+            device_mode=mode,  # type: ignore[arg-type]
+            simulated=self.simulated_cuda_plugin,
+        )
+
+    def _nvidia_cdi_spec(self) -> bool:
+        for directory in self.cdi_spec_dirs:
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue
+            for entry in entries:
+                if not entry.name.endswith((".json", ".yaml", ".yml")):
+                    continue
+                try:
+                    with open(entry.path, errors="replace") as f:
+                        if is_nvidia_cdi_spec(f.read(1 << 20)):
+                            return True
+                except OSError:
+                    continue
+        return False
 
     def criu_config_health(self) -> str:
         """ "ok", or what is wrong with the node's CRIU configuration for notebooks."""

@@ -1,7 +1,11 @@
 """The node-local part of a suspension, as one sequence with its IO injected.
 
-1. ask the node's kubelet to checkpoint the container (it keeps running);
+1. ask the node's kubelet to checkpoint the container (it keeps running); for a pod holding
+   GPUs, only where CRIU's CUDA plugin is installed;
 2. check that the archive lies inside the checkpoint directory (never touch anything else);
+   for a pod holding GPUs, that it holds their device state (CRIU's inventory lists the CUDA
+   plugin, :func:`jhub_suspend.gpu.device_state_problem`): one without is a failed
+   suspension, as the restored process would have lost its GPU memory;
 3. build an OCI checkpoint image from it and push it;
 4. verify the pushed image: same digest, the checkpoint annotation, a non-zero size;
 5. delete the archive, after the push and also on every failure: it holds the notebook's
@@ -15,17 +19,26 @@ label.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
+import tarfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .. import images
-from ..archive import checkpoint_image_annotations
+from ..archive import (
+    INVENTORY_FILE,
+    SIMULATED_CUDA_MARKER,
+    InventoryError,
+    checkpoint_image_annotations,
+    inventory_plugins,
+)
 from ..errors import OwnError
+from ..gpu import CUDA_PLUGIN_NAME, AgentGpuReport, device_state_problem
 from ..retry import with_retries
 from .criuconfig import node_setting_hint
 from .kubelet import KubeletError
@@ -41,6 +54,7 @@ FAILURE_REASONS = (
     "build",
     "registry",
     "verify",
+    "gpu_state",
     "internal",
 )
 
@@ -73,6 +87,12 @@ class RegistryUnavailable(CheckpointError):
 
 class VerificationFailed(CheckpointError):
     status, reason = 500, "verify"
+
+
+class GpuStateMissing(CheckpointError):
+    """A pod holding GPUs cannot be, or was not, checkpointed with its device state."""
+
+    status, reason = 502, "gpu_state"
 
 
 class Kubelet(Protocol):
@@ -129,6 +149,45 @@ def remove_archive(path: str) -> bool:
         log.error("could not delete checkpoint archive %s: %s", path, e)
         return False
     return True
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    """What a checkpoint archive says of GPU device state (see :func:`read_device_state`)."""
+
+    #: the plugins CRIU's inventory lists; None when it has no readable inventory
+    plugins: list[str] | None
+    #: it carries the local cluster's simulated-plugin marker
+    simulated: bool = False
+
+
+def read_device_state(archive: str, max_bytes: int = 1 << 20) -> DeviceState:
+    """Read CRIU's inventory and the simulated-plugin marker from a checkpoint archive."""
+    plugins: list[str] | None = None
+    simulated = False
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:
+                name = member.name.removeprefix("./")
+                if not member.isfile() or member.size > max_bytes:
+                    continue
+                if name == INVENTORY_FILE:
+                    f = tar.extractfile(member)
+                    if f is not None:
+                        try:
+                            plugins = inventory_plugins(f.read())
+                        except InventoryError as e:
+                            log.warning("unreadable CRIU inventory in %s: %s", archive, e)
+                elif name == SIMULATED_CUDA_MARKER:
+                    f = tar.extractfile(member)
+                    if f is not None:
+                        try:
+                            simulated = json.loads(f.read()).get("simulated") is True
+                        except (ValueError, AttributeError):
+                            simulated = False
+    except (OSError, EOFError, tarfile.TarError) as e:
+        log.warning("could not read checkpoint archive %s: %s", archive, e)
+    return DeviceState(plugins, simulated)
 
 
 def sweep_orphans(
@@ -196,6 +255,9 @@ class Checkpointer:
         timeout: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
         remove: Callable[[str], bool] = remove_archive,
+        gpu_report: Callable[[], AgentGpuReport] | None = None,
+        accept_simulated_gpu_state: bool = False,
+        on_gpu_checkpoint: Callable[[str], None] | None = None,
     ) -> None:
         self.kubelet = kubelet
         self.images = image_store
@@ -204,12 +266,18 @@ class Checkpointer:
         self.timeout = timeout
         self.clock = clock
         self.remove = remove
+        self.gpu_report = gpu_report
+        self.accept_simulated_gpu_state = accept_simulated_gpu_state
         self.archives_in_use: set[str] = set()
         self.cleanup_failures = 0
+        #: told "real" or "simulated" after each successful checkpoint of a pod holding GPUs
+        self.on_gpu_checkpoint = on_gpu_checkpoint
 
     async def checkpoint(self, req: CheckpointRequest) -> CheckpointResult:
         timings: dict[str, float] = {}
         start = self.clock()
+        if req.gpus:
+            await self._check_gpu_node(req)
         raw_path = await self._kubelet_checkpoint(req)
         timings["checkpoint"] = self.clock() - start
         archive = inside(raw_path, self.checkpoint_dir)
@@ -220,7 +288,10 @@ class Checkpointer:
                 f"checkpoint directory {self.checkpoint_dir}; refusing to read or delete it"
             )
         self.archives_in_use.add(archive)
+        device_state = ""
         try:
+            if req.gpus:
+                device_state = await self._check_device_state(req, archive)
             archive_bytes = await self._archive_size(archive)
             annotations = {
                 **req.annotations,
@@ -235,6 +306,8 @@ class Checkpointer:
         finally:
             await self._delete_archive(archive)
         timings["total"] = self.clock() - start
+        if device_state and self.on_gpu_checkpoint:
+            self.on_gpu_checkpoint(device_state)
         return CheckpointResult(
             image=images.pinned_reference(f"{req.image}@{digest}"),
             digest=digest,
@@ -259,6 +332,40 @@ class Checkpointer:
             log.info("deleted checkpoint archive %s", archive)
         else:
             self.cleanup_failures += 1
+
+    async def _check_gpu_node(self, req: CheckpointRequest) -> None:
+        """Refuse before dumping a GPU pod where CRIU's CUDA plugin is missing: the checkpoint
+        would lack its GPU memory."""
+        report = await asyncio.to_thread(self.gpu_report) if self.gpu_report else None
+        if report is None or not report.cuda_plugin:
+            raise GpuStateMissing(
+                f"cannot checkpoint {self._where(req)}: it holds {req.gpus} GPU(s), and CRIU's "
+                "CUDA plugin (cuda_plugin.so) is not installed on this node; the server keeps "
+                "running"
+            )
+
+    async def _check_device_state(self, req: CheckpointRequest, archive: str) -> str:
+        """Raise unless the archive holds GPU device state; say which kind ("real",
+        "simulated")."""
+        state = await asyncio.to_thread(read_device_state, archive)
+        problem = device_state_problem(
+            state.plugins,
+            simulated_marker=state.simulated,
+            accept_simulated=self.accept_simulated_gpu_state,
+        )
+        if problem:
+            raise GpuStateMissing(
+                f"the checkpoint of {self._where(req)} is unusable: {problem}; it was deleted "
+                "and the server keeps running"
+            )
+        if state.plugins is not None and CUDA_PLUGIN_NAME in state.plugins:
+            return "real"
+        log.warning(
+            "SIMULATED GPU device state in the checkpoint of %s (the local cluster's "
+            "simulated CUDA plugin; no real CUDA checkpoint)",
+            self._where(req),
+        )
+        return "simulated"
 
     def _where(self, req: CheckpointRequest) -> str:
         node = f" on node {self.node_name}" if self.node_name else ""

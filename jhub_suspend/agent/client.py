@@ -31,6 +31,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from ..errors import NO_ANSWER, JhubSuspendError
+from ..gpu import AgentGpuReport
 from ..retry import with_retries
 from .protocol import AGENT_HEADER, CheckpointResult
 
@@ -122,15 +123,19 @@ class AgentClient:
         container: str,
         image_ref: str,
         annotations: Mapping[str, str] | None = None,
+        gpus: int = 0,
     ) -> CheckpointResult:
-        """Checkpoint a container into ``image_ref`` (``repo:tag``); return the pinned image."""
-        body = {
+        """Checkpoint a container into ``image_ref`` (``repo:tag``); return the pinned image.
+        ``gpus``: the GPUs the pod holds, whose device state the checkpoint must hold."""
+        body: dict[str, Any] = {
             "namespace": namespace,
             "pod": pod,
             "container": container,
             "image": image_ref,
             "annotations": dict(annotations or {}),
         }
+        if gpus:
+            body["gpus"] = gpus
         response = await self._call("POST", "/api/checkpoints", body, self.timeout)
         try:
             return CheckpointResult.from_json(json.loads(response.body))
@@ -145,6 +150,14 @@ class AgentClient:
         """The agent's ``/healthz``: ``{"node", "kubelet", ...}``."""
         response = await self._call("GET", "/healthz", None, 10.0)
         return dict(json.loads(response.body))
+
+    async def gpu_report(self) -> AgentGpuReport:
+        """What the agent found on its node about GPU checkpoints (``GET /capabilities``)."""
+        response = await self._call("GET", "/capabilities", None, 10.0)
+        try:
+            return AgentGpuReport.from_json(json.loads(response.body)["gpu"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise AgentError(502, f"the node agent at {self.base_url} answered oddly: {e}") from e
 
     # ---- transport ---------------------------------------------------------------------------
 

@@ -22,6 +22,8 @@ class CheckpointRequest:
     #: where to push: ``repository[:tag]`` (no digest; the push assigns it)
     image: str
     annotations: Mapping[str, str] = field(default_factory=dict)
+    #: GPUs the pod holds: its checkpoint must hold their device state
+    gpus: int = 0
 
 
 @dataclass(frozen=True)

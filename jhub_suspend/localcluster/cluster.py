@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import sys
 import time
@@ -88,8 +89,11 @@ class LocalCluster(Application):
     nodes = List(
         Dict(),
         help="""The simulated nodes. Each is a dict with `name` and optionally `cpu`, `memory`,
-        `gpus` (a count of simulated `nvidia.com/gpu`), `gpu_product`, `labels` and `taints`.
-        """,
+        `gpus` (a count of simulated `nvidia.com/gpu`), `gpu_product`, `gpu_driver` (the
+        driver version GPU feature discovery's labels give, default 580.65.06; "" for none),
+        `cuda_plugin` (the node has CRIU's CUDA plugin, simulated; default true),
+        `gpu_device_mode` (`cdi` or `legacy`), `labels` (e.g. `nvidia.com/mig.strategy`) and
+        `taints`.""",
     ).tag(config=True)
 
     @default("nodes")
@@ -110,6 +114,8 @@ class LocalCluster(Application):
                 raise ValueError(f"every node needs a name: {node!r}")
             if node["name"] in names:
                 raise ValueError(f"node name {node['name']!r} is used twice")
+            if node.get("gpu_device_mode", "cdi") not in ("cdi", "legacy"):
+                raise ValueError(f"gpu_device_mode of {node['name']} must be cdi or legacy")
             names.add(node["name"])
         if not names:
             raise ValueError("the cluster needs at least one node")
@@ -384,6 +390,7 @@ class LocalCluster(Application):
                     "--NodeAgent.registry_tls_verify=False",
                     f"--NodeAgent.ip={self.host}",
                     f"--NodeAgent.port={port}",
+                    *self._gpu_agent_args(kubelet.node),
                     *self.agent_args,
                 ],
                 log_path=os.path.join(self.state_dir, "agents", f"{name}.log"),
@@ -399,6 +406,31 @@ class LocalCluster(Application):
             self._tasks.append(
                 asyncio.create_task(self._supervise_agent(name), name=f"supervise-agent-{name}")
             )
+
+    def _gpu_agent_args(self, node: NodeConfig) -> list[str]:
+        """What a node's agent finds of GPU checkpoint support: a per-node CRIU plugin
+        directory holding a stub cuda_plugin.so where the node has the (simulated) plugin, and a
+        CDI spec for nvidia.com/gpu in CDI mode. Never the host's own directories."""
+        base = os.path.join(self.state_dir, "nodes", node.name)
+        plugins, cdi = os.path.join(base, "criu-plugins"), os.path.join(base, "cdi")
+        for d in (plugins, cdi):
+            shutil.rmtree(d, ignore_errors=True)
+            os.makedirs(d)
+        if node.gpus and node.cuda_plugin:
+            Path(plugins, "cuda_plugin.so").write_text(
+                "SIMULATED by the jhub-suspend local cluster: not CRIU's CUDA plugin\n"
+            )
+        if node.gpus and node.gpu_device_mode == "cdi":
+            Path(cdi, "nvidia.yaml").write_text(
+                "# SIMULATED by the jhub-suspend local cluster\n"
+                "cdiVersion: 0.5.0\nkind: nvidia.com/gpu\ndevices: []\n"
+            )
+        return [
+            f"--NodeAgent.criu_plugin_dir={plugins}",
+            f"--NodeAgent.cdi_spec_dirs={cdi}",
+            f"--NodeAgent.cuda_checkpoint_paths={os.path.join(base, 'no-cuda-checkpoint')}",
+            f"--NodeAgent.simulated_cuda_plugin={bool(node.gpus and node.cuda_plugin)}",
+        ]
 
     async def _supervise_agent(self, node: str) -> None:
         """Start a node's agent again whenever it exits, as a kubelet restarts a DaemonSet's

@@ -15,6 +15,13 @@ HTTP API:
   ``GET /metrics/dcgm`` (the node's simulated GPUs, DCGM-exporter style), with
   ``PUT /debug/gpus/{index}`` for tests and demos to set a simulated GPU's utilisation.
 
+GPUs are simulated. A GPU node carries the labels GPU feature discovery would set (product,
+count, driver version; MIG and MPS through ``labels``). Where the node's config says
+``cuda_plugin``, a SIMULATED CUDA plugin adds, to the checkpoint archive of a pod holding
+GPUs, a marker (:data:`jhub_suspend.archive.SIMULATED_CUDA_MARKER`) saying so, which an
+agent accepts as device state only with ``NodeAgent.simulated_cuda_plugin``: never a real
+CUDA checkpoint, and logged as simulated.
+
 A pod whose container image is a checkpoint image is created like any other: containerd
 recognises the image (checkpointctl's ``org.criu.checkpoint.container.name`` annotation) and
 restores the container in ``CreateContainer`` and ``StartContainer``. The kubelet only reads
@@ -32,6 +39,8 @@ import os
 import platform
 import re
 import shutil
+import tarfile
+import tempfile
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -41,7 +50,7 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from ..archive import CRIU_CHECKPOINT_NAME_ANNOTATION
+from ..archive import CRIU_CHECKPOINT_NAME_ANNOTATION, SIMULATED_CUDA_MARKER
 from ..kubevalues import rfc3339
 from . import crispec, metrics
 from .cri import CriClient, CriError, cri
@@ -86,8 +95,37 @@ class NodeConfig:
     memory: str = "4Gi"
     gpus: int = 0
     gpu_product: str = "NVIDIA-A100-SXM4-40GB"
+    #: the simulated NVIDIA driver (GPU feature discovery's driver labels); "" for none
+    gpu_driver: str = "580.65.06"
+    #: whether the node has the (simulated) CUDA plugin for CRIU
+    cuda_plugin: bool = True
+    #: how the node hands GPUs to containers: "cdi" or "legacy" (what its agent finds)
+    gpu_device_mode: str = "cdi"
     labels: dict[str, str] = field(default_factory=dict)
     taints: list[dict] = field(default_factory=list)
+
+
+def gfd_labels(cfg: NodeConfig) -> dict[str, str]:
+    """The labels GPU feature discovery sets on a node with ``cfg``'s GPUs (pure)."""
+    if not cfg.gpus:
+        return {}
+    labels = {
+        "nvidia.com/gpu.present": "true",
+        "nvidia.com/gpu.product": cfg.gpu_product,
+        "nvidia.com/gpu.count": str(cfg.gpus),
+        "nvidia.com/mig.capable": "false",
+        "nvidia.com/mps.capable": "false",
+    }
+    if cfg.gpu_driver:
+        parts = [*cfg.gpu_driver.split("."), "", "", ""][:3]
+        labels["nvidia.com/cuda.driver-version.full"] = cfg.gpu_driver
+        for key, old, value in zip(
+            ("major", "minor", "revision"), ("major", "minor", "rev"), parts, strict=True
+        ):
+            if value:
+                labels[f"nvidia.com/cuda.driver-version.{key}"] = value
+                labels[f"nvidia.com/cuda.driver.{old}"] = value
+    return labels
 
 
 def node_object(
@@ -103,8 +141,8 @@ def node_object(
     }
     if cfg.gpus:
         capacity["nvidia.com/gpu"] = str(cfg.gpus)
-        labels.setdefault("nvidia.com/gpu.product", cfg.gpu_product)
-        labels.setdefault("nvidia.com/gpu.count", str(cfg.gpus))
+        for key, value in gfd_labels(cfg).items():
+            labels.setdefault(key, value)
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -879,6 +917,8 @@ class Kubelet:
             await self.runtime.checkpoint_container(
                 rec.containers[container], path, max(1, int(timeout))
             )
+            if rec.gpus and self.node.cuda_plugin:
+                await asyncio.to_thread(self._simulate_cuda_plugin, rec, path)
             await self.faults.reach("checkpoint-written", pod)
         except InjectedFault as e:
             raise web.HTTPError(e.status, "%s", e.message) from e
@@ -889,6 +929,27 @@ class Kubelet:
                 e.method, e.code, f"{e.details}: {reason}" if reason else e.details
             ) from e
         return path
+
+    def _simulate_cuda_plugin(self, rec: PodRecord, archive: str) -> None:
+        """Mark, in the archive, the device state a CUDA plugin would have written: SIMULATED
+        (the pod's process never used a GPU, and no GPU memory is in the checkpoint)."""
+        marker = {
+            "simulated": True,
+            "what": "jhub-suspend local cluster: simulated CUDA plugin, not a CUDA checkpoint",
+            "node": self.node.name,
+            "gpus": [f"GPU-{self.node.name}-{i:04d}" for i in rec.gpus],
+        }
+        data = json.dumps(marker).encode()
+        with tempfile.TemporaryFile() as f, tarfile.open(archive, "a") as tar:
+            f.write(data)
+            f.seek(0)
+            info = tarfile.TarInfo(SIMULATED_CUDA_MARKER)
+            info.size = len(data)
+            tar.addfile(info, f)
+        log.warning(
+            "SIMULATED CUDA plugin on %s: marked device state of GPU(s) %s in %s",
+            self.node.name, marker["gpus"], archive,
+        )  # fmt: skip
 
     async def usage(self) -> list[metrics.ContainerUsage]:
         """CPU and memory of this node's containers, from the runtime's cgroup statistics."""

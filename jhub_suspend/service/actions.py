@@ -29,6 +29,7 @@ from ..suspension import (
     server_path,
 )
 from . import observe
+from .gpucaps import GpuCapabilities
 from .hubclient import HubClient, HubError
 from .kube import Kube, marker_digest
 from .listing import keep_running_dict, public_checkpoint
@@ -48,6 +49,8 @@ class ActionsContext(Protocol):
     checkpoint_repository: str
     suspend_timeout: float
     resume_timeout: float
+    gpu_resources: set[str]
+    gpu_capabilities: GpuCapabilities
 
     @property
     def policy_config(self) -> PolicyConfig: ...
@@ -110,11 +113,25 @@ class Actions:
             )
         if not model.get("ready"):
             raise ActionError(409, f"{_name(user, server_name)} is not running")
-        if not read_state(model.get("state")).pod_name:
+        state = read_state(model.get("state"))
+        if not state.pod_name:
             raise ActionError(
                 409, f"{_name(user, server_name)} is not a SuspendingKubeSpawner server"
             )
+        await self._gpu_capable(user, server_name, state)
         return self.start_suspension(user, server_name, requested_by, reason)
+
+    async def _gpu_capable(self, user: str, server_name: str, state: ServerState) -> None:
+        """409 when the server holds GPUs on a node not known to checkpoint them."""
+        svc = self.service
+        pod = await svc.kube.read_pod(state.namespace or svc.namespace, state.pod_name)
+        if pod is None or observe.pod_requests(pod, svc.gpu_resources).gpu <= 0:
+            return
+        node = (pod.get("spec") or {}).get("nodeName") or ""
+        capability = (await svc.gpu_capabilities.for_nodes([node])).get(node) if node else None
+        if capability is None or not capability.capable:
+            why = capability.reason if capability else "its pod is not on a node yet"
+            raise ActionError(409, f"{_name(user, server_name)} is left running: {why}")
 
     def start_suspension(
         self, user: str, server_name: str, requested_by: str, reason: str

@@ -45,10 +45,12 @@ from ..agent.client import AgentClient
 from ..agent.client_config import AgentClientConfig
 from ..configfile import ConfigFileApplication
 from ..deprecation import renamed_setting
+from ..gpu import CapabilityConfig
 from ..policy import PolicyConfig, decide
 from . import handlers, ui
 from .actions import Actions
 from .drain import Drains
+from .gpucaps import GpuCapabilities
 from .hubclient import HubClient
 from .kube import Kube, make_api_client
 from .loop import PolicyLoop
@@ -374,6 +376,33 @@ class SuspendService(AgentClientConfig, ConfigFileApplication):
         service only deletes images through an agent, which any agent can do."""
     ).tag(config=True)
 
+    # ---- GPU servers ------------------------------------------------------------------------
+
+    node_agent_url = Unicode(
+        "http://{host_ip}:9770",
+        help="""URL of the node agent on a given node, asked what the node offers GPU
+        checkpoints (`GET /capabilities`). `{node}` and `{host_ip}` are replaced by the node's
+        name and InternalIP; `agent_urls` wins for the nodes it names. As the spawner's
+        `agent_url`.""",
+    ).tag(config=True)
+    gpu_native_driver = Integer(
+        CapabilityConfig.native_driver,
+        help="""NVIDIA driver major version from which CRIU's CUDA plugin checkpoints through
+        the driver's own API. GPU servers are suspended only on nodes whose driver (GPU
+        feature discovery's nvidia.com/cuda.driver-version.major) is at least this, or at
+        least `gpu_tool_driver` with NVIDIA's cuda-checkpoint tool on the node.""",
+    ).tag(config=True)
+    gpu_tool_driver = Integer(
+        CapabilityConfig.tool_driver,
+        help="""The oldest NVIDIA driver major version that checkpoints CUDA processes (through
+        NVIDIA's cuda-checkpoint tool, which the node agent must find on the node).""",
+    ).tag(config=True)
+    gpu_capability_ttl = Float(
+        300,
+        help="""Seconds a node agent's report of its node's GPU checkpoint support is reused;
+        a failed report is asked again after 30 s. Node labels are read every cycle.""",
+    ).tag(config=True)
+
     used_checkpoint_retention = Float(
         86400,
         help="""Seconds after which the retention sweep deletes images of restored or
@@ -520,6 +549,20 @@ class SuspendService(AgentClientConfig, ConfigFileApplication):
         url = self.agent_url or next(iter(self.agent_urls.values()), "")
         return self.agent_client(url) if url else None
 
+    def agent_on(self, node: str, host_ip: str) -> AgentClient | None:
+        """The agent on ``node`` (for what only it knows of its node), or None without an
+        address for it."""
+        url = self.agent_urls.get(node)
+        if not url and (host_ip or "{host_ip}" not in self.node_agent_url):
+            host = f"[{host_ip}]" if ":" in host_ip else host_ip
+            url = self.node_agent_url.format(node=node, host_ip=host)
+        if not url:
+            return None
+        client = self.agent_client(url, timeout=10.0)
+        # a report is not worth a stalled cycle: an agent that is down is simply not capable
+        client.reconnect_timeout = min(client.reconnect_timeout, 5.0)
+        return client
+
     # ---- lifecycle --------------------------------------------------------------------------
 
     @catch_config_error
@@ -554,8 +597,26 @@ class SuspendService(AgentClientConfig, ConfigFileApplication):
         )
         if not self.prometheus_url:
             raise TraitError("SuspendService.prometheus_url must be set")
+        try:
+            self.gpu_config = CapabilityConfig(self.gpu_native_driver, self.gpu_tool_driver)
+        except ValueError as e:
+            raise TraitError(f"SuspendService.gpu_native_driver/gpu_tool_driver: {e}") from None
         self.metrics = ServiceMetrics()
         self.operations = Operations()
+        self._gpu_capabilities: GpuCapabilities | None = None
+
+    @property
+    def gpu_capabilities(self) -> GpuCapabilities:
+        """Which nodes can checkpoint GPU servers (made on first use, on :attr:`kube`)."""
+        if self._gpu_capabilities is None:
+            self._gpu_capabilities = GpuCapabilities(
+                self.kube, self.agent_on, self.gpu_config, ttl=self.gpu_capability_ttl, log=self.log
+            )
+        return self._gpu_capabilities
+
+    @gpu_capabilities.setter
+    def gpu_capabilities(self, value: GpuCapabilities) -> None:
+        self._gpu_capabilities = value
 
     async def setup(self) -> None:
         """Create the shared clients: one Kubernetes client, one hub client, one Prometheus

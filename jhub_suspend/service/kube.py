@@ -108,8 +108,8 @@ class Kube:
                 return None
             raise
 
-    async def node_labels(self) -> dict[str, dict[str, str]] | None:
-        """Labels per node, or None when this service may not list nodes."""
+    async def list_nodes(self) -> list[dict[str, Any]] | None:
+        """Every node as JSON, or None when this service may not list nodes."""
         try:
             data = await self._read(
                 "list nodes", lambda: self.core.list_node(_preload_content=False)
@@ -118,10 +118,14 @@ class Kube:
             if e.status in (401, 403):
                 return None
             raise
-        return {
-            n["metadata"]["name"]: dict(n["metadata"].get("labels") or {})
-            for n in data.get("items") or []
-        }
+        return list(data.get("items") or [])
+
+    async def node_labels(self) -> dict[str, dict[str, str]] | None:
+        """Labels per node, or None when this service may not list nodes."""
+        nodes = await self.list_nodes()
+        if nodes is None:
+            return None
+        return {n["metadata"]["name"]: dict(n["metadata"].get("labels") or {}) for n in nodes}
 
     async def node_exists(self, name: str) -> bool | None:
         """Whether the cluster has a node ``name``; None when this service may not read nodes."""

@@ -43,6 +43,7 @@ from ..state import read_state
 from ..suspension import user_model
 from . import observe
 from .actions import Actions
+from .gpucaps import GpuCapabilities
 from .hubclient import HubClient, HubError
 from .kube import Kube, marker_digest
 from .metrics import ServiceMetrics
@@ -64,6 +65,7 @@ class LoopContext(Protocol):
     metrics: ServiceMetrics
     actions: Actions
     retention: Retention
+    gpu_capabilities: GpuCapabilities
     queries: promql.Queries
     names: promql.MetricNames
     #: jhub_suspend.policy.decide, or what replaces it (of the same signature)
@@ -195,6 +197,12 @@ class PolicyLoop:
             self._attach(views, readings)
         if not health.ok and category is None:
             category = "stale"
+        gpu_nodes = observe.gpu_nodes(views)
+        if gpu_nodes:
+            capabilities = await svc.gpu_capabilities.for_nodes(gpu_nodes)
+            for v in views:
+                if v.node in gpu_nodes and v.requests is not None and v.requests.gpu > 0:
+                    v.gpu_capability = capabilities.get(v.node)
         node_labels = None
         if pending and any(p.node_selector for p in pending):
             node_labels = await svc.kube.node_labels()

@@ -36,6 +36,7 @@ from ..checkpoints import (
     LastError,
     Status,
 )
+from ..gpu import Capability
 from ..kubevalues import parse_quantity, parse_time, rfc3339
 from ..policy import (
     KeepRunning,
@@ -224,6 +225,8 @@ class ServerView:
     cpu: Signal | None = None
     gpu: Signal | None = None
     memory_ratio: float | None = None
+    #: whether its node can checkpoint GPUs (servers holding GPUs; None: not assessed)
+    gpu_capability: Capability | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -274,7 +277,18 @@ class ServerView:
             memory_ratio=self.memory_ratio,
             last_activity=self.last_activity,
             keep_running=self.keep_running,
+            gpu_capable=self.gpu_capability.capable if self.gpu_capability else None,
+            gpu_capability=self.gpu_capability.reason if self.gpu_capability else "",
         )
+
+
+def gpu_nodes(views: Iterable[ServerView]) -> set[str]:
+    """The nodes of running servers that hold GPUs: whose GPU capability the policy needs."""
+    return {
+        v.node
+        for v in views
+        if v.node and v.state == "running" and v.requests is not None and v.requests.gpu > 0
+    }
 
 
 def build_views(

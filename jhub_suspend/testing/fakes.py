@@ -20,6 +20,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from ..checkpoints import Checkpoint, Status
+from ..gpu import Capability
 
 
 def checkpoint(
@@ -283,3 +284,21 @@ class FakeKube:
     async def node_labels(self) -> dict[str, dict[str, str]] | None:
         self.calls += 1
         return None
+
+    async def list_nodes(self) -> list[dict[str, Any]] | None:
+        self.calls += 1
+        return None
+
+
+class AssumedGpuCapabilities:
+    """Stands in for :class:`jhub_suspend.service.gpucaps.GpuCapabilities` where no node or
+    agent exists (benchmarks of the policy alone): every GPU node is assumed capable, marked
+    simulated, and the reason says so."""
+
+    async def for_nodes(self, nodes: Any) -> dict[str, Capability]:
+        return {
+            n: Capability(
+                True, f"node {n} assumed able to checkpoint GPUs (simulation)", "cdi", True
+            )
+            for n in nodes
+        }

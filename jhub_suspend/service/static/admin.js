@@ -78,6 +78,15 @@
         td.append(JHS.el("span", { class: "badge text-bg-" + (STATE_CLASS[s.state] || "secondary") }, s.state));
         if (s.warning) td.append(JHS.el("span", { class: "ms-1 small text-warning", title: s.warning.message }, "⚠ suspends " + new Date(s.warning.suspend_at).toLocaleTimeString()));
       }
+      if (i === 4 && s.gpu_capability) {
+        // Whether the node can checkpoint this server's GPUs; a server on a node that cannot is
+        // left running, and the reason says why.
+        var gc = s.gpu_capability;
+        td.append(JHS.el("span", {
+          class: "ms-1 small jhs-gpu-capability " + (gc.capable ? "text-success" : "text-danger"),
+          title: gc.reason,
+        }, (gc.capable ? "✓ suspendable" : "✗ left running: " + gc.reason) + (gc.simulated ? " (simulated)" : "")));
+      }
       if (i === 9) {
         td.className = "jhs-error small";
         if (err) {
