@@ -60,6 +60,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import load  # benchmarks/load.py: the same calls through the hub and the service, for one server
+
 from jhub_suspend import images
 from jhub_suspend.commands import run_command
 from jhub_suspend.demo.hub import running_hub
@@ -112,18 +114,11 @@ def digest():
     h.update(repr(objects[:1000] + objects[-1000:]).encode() + str(len(objects)).encode())
     return h.hexdigest()
 """
-# The hub's pods: no memory limit beyond the node's, room for the largest state.
-HUB_CONFIG = """
-c.KubeSpawner.cpu_guarantee = 0.01
-c.KubeSpawner.mem_guarantee = "128M"
-c.KubeSpawner.storage_pvc_ensure = False
-c.KubeSpawner.volumes = []
-c.KubeSpawner.volume_mounts = []
-c.SuspendingKubeSpawner.checkpoint_timeout = 1200
-c.SuspendingKubeSpawner.start_timeout = 1200
-"""
-# The policy must not act on its own while this runs.
-SERVICE_CONFIG = "c.SuspendService.dry_run = True\nc.SuspendService.suspend_timeout = 1800\n"
+# The load benchmark's small pods (no memory limit: the node's), with room for the largest state.
+HUB_CONFIG = load.HUB_CONFIG + (
+    "c.SuspendingKubeSpawner.checkpoint_timeout = 1200\n"
+    "c.SuspendingKubeSpawner.start_timeout = 1200\n"
+)
 
 
 def pod(name: str, image: str, size: int) -> dict[str, Any]:
@@ -384,8 +379,6 @@ async def one_size(lc: LocalCluster, gb: float, round_: int) -> dict[str, Any]:
 async def through_hub(hub: Any, gb: float, round_: int) -> dict[str, Any]:
     """Suspend and resume one user's server holding ``gb`` of kernel state through the
     service's and the hub's REST APIs; and a fresh server that builds the state again."""
-    import load  # benchmarks/load.py: the same calls, for one server
-
     api = HubAPI(hub.api_url, hub.service_token)
     state = KERNEL_STATE.format(size=int(gb * (1 << 30)))
     user, fresh_user = f"hub{round_}", f"fresh{round_}"
@@ -580,7 +573,7 @@ async def run_all(state: str, sizes: list[float]) -> None:
             lc.describe(),
             os.path.join(state, "hub"),
             extra_config=HUB_CONFIG,
-            service_config=SERVICE_CONFIG,
+            service_config=load.SERVICE_CONFIG,  # the policy acts on none
         ) as hub:
             for i, (gb, run) in enumerate(zip(sizes, runs, strict=True)):
                 run["through_hub"] = await through_hub(hub, gb, i)
