@@ -220,7 +220,17 @@ echo pushed'
   fi
 fi
 
-# ---- 5. optional: suspend and resume a test user's server through the hub ------------------------
+# ---- 5. the eviction webhook: node drains suspend notebooks ----------------------------------------
+step "eviction webhook: configured, with the CA cert-manager injects"
+if ! bundle=$(kubectl get validatingwebhookconfiguration jhub-suspend-eviction -o jsonpath='{.webhooks[0].clientConfig.caBundle}' 2>&1); then
+  warn "no ValidatingWebhookConfiguration jhub-suspend-eviction: a node drain kills the notebooks on it (docs/deploy.md, Node drains)"
+elif [ -z "$bundle" ]; then
+  fail "jhub-suspend-eviction has no caBundle: cert-manager's CA injector has not filled it (is cert-manager running? kubectl -n $HUB_NAMESPACE get certificate jhub-suspend-webhook)"
+else
+  ok "jhub-suspend-eviction calls the service with a caBundle; try it: kubectl drain NODE --dry-run=server"
+fi
+
+# ---- 6. optional: suspend and resume a test user's server through the hub ------------------------
 step "end to end: suspend and resume one server through the hub"
 if [ -z "$HUB_URL" ] || [ -z "$HUB_TOKEN" ] || [ -z "$TEST_USER" ]; then
   warn "skipped: set HUB_URL, HUB_TOKEN and TEST_USER to suspend and resume a test server"

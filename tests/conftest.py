@@ -19,6 +19,7 @@ AGENT_TOKEN = secrets.token_hex(16)
 CRIU = os.environ.get("JHUB_SUSPEND_CRIU", "/opt/jhub-suspend/bin/criu")
 CONTAINERD = "/opt/jhub-suspend/bin/containerd"
 INSTALL_HINT = "run scripts/install.sh, which installs containerd, runc and CRIU >= 4.2"
+SPARE_TAINT = {"key": "jhub-suspend.test/spare", "value": "true", "effect": "NoSchedule"}
 
 
 def require_root() -> None:
@@ -51,7 +52,9 @@ def free_pod_cidr() -> str:
 # and kubelets) is started once and shared by every test that needs it.
 @pytest_asyncio.fixture(scope="session")
 async def cluster(tmp_path_factory):
-    """The local cluster, with a small CPU node and a tainted GPU node."""
+    """The local cluster, with a small CPU node, a tainted GPU node, and a spare CPU node
+    tainted so that only a test that removes its taint uses it (tests/test_drain_e2e.py,
+    where the notebooks of a drained node-1 resume)."""
     require_root()
     require_command(CRIU, INSTALL_HINT)
     require_command(CONTAINERD, INSTALL_HINT)
@@ -82,6 +85,7 @@ async def cluster(tmp_path_factory):
                 "gpus": 1,
                 "taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}],
             },
+            {"name": "node-2", "cpu": "1", "memory": "4Gi", "taints": [SPARE_TAINT]},
         ],
     )
     lc.initialize([])

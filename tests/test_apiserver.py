@@ -2,8 +2,11 @@
 through an ordinary kubeconfig."""
 
 import asyncio
+import base64
 import json
 import logging
+import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +21,14 @@ from tornado import httpclient, web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from jhub_suspend.localcluster.apiserver import serve, write_kubeconfig
+from jhub_suspend.localcluster.apiserver import (
+    permission_allows,
+    permissions_authorizer,
+    serve,
+    write_kubeconfig,
+)
 from jhub_suspend.localcluster.store import Store
+from jhub_suspend.testing.tls import CertificateAuthority
 from jhub_suspend.testing.waiting import wait_for
 
 TOKEN = "test-admin-token"
@@ -131,7 +140,19 @@ async def test_discovery(cluster: Cluster) -> None:
     resources = await cluster.api.get_api_resources()
     names = {r.name for r in resources.resources}
     assert {"pods", "pods/status", "events", "secrets", "nodes/proxy"} <= names
-    assert json.loads((await raw(cluster, "GET", "/apis")).body)["groups"] == []
+    assert "validatingwebhookconfigurations" not in names  # not a core resource
+    # kubectl drain looks for the Eviction's group and version here
+    (eviction,) = [r for r in resources.resources if r.name == "pods/eviction"]
+    assert (eviction.group, eviction.version, eviction.kind) == ("policy", "v1", "Eviction")
+    assert eviction.verbs == ["create"]
+    groups = await client.ApisApi(cluster.api_client).get_api_versions()
+    assert [g.name for g in groups.groups] == ["admissionregistration.k8s.io"]
+    group = await client.AdmissionregistrationApi(cluster.api_client).get_api_group()
+    assert group.preferred_version.group_version == "admissionregistration.k8s.io/v1"
+    v1 = await client.AdmissionregistrationV1Api(cluster.api_client).get_api_resources()
+    assert [r.name for r in v1.resources] == ["validatingwebhookconfigurations"]
+    assert (await raw(cluster, "GET", "/apis/admissionregistration.k8s.io/v2")).code == 404
+    assert (await raw(cluster, "GET", "/apis/widgets.example.org")).code == 404
 
 
 async def test_requests_need_a_known_bearer_token(cluster: Cluster) -> None:
@@ -715,3 +736,542 @@ async def test_pod_binding_subresource(cluster: Cluster) -> None:
     again = await raw(cluster, "POST", path, body=binding)
     assert again.code == 409
     assert "already assigned" in json.loads(again.body)["message"]
+
+
+# --- the Eviction API ------------------------------------------------------------------------
+
+
+def eviction(name: str, namespace: str = "default", **options: Any) -> client.V1Eviction:
+    """An Eviction as kubectl drain sends it (policy/v1)."""
+    return client.V1Eviction(
+        api_version="policy/v1",
+        kind="Eviction",
+        metadata=client.V1ObjectMeta(name=name, namespace=namespace),
+        delete_options=client.V1DeleteOptions(**options) if options else None,
+    )
+
+
+async def running_pod(cluster: Cluster, name: str, labels: dict[str, str] | None = None) -> None:
+    """A pod bound to a node, so that deleting it is graceful (its kubelet finishes it)."""
+    await cluster.api.create_namespaced_pod("default", pod_manifest(name, labels))
+    cluster.store.mutate("pods", "default", name, lambda p: p["spec"].update(nodeName="node-1"))
+
+
+async def test_eviction_deletes_the_pod_gracefully(cluster: Cluster) -> None:
+    api = cluster.api
+    await running_pod(cluster, "jupyter-alice")
+    await api.create_namespaced_pod_eviction("jupyter-alice", "default", eviction("jupyter-alice"))
+    pod = await api.read_namespaced_pod("jupyter-alice", "default")
+    assert pod.metadata.deletion_timestamp is not None
+    assert pod.metadata.deletion_grace_period_seconds == 30  # the pod's own
+    (target,) = [c for c in pod.status.conditions if c.type == "DisruptionTarget"]
+    assert (target.status, target.reason) == ("True", "EvictionByEvictionAPI")
+    # Evicting a pod that is already going away succeeds again, as kubectl's retries need.
+    path = "/api/v1/namespaces/default/pods/jupyter-alice/eviction"
+    again = await raw(cluster, "POST", path, {"metadata": {"name": "jupyter-alice"}})
+    assert again.code == 201
+    assert json.loads(again.body) == {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "code": 201,
+    }
+    # The Eviction's DeleteOptions are honoured.
+    await api.create_namespaced_pod_eviction(
+        "jupyter-alice", "default", eviction("jupyter-alice", grace_period_seconds=0)
+    )
+    await expect_status(404, api.read_namespaced_pod("jupyter-alice", "default"))
+    gone = await expect_status(
+        404,
+        api.create_namespaced_pod_eviction("jupyter-alice", "default", eviction("jupyter-alice")),
+    )
+    assert status_of(gone)["message"] == 'pods "jupyter-alice" not found'
+
+
+async def test_eviction_requests_are_checked(cluster: Cluster) -> None:
+    api = cluster.api
+    await running_pod(cluster, "jupyter-alice")
+    wrong = await expect_status(
+        400, api.create_namespaced_pod_eviction("jupyter-alice", "default", eviction("other"))
+    )
+    assert status_of(wrong)["message"] == "name in URL does not match name in Eviction object"
+    path = "/api/v1/namespaces/default/pods/jupyter-alice/eviction"
+    not_eviction = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "jupyter-alice"}}
+    assert (await raw(cluster, "POST", path, not_eviction)).code == 400
+    assert (await raw(cluster, "GET", path)).code == 405
+    uid_mismatch = eviction("jupyter-alice", preconditions=client.V1Preconditions(uid="x"))
+    await expect_status(
+        409, api.create_namespaced_pod_eviction("jupyter-alice", "default", uid_mismatch)
+    )
+    # A dry run changes nothing.
+    dry = eviction("jupyter-alice", dry_run=["All"])
+    await api.create_namespaced_pod_eviction("jupyter-alice", "default", dry)
+    pod = await api.read_namespaced_pod("jupyter-alice", "default")
+    assert pod.metadata.deletion_timestamp is None
+    assert not [c for c in pod.status.conditions or [] if c.type == "DisruptionTarget"]
+
+
+async def test_eviction_is_its_own_permission(tmp_path: Any) -> None:
+    """RBAC: `create pods/eviction` allows evicting, and neither it nor `delete pods` allows
+    the other."""
+    store = Store()
+    tokens = {TOKEN: "admin", "drain-token": "drainer", "delete-token": "deleter"}
+    authorizer = permissions_authorizer(
+        {
+            "admin": ["*"],
+            "drainer": ["create pods/eviction", "get,list pods"],
+            "deleter": ["delete pods"],
+        }
+    )
+    server, port = await serve(store, tokens=tokens, authorizer=authorizer)
+    clients = []
+    try:
+        for token in ("drain-token", "delete-token"):
+            path = str(tmp_path / f"{token}.kubeconfig")
+            write_kubeconfig(path, f"http://127.0.0.1:{port}", token=token)
+            clients.append(await config.new_client_from_config(config_file=path))
+        drainer, deleter = (client.CoreV1Api(c) for c in clients)
+        for name in ("a", "b"):
+            pod = {
+                "metadata": {"name": name},
+                "spec": {"containers": [{"name": "c", "image": "i"}]},
+            }
+            store.create("pods", "default", pod)
+        await expect_status(403, drainer.delete_namespaced_pod("a", "default"))
+        denied = await expect_status(
+            403, deleter.create_namespaced_pod_eviction("a", "default", eviction("a"))
+        )
+        assert status_of(denied)["message"] == (
+            'pods is forbidden: User "deleter" cannot create resource "pods/eviction" in API'
+            ' group "" in the namespace "default"'
+        )
+        await drainer.create_namespaced_pod_eviction("a", "default", eviction("a"))
+        await deleter.delete_namespaced_pod("b", "default")
+        assert [p.metadata.name for p in (await drainer.list_namespaced_pod("default")).items] == []
+    finally:
+        for c in clients:
+            await c.close()
+        store.close_watches()
+        server.stop()
+        await server.close_all_connections()
+
+
+def test_permissions_are_per_verb_and_subresource() -> None:
+    assert permission_allows(["*"], "delete", "pods", None)
+    assert permission_allows(["nodes/checkpoint"], "create", "nodes", "checkpoint")
+    assert not permission_allows(["nodes/checkpoint"], "get", "nodes", None)
+    assert permission_allows(["create pods/eviction"], "create", "pods", "eviction")
+    assert not permission_allows(["create pods/eviction"], "delete", "pods", None)
+    assert not permission_allows(["pods"], "create", "pods", "eviction")
+    assert permission_allows(["get,list pods"], "list", "pods", None)
+    assert not permission_allows(["get,list pods"], "delete", "pods", None)
+
+
+# --- validating admission webhooks -----------------------------------------------------------
+
+WEBHOOK = "evictions.jhub-suspend.test"
+
+
+@dataclass
+class Webhook:
+    """A tiny HTTPS admission webhook: it records each review and answers with ``answer``."""
+
+    url: str
+    port: int
+    ca_bundle: str
+    reviews: list[dict[str, Any]]
+    answer: Callable[[dict[str, Any]], Any]
+
+
+def allow(review: dict[str, Any], **response: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": {"uid": review["request"]["uid"], "allowed": True, **response},
+    }
+
+
+def deny(review: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    answer = allow(review, status=status)
+    answer["response"]["allowed"] = False
+    return answer
+
+
+class _WebhookHandler(web.RequestHandler):
+    def initialize(self, hook: Webhook) -> None:
+        self.hook = hook
+
+    async def post(self) -> None:
+        review = json.loads(self.request.body)
+        review["_query"] = self.request.query
+        self.hook.reviews.append(review)
+        answer = self.hook.answer(review)
+        if asyncio.iscoroutine(answer):
+            answer = await answer
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(answer))
+
+
+@pytest.fixture
+async def webhook(tmp_path: Any) -> AsyncIterator[Webhook]:
+    ca = CertificateAuthority()
+    cert = ca.issue(tmp_path / "webhook-tls", ["127.0.0.1", "admission.default.svc"])
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert.certfile, cert.keyfile)
+    sockets = bind_sockets(0, "127.0.0.1")
+    port = sockets[0].getsockname()[1]
+    hook = Webhook(
+        f"https://127.0.0.1:{port}/validate", port, base64.b64encode(ca.pem).decode(), [], allow
+    )
+    server = HTTPServer(
+        web.Application([(r"/validate", _WebhookHandler, {"hook": hook})]), ssl_options=context
+    )
+    server.add_sockets(sockets)
+    try:
+        yield hook
+    finally:
+        server.stop()
+        await server.close_all_connections()
+
+
+def webhook_configuration(
+    hook: Webhook | None = None, config_name: str = "evictions", **webhook: Any
+) -> dict[str, Any]:
+    """A ValidatingWebhookConfiguration for CREATE pods/eviction, calling ``hook``."""
+    spec: dict[str, Any] = {
+        "name": WEBHOOK,
+        "admissionReviewVersions": ["v1"],
+        "sideEffects": "NoneOnDryRun",
+        "rules": [
+            {
+                "operations": ["CREATE"],
+                "apiGroups": [""],
+                "apiVersions": ["v1"],
+                "resources": ["pods/eviction"],
+            }
+        ],
+    }
+    if hook is not None:
+        spec["clientConfig"] = {"url": hook.url, "caBundle": hook.ca_bundle}
+    spec.update(webhook)
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": config_name},
+        "webhooks": [spec],
+    }
+
+
+def admission_api(cluster: Cluster) -> client.AdmissionregistrationV1Api:
+    return client.AdmissionregistrationV1Api(cluster.api_client)
+
+
+async def test_webhook_configurations_are_stored_defaulted_and_validated(
+    cluster: Cluster, webhook: Webhook
+) -> None:
+    api = admission_api(cluster)
+    created = await api.create_validating_webhook_configuration(webhook_configuration(webhook))
+    assert created.api_version == "admissionregistration.k8s.io/v1"
+    (hook,) = created.webhooks
+    assert (hook.failure_policy, hook.match_policy, hook.timeout_seconds) == (
+        "Fail",
+        "Equivalent",
+        10,
+    )
+    assert hook.rules[0].scope == "*"
+    assert hook.client_config.ca_bundle == webhook.ca_bundle
+    listed = await api.list_validating_webhook_configuration()
+    assert [c.metadata.name for c in listed.items] == ["evictions"]
+    await api.patch_validating_webhook_configuration(
+        "evictions",
+        {
+            "webhooks": [
+                {**webhook_configuration(webhook)["webhooks"][0], "failurePolicy": "Ignore"}
+            ]
+        },
+        **MERGE_PATCH,
+    )
+    read = await api.read_validating_webhook_configuration("evictions")
+    assert read.webhooks[0].failure_policy == "Ignore"
+
+    service = {"service": {"namespace": "default", "name": "admission", "path": "/validate"}}
+    by_service = webhook_configuration(config_name="by-service", clientConfig=service)
+    stored = await api.create_validating_webhook_configuration(by_service)
+    assert stored.webhooks[0].client_config.service.port == 443
+
+    bad = {
+        "plain http": {"clientConfig": {"url": "http://127.0.0.1:1/validate"}},
+        "no client": {"clientConfig": {}},
+        "slow": {"clientConfig": {"url": webhook.url}, "timeoutSeconds": 31},
+        "short name": {"clientConfig": {"url": webhook.url}, "name": "short.name"},
+        "side effects": {"clientConfig": {"url": webhook.url}, "sideEffects": "Some"},
+        "what policy": {"clientConfig": {"url": webhook.url}, "failurePolicy": "Maybe"},
+        # what the local cluster would never call it for
+        "pod creates": {
+            "clientConfig": {"url": webhook.url},
+            "rules": [
+                {
+                    "operations": ["*"],
+                    "apiGroups": [""],
+                    "apiVersions": ["v1"],
+                    "resources": ["pods"],
+                }
+            ],
+        },
+        "CEL": {
+            "clientConfig": {"url": webhook.url},
+            "matchConditions": [{"name": "x", "expression": "true"}],
+        },
+    }
+    for why, change in bad.items():
+        response = await raw(
+            cluster,
+            "POST",
+            "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
+            webhook_configuration(config_name="bad", **change),
+        )
+        assert response.code == 422, (why, response.body)
+    await api.delete_validating_webhook_configuration("evictions")
+    await expect_status(404, api.read_validating_webhook_configuration("evictions"))
+
+
+async def test_a_webhook_denial_reaches_the_client_with_its_code(
+    cluster: Cluster, webhook: Webhook
+) -> None:
+    await running_pod(cluster, "jupyter-alice")
+    await admission_api(cluster).create_validating_webhook_configuration(
+        webhook_configuration(webhook)
+    )
+    message = "jupyter-alice is being suspended"
+    webhook.answer = lambda review: deny(
+        review, {"code": 429, "reason": "TooManyRequests", "message": message}
+    )
+    refused = await expect_status(
+        429,
+        cluster.api.create_namespaced_pod_eviction(
+            "jupyter-alice", "default", eviction("jupyter-alice")
+        ),
+    )
+    status = status_of(refused)
+    assert status["message"] == f'admission webhook "{WEBHOOK}" denied the request: {message}'
+    assert status["reason"] == "TooManyRequests"
+    pod = await cluster.api.read_namespaced_pod("jupyter-alice", "default")
+    assert pod.metadata.deletion_timestamp is None
+
+    (review,) = webhook.reviews
+    assert review["apiVersion"] == "admission.k8s.io/v1"
+    assert review["kind"] == "AdmissionReview"
+    assert review["_query"] == "timeout=10s"
+    request = review["request"]
+    assert request["operation"] == "CREATE"
+    assert request["resource"] == {"group": "", "version": "v1", "resource": "pods"}
+    assert request["subResource"] == "eviction"
+    assert request["kind"] == {"group": "policy", "version": "v1", "kind": "Eviction"}
+    assert (request["namespace"], request["name"]) == ("default", "jupyter-alice")
+    assert request["userInfo"]["username"] == "admin"
+    assert request["object"]["kind"] == "Eviction"
+    assert request["object"]["metadata"]["name"] == "jupyter-alice"
+    assert request["oldObject"] is None
+    assert request["dryRun"] is False
+    assert request["options"]["kind"] == "CreateOptions"
+
+    # A denial without a code, or with one under 400, is a 400.
+    webhook.answer = lambda review: deny(review, {"code": 200})
+    unexplained = await expect_status(
+        400,
+        cluster.api.create_namespaced_pod_eviction(
+            "jupyter-alice", "default", eviction("jupyter-alice")
+        ),
+    )
+    assert status_of(unexplained)["message"] == (
+        f'admission webhook "{WEBHOOK}" denied the request without explanation'
+    )
+    # The webhook is asked before the pod is looked up, as the real server does.
+    await expect_status(
+        400, cluster.api.create_namespaced_pod_eviction("nobody", "default", eviction("nobody"))
+    )
+    assert webhook.reviews[-1]["request"]["name"] == "nobody"
+
+
+async def test_an_allowing_webhook_lets_the_eviction_through_with_its_warnings(
+    cluster: Cluster, webhook: Webhook
+) -> None:
+    await running_pod(cluster, "jupyter-alice")
+    await admission_api(cluster).create_validating_webhook_configuration(
+        webhook_configuration(webhook)
+    )
+    webhook.answer = lambda review: allow(review, warnings=["noted by the test"])
+    path = "/api/v1/namespaces/default/pods/jupyter-alice/eviction"
+    response = await raw(cluster, "POST", path, {"metadata": {"name": "jupyter-alice"}})
+    assert response.code == 201
+    assert response.headers.get_list("Warning") == ['299 - "noted by the test"']
+    pod = await cluster.api.read_namespaced_pod("jupyter-alice", "default")
+    assert pod.metadata.deletion_timestamp is not None
+    # A dry run is sent as one.
+    dry = "/api/v1/namespaces/default/pods/jupyter-alice/eviction?dryRun=All"
+    assert (await raw(cluster, "POST", dry, {"metadata": {"name": "jupyter-alice"}})).code == 201
+    assert webhook.reviews[-1]["request"]["dryRun"] is True
+
+
+async def test_failure_policy_decides_when_the_webhook_cannot_answer(
+    cluster: Cluster, webhook: Webhook
+) -> None:
+    api = admission_api(cluster)
+    await running_pod(cluster, "jupyter-alice")
+    closed = bind_sockets(0, "127.0.0.1")[0]
+    closed_url = f"https://127.0.0.1:{closed.getsockname()[1]}/validate"
+    closed.close()
+    config = webhook_configuration(webhook)
+    config["webhooks"][0]["clientConfig"]["url"] = closed_url
+    await api.create_validating_webhook_configuration(config)
+
+    async def evict_status() -> dict[str, Any]:
+        error = await expect_status(
+            500,
+            cluster.api.create_namespaced_pod_eviction(
+                "jupyter-alice", "default", eviction("jupyter-alice")
+            ),
+        )
+        return status_of(error)
+
+    unreachable = await evict_status()
+    assert unreachable["reason"] == "InternalError"
+    assert unreachable["message"].startswith(
+        f'Internal error occurred: failed calling webhook "{WEBHOOK}": failed to call webhook:'
+    )
+
+    async def reconfigure(**change: Any) -> None:
+        hook = {**config["webhooks"][0], **change}
+        await api.patch_validating_webhook_configuration(
+            "evictions", {"webhooks": [hook]}, **MERGE_PATCH
+        )
+
+    # An answer for another request, or one that is not an AdmissionReview
+    await reconfigure(clientConfig={"url": webhook.url, "caBundle": webhook.ca_bundle})
+    webhook.answer = lambda review: {**allow(review), "response": {"uid": "x", "allowed": True}}
+    assert "received invalid webhook response" in (await evict_status())["message"]
+    webhook.answer = lambda review: {"allowed": True}
+    assert "expected webhook response of admission.k8s.io/v1" in (await evict_status())["message"]
+
+    # A certificate from a CA the caBundle does not hold
+    other_ca = base64.b64encode(CertificateAuthority("another CA").pem).decode()
+    webhook.answer = allow
+    await reconfigure(clientConfig={"url": webhook.url, "caBundle": other_ca})
+    assert "CERTIFICATE_VERIFY_FAILED" in (await evict_status())["message"]
+
+    # Slower than timeoutSeconds
+    async def slow(review: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.sleep(5)  # the slow webhook itself, which the deadline must cut short
+        return allow(review)
+
+    webhook.answer = slow
+    await reconfigure(
+        clientConfig={"url": webhook.url, "caBundle": webhook.ca_bundle}, timeoutSeconds=1
+    )
+    started = time.monotonic()
+    late = await evict_status()
+    assert time.monotonic() - started < 3
+    assert "context deadline exceeded" in late["message"]
+    assert webhook.reviews[-1]["_query"] == "timeout=1s"
+
+    # Ignore: the eviction goes ahead without the webhook's say
+    await reconfigure(failurePolicy="Ignore")
+    await cluster.api.create_namespaced_pod_eviction(
+        "jupyter-alice", "default", eviction("jupyter-alice")
+    )
+    pod = await cluster.api.read_namespaced_pod("jupyter-alice", "default")
+    assert pod.metadata.deletion_timestamp is not None
+
+
+async def test_selectors_decide_which_evictions_a_webhook_sees(
+    cluster: Cluster, webhook: Webhook
+) -> None:
+    """namespaceSelector matches the namespace's labels; objectSelector the Eviction's, not
+    the pod's: a selector on the notebook pods' labels never sees their evictions."""
+    api = admission_api(cluster)
+    notebook = {"component": "singleuser-server"}
+    await running_pod(cluster, "jupyter-alice", notebook)
+    webhook.answer = lambda review: deny(review, {"code": 429, "message": "held"})
+    configs = {
+        "other-namespace": {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "jhub"}}
+        },
+        "pod-labels": {"objectSelector": {"matchLabels": notebook}},
+    }
+    for name, change in configs.items():
+        await api.create_validating_webhook_configuration(
+            webhook_configuration(webhook, config_name=name, **change)
+        )
+    await cluster.api.create_namespaced_pod_eviction(
+        "jupyter-alice", "default", eviction("jupyter-alice", dry_run=["All"])
+    )
+    assert webhook.reviews == []
+    # this namespace, and labels the Eviction itself carries
+    await api.create_validating_webhook_configuration(
+        webhook_configuration(
+            webhook,
+            config_name="this-namespace",
+            namespaceSelector={"matchLabels": {"kubernetes.io/metadata.name": "default"}},
+            objectSelector={"matchExpressions": [{"key": "drain", "operator": "Exists"}]},
+        )
+    )
+    labelled = eviction("jupyter-alice")
+    labelled.metadata.labels = {"drain": "yes"}
+    await expect_status(
+        429, cluster.api.create_namespaced_pod_eviction("jupyter-alice", "default", labelled)
+    )
+    assert len(webhook.reviews) == 1
+    await cluster.api.create_namespaced_pod_eviction(
+        "jupyter-alice", "default", eviction("jupyter-alice")
+    )
+    assert len(webhook.reviews) == 1
+
+
+async def test_a_webhook_service_is_reached_through_its_endpoints(
+    cluster: Cluster, webhook: Webhook
+) -> None:
+    await running_pod(cluster, "jupyter-alice")
+    service = {"namespace": "default", "name": "admission", "path": "/validate", "port": 8443}
+    config = webhook_configuration(
+        config_name="by-service",
+        clientConfig={"service": service, "caBundle": webhook.ca_bundle},
+    )
+    await admission_api(cluster).create_validating_webhook_configuration(config)
+    webhook.answer = lambda review: deny(review, {"code": 429, "message": "held"})
+
+    async def evict() -> Any:
+        return await cluster.api.create_namespaced_pod_eviction(
+            "jupyter-alice", "default", eviction("jupyter-alice")
+        )
+
+    missing = await expect_status(500, evict())
+    assert 'service "admission" not found' in status_of(missing)["message"]
+    await cluster.api.create_namespaced_service(
+        "default",
+        client.V1Service(
+            metadata=client.V1ObjectMeta(name="admission"),
+            spec=client.V1ServiceSpec(
+                ports=[client.V1ServicePort(name="https", port=8443, target_port=9443)]
+            ),
+        ),
+    )
+    no_endpoints = await expect_status(500, evict())
+    assert 'no endpoints available for service "admission"' in status_of(no_endpoints)["message"]
+    # A Service without a selector, its endpoint set by hand: the webhook on this machine.
+    await cluster.api.create_namespaced_endpoints(
+        "default",
+        client.V1Endpoints(
+            metadata=client.V1ObjectMeta(name="admission"),
+            subsets=[
+                client.V1EndpointSubset(
+                    addresses=[client.V1EndpointAddress(ip="127.0.0.1")],
+                    ports=[client.CoreV1EndpointPort(name="https", port=webhook.port)],
+                )
+            ],
+        ),
+    )
+    # The certificate is checked for admission.default.svc, which the webhook's holds.
+    refused = await expect_status(429, evict())
+    assert "held" in status_of(refused)["message"]
+    assert webhook.reviews[-1]["request"]["name"] == "jupyter-alice"

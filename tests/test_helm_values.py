@@ -46,7 +46,7 @@ HUB_NAMESPACE = "jhub"
 AGENT_NAMESPACE = "jhub-suspend-system"
 # z2jh 4.x's hub pod labels (jupyterhub.matchLabels: the legacy ones).
 HUB_POD_LABELS = {"app": "jupyterhub", "component": "hub", "release": "jhub"}
-CRD_GROUPS = ("monitoring.coreos.com/",)
+CRD_GROUPS = ("monitoring.coreos.com/", "cert-manager.io/")
 # Registry credential Secrets, the only Secrets an RBAC rule could name (by resourceNames).
 REGISTRY_SECRETS = {"jhub-suspend-registry-push", "jhub-suspend-registry-pull"}
 
@@ -274,7 +274,10 @@ def test_every_manifest_validates_against_the_kubernetes_schema() -> None:
     for path, obj in manifests():
         where = f"{path.relative_to(REPO)}: {obj.get('kind')} {obj['metadata'].get('name')}"
         if obj["apiVersion"].startswith(CRD_GROUPS):
-            check_podmonitor(obj, where)
+            if obj["apiVersion"].startswith("cert-manager.io/"):
+                check_cert_manager(obj, where)
+            else:
+                check_podmonitor(obj, where)
             continue
         try:
             kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
@@ -292,6 +295,7 @@ def test_every_manifest_validates_against_the_kubernetes_schema() -> None:
         "Service",
         "NetworkPolicy",
         "Secret",
+        "ValidatingWebhookConfiguration",
     } <= checked
 
 
@@ -321,6 +325,34 @@ def check_podmonitor(obj: dict[str, Any], where: str) -> None:
         assert set(ep) <= {"port", "targetPort", "path", "interval", "honorLabels", "relabelings"}
 
 
+def check_cert_manager(obj: dict[str, Any], where: str) -> None:
+    """cert-manager's CRDs have no schema in kubernetes-validate: check the fields we use
+    against the v1 API (an Issuer is self-signed or a CA; a Certificate names its Secret and
+    an Issuer)."""
+    assert obj["apiVersion"] == "cert-manager.io/v1", where
+    spec = obj["spec"]
+    if obj["kind"] == "Issuer":
+        assert len(spec) == 1 and (spec == {"selfSigned": {}} or "secretName" in spec["ca"]), where
+        return
+    assert obj["kind"] == "Certificate", where
+    assert set(spec) <= {
+        "isCA",
+        "commonName",
+        "dnsNames",
+        "secretName",
+        "duration",
+        "renewBefore",
+        "privateKey",
+        "usages",
+        "issuerRef",
+    }, where
+    assert spec["secretName"] and spec["issuerRef"]["kind"] == "Issuer", where
+    assert set(spec["privateKey"]) <= {"algorithm", "size", "rotationPolicy"}, where
+    for key in ("duration", "renewBefore"):
+        if key in spec:
+            assert re.fullmatch(r"\d+h", spec[key]), where
+
+
 def test_values_fragments_validate_as_kubernetes_objects() -> None:
     """The parts of the values that z2jh copies into Kubernetes objects."""
     vals = values(VALUES, GPU_VALUES)
@@ -331,8 +363,15 @@ def test_values_fragments_validate_as_kubernetes_objects() -> None:
         "metadata": {"name": "hub"},
         "spec": {
             "containers": [
-                {"name": "hub", "image": "x", "env": env, "resources": vals["hub"]["resources"]}
+                {
+                    "name": "hub",
+                    "image": "x",
+                    "env": env,
+                    "resources": vals["hub"]["resources"],
+                    "volumeMounts": vals["hub"]["extraVolumeMounts"],
+                }
             ],
+            "volumes": vals["hub"]["extraVolumes"],
             "imagePullSecrets": [{"name": n} for n in vals["singleuser"]["image"]["pullSecrets"]],
         },
     }
@@ -497,12 +536,15 @@ def test_values_configure_the_suspend_service(
     assert svc.hub_api_url == "http://127.0.0.1:8081/hub/api"
     assert svc.ip == ""
     url = urlparse(entry["url"])
-    (port,) = vals["hub"]["service"]["extraPorts"]
+    port = hub_service_port("suspend")
     assert url.hostname == "hub" and url.port == svc.port == port["port"] == port["targetPort"]
     ingress_ports = {
         p["port"] for rule in vals["hub"]["networkPolicy"]["ingress"] for p in rule["ports"]
     }
-    assert ingress_ports == {svc.port}
+    assert ingress_ports == {svc.port, svc.webhook_port}
+    # the eviction webhook (see test_the_eviction_webhook_reaches_the_service)
+    assert svc.webhook_certfile == settings["webhook_certfile"]
+    assert svc.eviction_hold_seconds == settings["eviction_hold_seconds"] == 3600
     # the agents' Service, for image deletes
     agent_service = one("Service", "jhub-suspend-agent")
     assert urlparse(svc.agent_url).hostname == f"jhub-suspend-agent.{AGENT_NAMESPACE}.svc"
@@ -771,7 +813,8 @@ def test_agent_selectors_and_network_policy() -> None:
 def test_namespaces_agree() -> None:
     for path, obj in manifests():
         ns = obj["metadata"].get("namespace")
-        if obj["kind"] in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
+        cluster_scoped = ("Namespace", "ClusterRole", "ClusterRoleBinding")
+        if obj["kind"] in (*cluster_scoped, "ValidatingWebhookConfiguration"):
             assert ns is None, path
         elif "gpu-dcgm" not in path.name:
             assert ns in (HUB_NAMESPACE, AGENT_NAMESPACE), f"{path}: {obj['kind']} in {ns}"
@@ -781,6 +824,78 @@ def test_namespaces_agree() -> None:
         ]
         == "privileged"
     )
+
+
+# ---- the eviction webhook ------------------------------------------------------------------------
+
+
+def hub_service_port(name: str) -> dict[str, Any]:
+    (port,) = [p for p in values()["hub"]["service"]["extraPorts"] if p["name"] == name]
+    return port
+
+
+def test_the_eviction_webhook_reaches_the_service(
+    hub_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API server's way to the webhook: the configuration's service, the hub Service's
+    port, the service's listener, the certificate's name, the Secret mounted where the
+    service reads it, and the CA injected from the certificate that signs it."""
+    vals = values()
+    svc = make_service(z2jh_config(vals), monkeypatch)
+    config = one("ValidatingWebhookConfiguration", "jhub-suspend-eviction")
+    (hook,) = config["webhooks"]
+    target = hook["clientConfig"]["service"]
+    assert (target["namespace"], target["name"]) == (HUB_NAMESPACE, "hub")  # z2jh's Service
+    port = hub_service_port("eviction-webhook")
+    assert target["port"] == port["port"] and port["targetPort"] == svc.webhook_port
+    assert target["path"] == "/eviction"
+    assert svc.webhook_ip == ""  # every interface: the API server calls from outside the pod
+    serving = one("Certificate", "jhub-suspend-webhook")
+    assert f"{target['name']}.{target['namespace']}.svc" in serving["spec"]["dnsNames"]
+    assert config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
+        f"{serving['metadata']['namespace']}/{serving['metadata']['name']}"
+    )
+    issuer = one("Issuer", serving["spec"]["issuerRef"]["name"])
+    ca = one("Certificate", "jhub-suspend-webhook-ca")
+    assert issuer["spec"]["ca"]["secretName"] == ca["spec"]["secretName"] and ca["spec"]["isCA"]
+    (volume,) = [
+        v
+        for v in vals["hub"]["extraVolumes"]
+        if v["secret"]["secretName"] == serving["spec"]["secretName"]
+    ]
+    (mount,) = [m for m in vals["hub"]["extraVolumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True
+    assert svc.webhook_certfile == f"{mount['mountPath']}/tls.crt"  # cert-manager's key names
+    assert svc.webhook_keyfile == f"{mount['mountPath']}/tls.key"
+
+
+def test_the_eviction_webhook_sees_only_notebook_evictions_and_fails_closed(
+    hub_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc = make_service(z2jh_config(values()), monkeypatch)
+    (hook,) = one("ValidatingWebhookConfiguration", "jhub-suspend-eviction")["webhooks"]
+    # never lose a notebook: while the service cannot answer, its evictions fail
+    assert hook["failurePolicy"] == "Fail"
+    assert hook["sideEffects"] == "NoneOnDryRun" and hook["admissionReviewVersions"] == ["v1"]
+    assert 1 <= hook["timeoutSeconds"] <= 30
+    assert hook["rules"] == [
+        {
+            "operations": ["CREATE"],
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "resources": ["pods/eviction"],
+            "scope": "Namespaced",
+        }
+    ]
+    assert hook["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": svc.namespace}
+    }
+    # an objectSelector is matched against the Eviction, never the pod: it must not be used
+    assert "objectSelector" not in hook
+    (condition,) = hook["matchConditions"]
+    prefix = re.fullmatch(r'request\.name\.startsWith\("([a-z0-9-]+)"\)', condition["expression"])
+    assert prefix is not None
+    assert svc.pod_regex == prefix[1] + ".*"  # the pods the service assesses
 
 
 # ---- RBAC ----------------------------------------------------------------------------------------

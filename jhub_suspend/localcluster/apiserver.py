@@ -1,10 +1,12 @@
-"""The Kubernetes core/v1 REST API over HTTP, backed by a :class:`~.store.Store`.
+"""The Kubernetes REST API over HTTP, backed by a :class:`~.store.Store`.
 
 Faithful enough that the real ``kubernetes_asyncio`` client and KubeSpawner work against it
 through an ordinary kubeconfig (see :func:`write_kubeconfig`): JSON Status errors with the
 real codes, list/watch with resourceVersion, label and field selectors, ``timeoutSeconds``,
-ERROR events for expired watches, merge/strategic/JSON patches, DeleteOptions, and
-``/api/v1/nodes/{node}/proxy/...`` forwarded to the node's kubelet.
+ERROR events for expired watches, merge/strategic/JSON patches, DeleteOptions,
+``/api/v1/nodes/{node}/proxy/...`` forwarded to the node's kubelet, the Eviction API
+(``POST .../pods/{name}/eviction``) with validating admission webhooks
+(:mod:`.admission`), and ``admissionregistration.k8s.io/v1`` under ``/apis``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
@@ -26,8 +29,18 @@ from tornado.httpserver import HTTPServer
 from tornado.iostream import StreamClosedError
 from tornado.netutil import bind_sockets
 
+from ..kubevalues import rfc3339
+from .admission import Admission, Attributes
 from .faults import FaultPoints, InjectedFault
-from .store import RESOURCES, ApiError, ResourceInfo, Store, WatchStream, resource_info
+from .store import (
+    RESOURCES,
+    ApiError,
+    ResourceInfo,
+    Store,
+    WatchStream,
+    check_preconditions,
+    resource_info,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +68,37 @@ Authorizer = Callable[[str | None, str, str, str | None, str | None], bool]
 def authorize(
     user: str | None, verb: str, resource: str, subresource: str | None, namespace: str | None
 ) -> bool:
-    """The authorization hook: everything authenticated is allowed (no RBAC yet)."""
+    """The default authorization hook: everything authenticated is allowed."""
     return True
+
+
+def permission_allows(
+    permissions: Iterable[str], verb: str, resource: str, subresource: str | None
+) -> bool:
+    """The local cluster's RBAC, reduced to one list per token: ``*`` allows everything; an
+    entry ``[VERBS ]RESOURCE[/SUBRESOURCE]`` allows the comma-separated VERBS (any verb
+    without them) on that resource, e.g. ``nodes/checkpoint`` or ``create pods/eviction``.
+    A resource's entry does not cover its subresources, as in RBAC."""
+    what = f"{resource}/{subresource}" if subresource else resource
+    for entry in permissions:
+        if entry == "*":
+            return True
+        verbs, _, target = entry.strip().rpartition(" ")
+        if target == what and (not verbs or verb in verbs.split(",")):
+            return True
+    return False
+
+
+def permissions_authorizer(permissions: Mapping[str, Iterable[str]]) -> Authorizer:
+    """An authorization hook from each user's permissions (see :func:`permission_allows`)."""
+
+    def authorizer(
+        user: str | None, verb: str, resource: str, subresource: str | None, namespace: str | None
+    ) -> bool:
+        allowed = permissions.get(user or "", ())
+        return user is not None and permission_allows(allowed, verb, resource, subresource)
+
+    return authorizer
 
 
 def unauthorized() -> ApiError:
@@ -64,14 +106,21 @@ def unauthorized() -> ApiError:
 
 
 def forbidden(
-    user: str | None, verb: str, resource: str, subresource: str | None, namespace: str | None
+    user: str | None,
+    verb: str,
+    resource: str,
+    subresource: str | None,
+    namespace: str | None,
+    group: str = "",
 ) -> ApiError:
     what = f"{resource}/{subresource}" if subresource else resource
+    qualified = f"{resource}.{group}" if group else resource
     where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
     return ApiError(
         403,
         "Forbidden",
-        f'{what} is forbidden: User "{user}" cannot {verb} resource "{what}" in API group ""{where}',
+        f'{qualified} is forbidden: User "{user}" cannot {verb} resource "{what}" in API group'
+        f' "{group}"{where}',
         kind=resource,
     )
 
@@ -101,10 +150,11 @@ class Target:
     subresource: str | None = None
     proxy_path: str | None = None
     legacy_watch: bool = False
+    group: str = ""
 
 
 _SUBRESOURCES = {
-    "pods": ("status", "binding"),
+    "pods": ("status", "binding", "eviction"),
     "services": ("status",),
     "persistentvolumeclaims": ("status",),
     "nodes": ("status",),
@@ -115,31 +165,45 @@ _SUBRESOURCES = {
 def _item_target(
     info: ResourceInfo, namespace: str | None, rest: list[str], legacy_watch: bool
 ) -> Target:
+    group = info.group
     if not rest:
-        return Target(info.plural, namespace, legacy_watch=legacy_watch)
+        return Target(info.plural, namespace, legacy_watch=legacy_watch, group=group)
     name, more = rest[0], rest[1:]
     if info.plural == "nodes" and more and more[0] == "proxy":
         return Target("nodes", None, name, "proxy", proxy_path="/".join(more[1:]))
     if not more:
-        return Target(info.plural, namespace, name, legacy_watch=legacy_watch)
+        return Target(info.plural, namespace, name, legacy_watch=legacy_watch, group=group)
     if len(more) == 1 and more[0] in _SUBRESOURCES.get(info.plural, ()):
-        return Target(info.plural, namespace, name, more[0])
+        return Target(info.plural, namespace, name, more[0], group=group)
     raise resource_not_found()
 
 
-def parse_api_path(segments: list[str]) -> Target:
-    """Map the segments after ``/api/v1/`` to a resource, namespace, name and subresource."""
+def served(group: str = "", version: str = "v1") -> dict[str, ResourceInfo]:
+    """The resources of one API group and version."""
+    return {
+        plural: info
+        for plural, info in RESOURCES.items()
+        if info.group == group and info.version == version
+    }
+
+
+def parse_api_path(segments: list[str], group: str = "", version: str = "v1") -> Target:
+    """Map the segments after ``/api/v1/`` (or ``/apis/GROUP/VERSION/``) to a resource,
+    namespace, name and subresource."""
+    resources = served(group, version)
     legacy_watch = bool(segments) and segments[0] == "watch"
     if legacy_watch:
         segments = segments[1:]
-    if not segments or segments[0] not in RESOURCES:
+    if not segments:
         raise resource_not_found()
-    if segments[0] == "namespaces" and len(segments) >= 3 and segments[2] in RESOURCES:
-        info = RESOURCES[segments[2]]
+    if segments[0] == "namespaces" and len(segments) >= 3 and segments[2] in resources:
+        info = resources[segments[2]]
         if not info.namespaced:
             raise resource_not_found()
         return _item_target(info, segments[1], segments[3:], legacy_watch)
-    info = RESOURCES[segments[0]]
+    if segments[0] not in resources:
+        raise resource_not_found()
+    info = resources[segments[0]]
     if info.namespaced and len(segments) > 1:
         raise resource_not_found()
     return _item_target(info, None, segments[1:], legacy_watch)
@@ -148,6 +212,17 @@ def parse_api_path(segments: list[str]) -> Target:
 def split_path(path: str, prefix: str = "/api/v1/") -> list[str]:
     rest = path[len(prefix) :] if path.startswith(prefix) else ""
     return [unquote(part) for part in rest.split("/")] if rest else []
+
+
+def parse_request_path(path: str) -> Target:
+    """The target of a path under ``/api/v1/`` or ``/apis/GROUP/VERSION/``."""
+    if path.startswith("/api/v1/"):
+        return parse_api_path(split_path(path))
+    parts = path.split("/", 4)
+    if len(parts) == 5 and parts[0] == "" and parts[1] == "apis" and parts[2] and parts[3]:
+        prefix = f"/apis/{parts[2]}/{parts[3]}/"
+        return parse_api_path(split_path(path, prefix), parts[2], parts[3])
+    raise resource_not_found()
 
 
 # --- bodies ----------------------------------------------------------------------------------
@@ -162,7 +237,12 @@ def list_body(
     ]
     metadata: dict[str, Any] = {"resourceVersion": rv}
     metadata.update({k: v for k, v in meta.items() if v is not None})
-    return {"kind": f"{info.kind}List", "apiVersion": "v1", "metadata": metadata, "items": stripped}
+    return {
+        "kind": f"{info.kind}List",
+        "apiVersion": info.api_version,
+        "metadata": metadata,
+        "items": stripped,
+    }
 
 
 def success_status(info: ResourceInfo, obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -173,6 +253,7 @@ def success_status(info: ResourceInfo, obj: Mapping[str, Any]) -> dict[str, Any]
         "status": "Success",
         "details": {
             "name": obj["metadata"]["name"],
+            **({"group": info.group} if info.group else {}),
             "kind": info.plural,
             "uid": obj["metadata"].get("uid"),
         },
@@ -237,9 +318,16 @@ def _truthy(value: str | None) -> bool:
     return value in ("true", "True", "1")
 
 
-def api_resource_list() -> dict[str, Any]:
+_SUBRESOURCE_KINDS = {
+    "binding": ("", "", "Binding", ["create"]),
+    "eviction": ("policy", "v1", "Eviction", ["create"]),
+}
+
+
+def api_resource_list(group: str = "", version: str = "v1") -> dict[str, Any]:
+    """The discovery document of one group version (``/api/v1``, ``/apis/GROUP/VERSION``)."""
     resources = []
-    for info in RESOURCES.values():
+    for info in served(group, version).values():
         verbs = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
         resources.append(
             {
@@ -252,27 +340,53 @@ def api_resource_list() -> dict[str, Any]:
             }
         )
         for sub in _SUBRESOURCES.get(info.plural, ()):
-            sub_verbs = ["create"] if sub == "binding" else ["get", "patch", "update"]
-            kind = "Binding" if sub == "binding" else info.kind
-            resources.append(
-                {
-                    "name": f"{info.plural}/{sub}",
-                    "singularName": "",
-                    "namespaced": info.namespaced,
-                    "kind": kind,
-                    "verbs": sub_verbs,
-                }
+            sub_group, sub_version, kind, sub_verbs = _SUBRESOURCE_KINDS.get(
+                sub, ("", "", info.kind, ["get", "patch", "update"])
             )
-    resources.append(
-        {
-            "name": "nodes/proxy",
-            "singularName": "",
-            "namespaced": False,
-            "kind": "NodeProxyOptions",
-            "verbs": ["create", "delete", "get", "patch", "update"],
-        }
-    )
-    return {"kind": "APIResourceList", "groupVersion": "v1", "resources": resources}
+            entry: dict[str, Any] = {
+                "name": f"{info.plural}/{sub}",
+                "singularName": "",
+                "namespaced": info.namespaced,
+                "kind": kind,
+                "verbs": sub_verbs,
+            }
+            if sub_group:
+                # kubectl drain finds the Eviction's group version here
+                entry.update(group=sub_group, version=sub_version)
+            resources.append(entry)
+    if not group:
+        resources.append(
+            {
+                "name": "nodes/proxy",
+                "singularName": "",
+                "namespaced": False,
+                "kind": "NodeProxyOptions",
+                "verbs": ["create", "delete", "get", "patch", "update"],
+            }
+        )
+    group_version = f"{group}/{version}" if group else version
+    return {"kind": "APIResourceList", "groupVersion": group_version, "resources": resources}
+
+
+def api_groups() -> list[dict[str, Any]]:
+    """The API groups served under /apis, as APIGroup objects."""
+    versions: dict[str, list[str]] = {}
+    for info in RESOURCES.values():
+        if info.group and info.version not in versions.setdefault(info.group, []):
+            versions[info.group].append(info.version)
+    groups = []
+    for name, served_versions in sorted(versions.items()):
+        listed = [{"groupVersion": f"{name}/{v}", "version": v} for v in served_versions]
+        groups.append(
+            {
+                "kind": "APIGroup",
+                "apiVersion": "v1",
+                "name": name,
+                "versions": listed,
+                "preferredVersion": listed[0],
+            }
+        )
+    return groups
 
 
 # --- handlers --------------------------------------------------------------------------------
@@ -374,10 +488,24 @@ class InfoHandler(BaseHandler):
         elif path == "/api/v1":
             self.send_json(api_resource_list())
         elif path == "/apis":
-            self.send_json({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
+            groups = [{k: v for k, v in g.items() if k != "kind"} for g in api_groups()]
+            self.send_json({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+        elif path.startswith("/apis/"):
+            self._group_discovery(path.split("/")[2:])
         else:
             self.set_header("Content-Type", "text/plain; charset=utf-8")
             self.finish("ok")
+
+    def _group_discovery(self, parts: list[str]) -> None:
+        group = next((g for g in api_groups() if g["name"] == parts[0]), None)
+        if group is None:
+            self.send_error_status(resource_not_found())
+        elif len(parts) == 1:
+            self.send_json(group)
+        elif any(v["version"] == parts[1] for v in group["versions"]):
+            self.send_json(api_resource_list(parts[0], parts[1]))
+        else:
+            self.send_error_status(resource_not_found())
 
 
 class ResourceHandler(BaseHandler):
@@ -387,6 +515,7 @@ class ResourceHandler(BaseHandler):
     kubelet_address: Callable[[str], str | None] | None
     kubelet_token: str | None
     faults: FaultPoints | None
+    admission: Admission
     _watch: WatchStream | None = None
 
     def initialize(  # type: ignore[override]
@@ -397,12 +526,14 @@ class ResourceHandler(BaseHandler):
         kubelet_address: Callable[[str], str | None] | None = None,
         kubelet_token: str | None = None,
         faults: FaultPoints | None = None,
+        admission: Admission | None = None,
     ) -> None:
         super().initialize(store, tokens)
         self.authorizer = authorizer
         self.kubelet_address = kubelet_address
         self.kubelet_token = kubelet_token
         self.faults = faults
+        self.admission = admission or Admission(store)
 
     async def get(self) -> None:
         await self._dispatch("GET")
@@ -421,7 +552,7 @@ class ResourceHandler(BaseHandler):
 
     async def _dispatch(self, method: str) -> None:
         try:
-            target = parse_api_path(split_path(self.request.path))
+            target = parse_request_path(self.request.path)
             if target.proxy_path is not None:
                 self._authorize(_proxy_verb(method), target)
                 await self._proxy(method, target)
@@ -437,12 +568,22 @@ class ResourceHandler(BaseHandler):
         if not self.authorizer(
             self.user, verb, target.resource, target.subresource, target.namespace
         ):
-            raise forbidden(self.user, verb, target.resource, target.subresource, target.namespace)
+            raise forbidden(
+                self.user,
+                verb,
+                target.resource,
+                target.subresource,
+                target.namespace,
+                target.group,
+            )
 
     async def _serve(self, method: str, target: Target) -> None:
         query = self.query()
         if target.name is None:
             await self._collection(method, target, query)
+            return
+        if target.subresource == "eviction":
+            await self._evict(method, target, query)
             return
         if (
             self.faults
@@ -557,6 +698,54 @@ class ResourceHandler(BaseHandler):
             self.send_json(obj)
         else:
             self.send_json(success_status(info, obj))
+
+    async def _evict(self, method: str, target: Target, query: dict[str, str]) -> None:
+        """The Eviction API: admission first (before the pod is even looked up, as the real
+        server does), then a graceful delete with the Eviction's DeleteOptions. Without
+        PodDisruptionBudgets (not served here), only a webhook refuses an eviction."""
+        assert target.name is not None and target.namespace is not None
+        if method != "POST":
+            raise method_not_allowed(method)
+        self._authorize("create", target)
+        eviction = eviction_body(self._object_body(), target.namespace, target.name)
+        raw_options = dict(eviction.get("deleteOptions") or {})
+        dry_run = dry_run_of(query, raw_options)
+        outcome = await self.admission.validate(
+            Attributes(
+                operation="CREATE",
+                resource=("", "v1", "pods"),
+                subresource="eviction",
+                kind=("policy", eviction["apiVersion"].partition("/")[2], "Eviction"),
+                name=target.name,
+                namespace=target.namespace,
+                obj=eviction,
+                user=self.user,
+                dry_run=dry_run,
+                options={"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"},
+            )
+        )
+        for warning in outcome.warnings:
+            self.add_header("Warning", f'299 - "{warning}"')
+        if outcome.error is not None:
+            raise outcome.error
+        options = delete_options({}, raw_options)
+        pod = self.store.get("pods", target.namespace, target.name)
+        check_preconditions("pods", pod, options.get("preconditions"))
+        if not dry_run:
+            self.store.mutate(
+                "pods", target.namespace, target.name, _disruption_target, subresource="status"
+            )
+            self.store.delete("pods", target.namespace, target.name, **options)
+        self.send_json(
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "code": 201,
+            },
+            201,
+        )
 
     def _bind(self, namespace: str | None, name: str) -> dict[str, Any]:
         body = self._object_body()
@@ -695,6 +884,55 @@ def _proxy_verb(method: str) -> str:
     }.get(method, method.lower())
 
 
+EVICTION_VERSIONS = ("policy/v1", "policy/v1beta1")
+
+
+def eviction_body(body: dict[str, Any], namespace: str, name: str) -> dict[str, Any]:
+    """The Eviction a request carries, checked as the real server decodes and checks it."""
+    kind, api_version = body.get("kind"), body.get("apiVersion")
+    if kind not in (None, "Eviction") or api_version not in (None, *EVICTION_VERSIONS):
+        raise ApiError(400, "BadRequest", f"not a Eviction object: {api_version}, Kind={kind}")
+    metadata = body.get("metadata") or {}
+    if metadata.get("name") != name:
+        raise ApiError(400, "BadRequest", "name in URL does not match name in Eviction object")
+    if metadata.get("namespace") not in (None, "", namespace):
+        raise ApiError(
+            400,
+            "BadRequest",
+            "the namespace of the provided object does not match the namespace sent on the request",
+        )
+    eviction = {**body, "kind": "Eviction", "apiVersion": api_version or EVICTION_VERSIONS[0]}
+    eviction["metadata"] = {**metadata, "namespace": namespace}
+    return eviction
+
+
+def dry_run_of(query: Mapping[str, str], options: Mapping[str, Any]) -> bool:
+    """Whether a request is a dry run (``?dryRun=All`` or DeleteOptions' ``dryRun``)."""
+    values = set(options.get("dryRun") or [])
+    if "dryRun" in query:
+        values.add(query["dryRun"])
+    unknown = values - {"All"}
+    if unknown:
+        raise ApiError(400, "BadRequest", f"Invalid dry run value: {sorted(unknown)[0]!r}")
+    return bool(values)
+
+
+def _disruption_target(pod: dict[str, Any]) -> None:
+    """The condition the Eviction API sets on a pod it deletes."""
+    status = pod.setdefault("status", {})
+    conditions = [c for c in status.get("conditions") or [] if c.get("type") != "DisruptionTarget"]
+    conditions.append(
+        {
+            "type": "DisruptionTarget",
+            "status": "True",
+            "reason": "EvictionByEvictionAPI",
+            "message": "Eviction API: evicting",
+            "lastTransitionTime": rfc3339(time.time()),
+        }
+    )
+    status["conditions"] = conditions
+
+
 class NotFoundHandler(BaseHandler):
     def _not_found(self) -> None:
         self.send_error_status(resource_not_found())
@@ -713,6 +951,7 @@ def make_app(
     authorizer: Authorizer = authorize,
     kubelet_token: str | None = None,
     faults: FaultPoints | None = None,
+    admission: Admission | None = None,
 ) -> web.Application:
     """The API server application.
 
@@ -727,11 +966,14 @@ def make_app(
         "kubelet_address": kubelet_address,
         "kubelet_token": kubelet_token,
         "faults": faults,
+        "admission": admission or Admission(store),
     }
     return web.Application(
         [
             (r"/(?:version|healthz|readyz|livez|api|apis|api/v1)/?", InfoHandler, common),
+            (r"/apis/[^/]+(?:/[^/]+)?/?", InfoHandler, common),
             (r"/api/v1/.+", ResourceHandler, resource_args),
+            (r"/apis/[^/]+/[^/]+/.+", ResourceHandler, resource_args),
             (r"/.*", NotFoundHandler, common),
         ]
     )

@@ -188,7 +188,10 @@ class LocalCluster(Application):
     tokens = Dict(
         help="""Bearer tokens the API server and kubelets accept, as
         `{token: {"user": name, "permissions": ["nodes/checkpoint", ...] or ["*"]}}`.
-        Empty means no authentication, as for a local development cluster.
+        A permission is `*` (everything), or `[VERBS ]RESOURCE[/SUBRESOURCE]` allowing the
+        comma-separated verbs (all without them), e.g. `create pods/eviction` or
+        `get,list pods`; a resource's permission does not cover its subresources, as in RBAC.
+        An admin token (`*`) is added when none is given.
         """
     ).tag(config=True)
     start_agents = Bool(
@@ -265,6 +268,7 @@ class LocalCluster(Application):
             host=self.host,
             port=self.api_port,
             tokens={t: v["user"] for t, v in self.tokens.items()},
+            authorizer=apiserver.permissions_authorizer(self._permissions_by_user()),
             kubelet_address=self._kubelet_address,
             faults=self.faults,
         )
@@ -583,12 +587,19 @@ class LocalCluster(Application):
         return f"{k.address}:{k.port}" if k else None
 
     def _authorize(self, token: str | None, verb: str, resource: str, sub: str) -> str | None:
-        """RBAC reduced to what the local cluster needs: a token's `resource/subresource` list."""
+        """RBAC reduced to what the local cluster needs: a token's permissions (see `tokens`)."""
         entry = self.tokens.get(token or "")
         if not entry:
             return None
         allowed = entry.get("permissions", [])
-        return entry["user"] if "*" in allowed or f"{resource}/{sub}" in allowed else None
+        return entry["user"] if apiserver.permission_allows(allowed, verb, resource, sub) else None
+
+    def _permissions_by_user(self) -> dict[str, list[str]]:
+        """What each user's tokens allow together (the API server authorizes users)."""
+        permissions: dict[str, list[str]] = {}
+        for entry in self.tokens.values():
+            permissions.setdefault(entry["user"], []).extend(entry.get("permissions", []))
+        return permissions
 
     def kubelet(self, node: str) -> Kubelet:
         return next(k for k in self.kubelets if k.node.name == node)

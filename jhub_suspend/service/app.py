@@ -50,6 +50,7 @@ from ..policy import PolicyConfig, decide
 from . import handlers, ui
 from .actions import Actions
 from .drain import Drains
+from .eviction import Evictions, ReloadingTLS, webhook_app
 from .gpucaps import GpuCapabilities
 from .hubclient import HubClient
 from .kube import Kube, make_api_client
@@ -471,6 +472,45 @@ class SuspendService(AgentClientConfig, ConfigFileApplication):
     def _default_clock(self) -> Any:
         return _utcnow
 
+    # ---- the eviction webhook ----------------------------------------------------------------
+
+    webhook_certfile = Unicode(
+        "",
+        help="""TLS certificate (PEM, with its chain) of the validating admission webhook that
+        turns evictions of notebook pods (kubectl drain, the cluster autoscaler) into
+        suspensions. The API server calls it over HTTPS on a listener of its own
+        (webhook_ip:webhook_port), not through JupyterHub's proxy; its
+        ValidatingWebhookConfiguration's caBundle must hold the CA that signed this
+        certificate, for the Service name it calls (helm-values/webhook/). Empty: no webhook.
+        A renewed certificate (same files) is loaded within a minute.""",
+    ).tag(config=True)
+    webhook_keyfile = Unicode("", help="Private key (PEM) of `webhook_certfile`.").tag(config=True)
+    webhook_ip = Unicode(
+        "",
+        help="Address the eviction webhook listens on; empty: every interface (the API "
+        "server calls it from outside the pod).",
+    ).tag(config=True)
+    webhook_port = Integer(8443, help="Port the eviction webhook listens on.").tag(config=True)
+    eviction_hold_seconds = Float(
+        3600,
+        help="""How long the eviction of a notebook that cannot be suspended (its spawner cannot
+        checkpoint it, its suspension failed, it is still starting, or the hub cannot be
+        asked) is refused, from when that was first seen, before it is allowed (and the
+        notebook killed, as without jhub-suspend). Refusing at first is the safe side: nothing
+        is lost while an admin or the user suspends or stops it by hand, and the drain retries
+        by itself; allowing in the end keeps a drain (an upgrade, a scale-down) from hanging
+        for ever on one notebook. Each such notebook is logged and counted
+        (jhub_suspend_eviction_unsuspendable_total, jhub_suspend_eviction_held_pods). 0:
+        allow at once. Notebooks that can be suspended are never let go before their
+        suspension ends.""",
+    ).tag(config=True)
+
+    @validate("eviction_hold_seconds")
+    def _validate_eviction_hold_seconds(self, proposal: Any) -> float:
+        if not proposal.value >= 0:
+            raise TraitError("eviction_hold_seconds must be 0 or more")
+        return float(proposal.value)
+
     # ---- HTTP -------------------------------------------------------------------------------
 
     service_url = Unicode(help="Where the service listens (JUPYTERHUB_SERVICE_URL).").tag(
@@ -601,6 +641,11 @@ class SuspendService(AgentClientConfig, ConfigFileApplication):
             self.gpu_config = CapabilityConfig(self.gpu_native_driver, self.gpu_tool_driver)
         except ValueError as e:
             raise TraitError(f"SuspendService.gpu_native_driver/gpu_tool_driver: {e}") from None
+        if bool(self.webhook_certfile) != bool(self.webhook_keyfile):
+            raise TraitError(
+                "SuspendService.webhook_certfile and webhook_keyfile go together: set both "
+                "(the eviction webhook) or neither"
+            )
         self.metrics = ServiceMetrics()
         self.operations = Operations()
         self._gpu_capabilities: GpuCapabilities | None = None
@@ -642,6 +687,7 @@ class SuspendService(AgentClientConfig, ConfigFileApplication):
         self.drains = Drains(self)
         self.retention = Retention(self)
         self.loop = PolicyLoop(self)
+        self.evictions = Evictions(self)
 
     def make_app(self) -> web.Application:
         return web.Application(
@@ -669,6 +715,8 @@ class SuspendService(AgentClientConfig, ConfigFileApplication):
         server = HTTPServer(self.make_app(), xheaders=True)
         server.listen(self.port, self.ip)
         self._http_server = server
+        if self.webhook_certfile:
+            self._serve_webhook()
         self.loop.start()
         self.log.info(
             "jhub-suspend service at http://%s:%s%s (Prometheus %s, every %ss%s)",
@@ -681,7 +729,25 @@ class SuspendService(AgentClientConfig, ConfigFileApplication):
         )
         return server
 
+    def _serve_webhook(self) -> None:
+        tls = self._webhook_tls = ReloadingTLS(
+            self.webhook_certfile, self.webhook_keyfile, self.log
+        )
+        server = HTTPServer(webhook_app(self.evictions), ssl_options=tls.context)
+        server.listen(self.webhook_port, self.webhook_ip)
+        tls.start()
+        self._webhook_server = server
+        self.log.info(
+            "Eviction webhook at https://%s:%s/eviction (held evictions are allowed after %s s)",
+            self.webhook_ip or "*",
+            self.webhook_port,
+            self.eviction_hold_seconds,
+        )
+
     async def close(self) -> None:
+        if getattr(self, "_webhook_server", None) is not None:
+            self._webhook_server.stop()
+            self._webhook_tls.stop()
         if hasattr(self, "loop"):
             await self.loop.stop()
         if hasattr(self, "operations"):

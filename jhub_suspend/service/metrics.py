@@ -18,7 +18,7 @@ class ServiceMetrics:
         ns = namespace
         self.suspensions = Counter(
             "suspensions",
-            "Suspensions asked for, by reason (idle, capacity, manual, drain) and outcome "
+            "Suspensions asked for, by reason (idle, capacity, manual, drain, eviction) and outcome "
             "(success, failed: the server kept running, error: could not be asked for).",
             ["reason", "outcome"],
             namespace=ns,
@@ -157,6 +157,33 @@ class ServiceMetrics:
         self.hub_pages = Gauge(
             "hub_pages_per_cycle",
             "Hub API user-list pages the last policy cycle read.",
+            namespace=ns,
+            registry=r,
+        )
+        self.eviction_reviews = Counter(
+            "eviction_reviews",
+            "Evictions the API server asked the admission webhook about, by outcome: "
+            "suspend_started (refused, the notebook's suspension started), suspending "
+            "(refused while it is suspended), held (refused: it cannot be suspended), "
+            "released (allowed after eviction_hold_seconds), allowed (not a running notebook), "
+            "dry_run, error (refused: could not decide in time).",
+            ["outcome"],
+            namespace=ns,
+            registry=r,
+        )
+        self.eviction_unsuspendable = Counter(
+            "eviction_unsuspendable",
+            "Notebook pods being evicted that could not be suspended, by reason (not_capable: "
+            "not a SuspendingKubeSpawner server; suspension_failed; not_running: still "
+            "starting; hub_error: the hub could not be asked). Each pod is counted once.",
+            ["reason"],
+            namespace=ns,
+            registry=r,
+        )
+        self.eviction_held_pods = Gauge(
+            "eviction_held_pods",
+            "Notebook pods whose eviction is refused now because they cannot be suspended "
+            "(allowed after eviction_hold_seconds).",
             namespace=ns,
             registry=r,
         )

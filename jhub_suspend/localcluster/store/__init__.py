@@ -40,6 +40,7 @@ from .patches import (
     apply_strategic_merge_patch,
 )
 from .resources import (
+    ADMISSION_GROUP,
     INITIAL_NAMESPACES,
     MODIFIED_CONFLICT,
     RESOURCES,
@@ -54,12 +55,14 @@ from .storage import (
     object_reference,
 )
 from .validation import (
+    LOCAL_ADMISSION,
     Cause,
     apply_defaults,
     default_container,
     default_pod_spec,
     default_secret,
     default_service_spec,
+    default_webhook_configuration,
     image_pull_policy,
     initial_status,
     invalid,
@@ -68,6 +71,7 @@ from .validation import (
     qos_class,
     validate_create,
     validate_pod_update,
+    webhook_configuration_errors,
 )
 from .watches import (
     Change,
@@ -78,7 +82,9 @@ from .watches import (
 )
 
 __all__ = [
+    "ADMISSION_GROUP",
     "INITIAL_NAMESPACES",
+    "LOCAL_ADMISSION",
     "MERGE_KEYS",
     "MODIFIED_CONFLICT",
     "PATCH_TYPES",
@@ -103,6 +109,7 @@ __all__ = [
     "default_pod_spec",
     "default_secret",
     "default_service_spec",
+    "default_webhook_configuration",
     "deletion_grace",
     "image_pull_policy",
     "initial_status",
@@ -122,6 +129,7 @@ __all__ = [
     "validate_create",
     "validate_pod_update",
     "watch_event_for",
+    "webhook_configuration_errors",
     "with_resource_version",
     "without_resource_version",
 ]

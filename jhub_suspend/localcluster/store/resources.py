@@ -15,7 +15,7 @@ Obj = dict[str, Any]
 
 @dataclass(frozen=True)
 class ResourceInfo:
-    """What the API server knows about one resource type (core/v1 only)."""
+    """What the API server knows about one resource type."""
 
     plural: str
     kind: str
@@ -25,6 +25,13 @@ class ResourceInfo:
     has_status: bool = False
     returns_deleted_object: bool = False
     short_names: tuple[str, ...] = ()
+    group: str = ""  # "" is the core group, served under /api/v1
+    version: str = "v1"
+
+    @property
+    def api_version(self) -> str:
+        """``v1`` for the core group, ``group/version`` for the others."""
+        return f"{self.group}/{self.version}" if self.group else self.version
 
 
 RESOURCES: dict[str, ResourceInfo] = {
@@ -74,8 +81,17 @@ RESOURCES: dict[str, ResourceInfo] = {
             returns_deleted_object=True,
             short_names=("ns",),
         ),
+        ResourceInfo(
+            "validatingwebhookconfigurations",
+            "ValidatingWebhookConfiguration",
+            "validatingwebhookconfiguration",
+            namespaced=False,
+            group="admissionregistration.k8s.io",
+        ),
     )
 }
+
+ADMISSION_GROUP = "admissionregistration.k8s.io"
 
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 

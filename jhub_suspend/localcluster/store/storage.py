@@ -43,6 +43,7 @@ from .validation import (
     pod_errors,
     validate_create,
     validate_pod_update,
+    webhook_configuration_errors,
 )
 from .watches import (
     Change,
@@ -81,7 +82,7 @@ class _State:
 
 
 class Store:
-    """Objects of the core/v1 resources in :data:`RESOURCES`, with their history."""
+    """Objects of the resources in :data:`RESOURCES`, with their history."""
 
     def __init__(self, clock: Callable[[], float] = time.time, history_limit: int = 10000) -> None:
         self.clock = clock
@@ -209,7 +210,7 @@ class Store:
         metadata["uid"] = str(uuid.uuid4())
         metadata["creationTimestamp"] = rfc3339(self.clock())
         new["kind"] = info.kind
-        new["apiVersion"] = "v1"
+        new["apiVersion"] = info.api_version
         apply_defaults(info.plural, new)
         if "spec" in new:
             metadata["generation"] = 1
@@ -301,6 +302,10 @@ class Store:
             causes = pod_errors(prepared)
             if causes:
                 raise invalid("Pod", old["metadata"]["name"], causes)
+        elif validate and info.plural == "validatingwebhookconfigurations":
+            causes = webhook_configuration_errors(prepared)
+            if causes:
+                raise invalid(info.kind, old["metadata"]["name"], causes)
         if without_resource_version(prepared) == without_resource_version(old):
             return copy.deepcopy(old)
         bump_generation(old, prepared)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import copy
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from ...kubevalues import parse_quantity
 from ..selectors import ApiError
@@ -49,7 +51,9 @@ class Cause:
     """One field error of a 422 Invalid response."""
 
     field: str
-    reason: str  # FieldValueRequired, FieldValueInvalid, FieldValueDuplicate, FieldValueForbidden
+    # FieldValueRequired, FieldValueInvalid, FieldValueDuplicate, FieldValueForbidden,
+    # FieldValueNotSupported
+    reason: str
     detail: str
     value: Any = None
 
@@ -59,8 +63,9 @@ class Cause:
             "FieldValueInvalid": "Invalid value",
             "FieldValueDuplicate": "Duplicate value",
             "FieldValueForbidden": "Forbidden",
+            "FieldValueNotSupported": "Unsupported value",
         }[self.reason]
-        if self.reason in ("FieldValueInvalid", "FieldValueDuplicate"):
+        if self.reason in ("FieldValueInvalid", "FieldValueDuplicate", "FieldValueNotSupported"):
             words += f": {_go_quote(self.value)}"
         return f"{words}: {self.detail}" if self.detail else words
 
@@ -138,6 +143,8 @@ def validate_create(info: ResourceInfo, obj: Mapping[str, Any]) -> None:
         causes = name_errors(info.name_rule, name)
     if info.plural == "pods":
         causes += pod_errors(obj)
+    elif info.plural == "validatingwebhookconfigurations":
+        causes += webhook_configuration_errors(obj)
     if causes:
         raise invalid(info.kind, name, causes)
 
@@ -174,6 +181,266 @@ def validate_pod_update(old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
                 )
             ],
         )
+
+
+# --- admission webhook configurations --------------------------------------------------------
+
+_OPERATIONS = ("CREATE", "UPDATE", "DELETE", "CONNECT", "*")
+_SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+#: what the local cluster sends to admission webhooks; see :func:`_local_rule_errors`
+LOCAL_ADMISSION = "the local cluster sends only CREATE requests on pods/eviction to webhooks"
+
+
+def _not_supported(path: str, value: Any, supported: tuple[str, ...]) -> Cause:
+    detail = "supported values: " + ", ".join(f'"{v}"' for v in supported)
+    return Cause(path, "FieldValueNotSupported", detail, value)
+
+
+def _client_config_errors(config: Mapping[str, Any], path: str) -> list[Cause]:
+    url, service = config.get("url"), config.get("service")
+    if (url is None) == (service is None):
+        return [Cause(path, "FieldValueRequired", "exactly one of url or service is required")]
+    causes: list[Cause] = []
+    if service is None:
+        parsed = urlsplit(str(url))
+        if parsed.scheme != "https":
+            causes.append(
+                Cause(
+                    f"{path}.url",
+                    "FieldValueInvalid",
+                    "'https' is the only allowed URL scheme",
+                    url,
+                )
+            )
+        if not parsed.hostname:
+            causes.append(Cause(f"{path}.url", "FieldValueInvalid", "host must be specified", url))
+        if parsed.username or parsed.password:
+            causes.append(
+                Cause(
+                    f"{path}.url",
+                    "FieldValueInvalid",
+                    "user information is not permitted in the URL",
+                    url,
+                )
+            )
+        if parsed.fragment:
+            causes.append(
+                Cause(f"{path}.url", "FieldValueInvalid", "fragments are not permitted", url)
+            )
+        if parsed.query:
+            causes.append(
+                Cause(f"{path}.url", "FieldValueInvalid", "query parameters are not permitted", url)
+            )
+    else:
+        for key in ("namespace", "name"):
+            if not service.get(key):
+                causes.append(
+                    Cause(
+                        f"{path}.service.{key}",
+                        "FieldValueRequired",
+                        "service " + key + " is required",
+                    )
+                )
+        service_path = service.get("path")
+        if service_path is not None and not str(service_path).startswith("/"):
+            causes.append(
+                Cause(
+                    f"{path}.service.path",
+                    "FieldValueInvalid",
+                    "must start with a '/'",
+                    service_path,
+                )
+            )
+        port = service.get("port", 443)
+        if not isinstance(port, int) or not 1 <= port <= 65535:
+            causes.append(
+                Cause(
+                    f"{path}.service.port",
+                    "FieldValueInvalid",
+                    "port is not valid: must be between 1 and 65535, inclusive",
+                    port,
+                )
+            )
+    bundle = config.get("caBundle")
+    if bundle is not None:
+        try:
+            base64.b64decode(str(bundle), validate=True)
+        except (binascii.Error, ValueError):
+            causes.append(Cause(f"{path}.caBundle", "FieldValueInvalid", "must be base64", "..."))
+    return causes
+
+
+def _rule_errors(rule: Mapping[str, Any], path: str) -> list[Cause]:
+    causes: list[Cause] = []
+    operations = rule.get("operations") or []
+    if not operations:
+        causes.append(Cause(f"{path}.operations", "FieldValueRequired", ""))
+    for i, op in enumerate(operations):
+        if op not in _OPERATIONS:
+            causes.append(_not_supported(f"{path}.operations[{i}]", op, _OPERATIONS))
+    if len(operations) > 1 and "*" in operations:
+        causes.append(
+            Cause(
+                f"{path}.operations",
+                "FieldValueInvalid",
+                "if '*' is present, must not specify other operations",
+                operations,
+            )
+        )
+    for key in ("apiGroups", "apiVersions", "resources"):
+        if not rule.get(key):
+            causes.append(Cause(f"{path}.{key}", "FieldValueRequired", ""))
+    for i, version in enumerate(rule.get("apiVersions") or []):
+        if not version:
+            causes.append(
+                Cause(f"{path}.apiVersions[{i}]", "FieldValueRequired", "resource cannot be empty")
+            )
+    scope = rule.get("scope", "*")
+    if scope not in ("Cluster", "Namespaced", "*"):
+        causes.append(_not_supported(f"{path}.scope", scope, ("Cluster", "Namespaced", "*")))
+    return causes
+
+
+def _local_rule_errors(rule: Mapping[str, Any], path: str) -> list[Cause]:
+    """The local cluster calls webhooks only for CREATE pods/eviction (the only request it
+    sends through admission), so it refuses a rule that would match anything else, rather
+    than store a webhook it would silently never call."""
+    return [
+        Cause(f"{path}.resources[{i}]", "FieldValueForbidden", LOCAL_ADMISSION)
+        for i, resource in enumerate(rule.get("resources") or [])
+        if resource not in ("pods/eviction", "*/eviction")
+    ]
+
+
+def _selector_errors(selector: Any, path: str) -> list[Cause]:
+    if selector is None:
+        return []
+    if not isinstance(selector, Mapping):
+        return [Cause(path, "FieldValueInvalid", "must be a label selector", selector)]
+    causes: list[Cause] = []
+    for i, expression in enumerate(selector.get("matchExpressions") or []):
+        where = f"{path}.matchExpressions[{i}]"
+        op, values = expression.get("operator"), expression.get("values") or []
+        if op not in _SELECTOR_OPERATORS:
+            causes.append(_not_supported(f"{where}.operator", op, _SELECTOR_OPERATORS))
+        elif op in ("In", "NotIn") and not values:
+            causes.append(
+                Cause(
+                    f"{where}.values",
+                    "FieldValueRequired",
+                    "must be specified when `operator` is 'In' or 'NotIn'",
+                )
+            )
+        elif op in ("Exists", "DoesNotExist") and values:
+            causes.append(
+                Cause(
+                    f"{where}.values",
+                    "FieldValueForbidden",
+                    "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+                )
+            )
+    return causes
+
+
+def _webhook_errors(webhook: Mapping[str, Any], path: str) -> list[Cause]:
+    causes: list[Cause] = []
+    name = webhook.get("name") or ""
+    if not name:
+        causes.append(Cause(f"{path}.name", "FieldValueRequired", ""))
+    else:
+        causes += name_errors("subdomain", name, f"{path}.name")
+        if name.count(".") < 2:
+            causes.append(
+                Cause(
+                    f"{path}.name",
+                    "FieldValueInvalid",
+                    "should be a domain with at least three segments separated by dots",
+                    name,
+                )
+            )
+    versions = webhook.get("admissionReviewVersions") or []
+    if not versions:
+        causes.append(
+            Cause(
+                f"{path}.admissionReviewVersions",
+                "FieldValueRequired",
+                "must specify one of v1, v1beta1",
+            )
+        )
+    elif not set(versions) & {"v1", "v1beta1"}:
+        causes.append(
+            Cause(
+                f"{path}.admissionReviewVersions",
+                "FieldValueInvalid",
+                "must include at least one of v1, v1beta1",
+                versions,
+            )
+        )
+    side_effects = webhook.get("sideEffects")
+    if side_effects is None:
+        causes.append(Cause(f"{path}.sideEffects", "FieldValueRequired", ""))
+    elif side_effects not in ("None", "NoneOnDryRun"):
+        causes.append(_not_supported(f"{path}.sideEffects", side_effects, ("None", "NoneOnDryRun")))
+    policy = webhook.get("failurePolicy", "Fail")
+    if policy not in ("Fail", "Ignore"):
+        causes.append(_not_supported(f"{path}.failurePolicy", policy, ("Fail", "Ignore")))
+    match_policy = webhook.get("matchPolicy", "Equivalent")
+    if match_policy not in ("Exact", "Equivalent"):
+        causes.append(_not_supported(f"{path}.matchPolicy", match_policy, ("Exact", "Equivalent")))
+    timeout = webhook.get("timeoutSeconds", 10)
+    if not isinstance(timeout, int) or not 1 <= timeout <= 30:
+        causes.append(
+            Cause(
+                f"{path}.timeoutSeconds",
+                "FieldValueInvalid",
+                "the timeout value must be between 1 and 30 seconds",
+                timeout,
+            )
+        )
+    causes += _client_config_errors(webhook.get("clientConfig") or {}, f"{path}.clientConfig")
+    for j, rule in enumerate(webhook.get("rules") or []):
+        causes += _rule_errors(rule, f"{path}.rules[{j}]")
+        causes += _local_rule_errors(rule, f"{path}.rules[{j}]")
+    for key in ("namespaceSelector", "objectSelector"):
+        causes += _selector_errors(webhook.get(key), f"{path}.{key}")
+    if webhook.get("matchConditions"):
+        causes.append(
+            Cause(
+                f"{path}.matchConditions",
+                "FieldValueForbidden",
+                "the local cluster does not evaluate CEL match conditions",
+            )
+        )
+    return causes
+
+
+def webhook_configuration_errors(config: Mapping[str, Any]) -> list[Cause]:
+    """Validation of an admissionregistration.k8s.io/v1 ValidatingWebhookConfiguration, with
+    the local cluster's two limits (see :func:`_local_rule_errors`; no ``matchConditions``)."""
+    causes: list[Cause] = []
+    seen: set[str] = set()
+    for i, webhook in enumerate(config.get("webhooks") or []):
+        causes += _webhook_errors(webhook, f"webhooks[{i}]")
+        name = webhook.get("name")
+        if name and name in seen:
+            causes.append(Cause(f"webhooks[{i}].name", "FieldValueDuplicate", "", name))
+        seen.add(name)
+    return causes
+
+
+def default_webhook_configuration(config: Obj) -> None:
+    """What the v1 API defaults in each webhook."""
+    for webhook in config.get("webhooks") or []:
+        webhook.setdefault("failurePolicy", "Fail")
+        webhook.setdefault("matchPolicy", "Equivalent")
+        webhook.setdefault("namespaceSelector", {})
+        webhook.setdefault("objectSelector", {})
+        webhook.setdefault("timeoutSeconds", 10)
+        for rule in webhook.get("rules") or []:
+            rule.setdefault("scope", "*")
+        service = (webhook.get("clientConfig") or {}).get("service")
+        if service is not None:
+            service.setdefault("port", 443)
 
 
 # --- defaulting ------------------------------------------------------------------------------
@@ -300,6 +567,8 @@ def apply_defaults(resource: str, obj: Obj) -> None:
         default_secret(obj)
     elif resource == "persistentvolumeclaims":
         obj.setdefault("spec", {}).setdefault("volumeMode", "Filesystem")
+    elif resource == "validatingwebhookconfigurations":
+        default_webhook_configuration(obj)
     elif resource == "namespaces":
         obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
         labels = obj["metadata"].setdefault("labels", {})
