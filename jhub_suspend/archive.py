@@ -22,6 +22,8 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
+from .errors import OwnError
+
 #: the archive's container metadata (checkpointctl lib/metadata.go)
 CONFIG_DUMP_FILE = "config.dump"
 #: CRIU's inventory image inside the archive
@@ -77,8 +79,10 @@ def checkpoint_image_annotations(
     return ann
 
 
-class InventoryError(ValueError):
+class InventoryError(OwnError, ValueError):
     """CRIU's inventory image is not readable."""
+
+    status = 502  # what a node's CRIU wrote, not what a caller sent
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
