@@ -289,6 +289,19 @@ class SuspendingKubeSpawner(AgentClientConfig, KubeSpawner):
     async def poll(self) -> int | None:
         status = await super().poll()
         checkpoint = self.checkpoint
+        if status is None and self._restore_interrupted():
+            # The hub stopped during this restore and, back, polls first. Its pod was started
+            # by the hub that died, at an address this one was never told: the hub would wait
+            # for the server there and give up a minute later. The pod goes now, and the next
+            # start restores again (JupyterHub does not stop what poll says has stopped).
+            self.log.warning(
+                "The restore of %s was under way when the hub stopped; its pod is deleted and "
+                "the next start restores it again",
+                self._server_name,
+            )
+            await upstream.watch_pods(self)
+            await super().stop(now=True)
+            return 1
         if (
             status is None
             and checkpoint is not None
@@ -472,6 +485,16 @@ class SuspendingKubeSpawner(AgentClientConfig, KubeSpawner):
             self._start_decided.set()
             return await upstream.kubespawner_start(super())
         return await self._restore(checkpoint)
+
+    def _restore_interrupted(self) -> bool:
+        """Whether the state says a restore is under way that this hub is not running: one
+        that the hub's own stop interrupted."""
+        checkpoint = self.checkpoint
+        return (
+            checkpoint is not None
+            and checkpoint.status == Status.RESTORING
+            and self._restoring is None
+        )
 
     def _after_interrupted_restore(self, checkpoint: Checkpoint) -> Checkpoint:
         """A restore was under way when the hub stopped. Its image is intact, so try again,

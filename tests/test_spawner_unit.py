@@ -211,6 +211,39 @@ async def test_a_running_pod_of_the_checkpoint_being_restored_is_the_restored_se
     assert not s._restored_by(restored)
 
 
+async def test_polling_a_restore_the_hub_stop_interrupted_says_stopped(monkeypatch):
+    """Back after a crash mid-restore, the hub polls first: the restore's pod runs at an address
+    it was never told. Stopped at once (not after JupyterHub's minute of waiting for the old
+    address), the next start restores again. A restore this hub runs is left alone."""
+    from kubespawner import KubeSpawner
+
+    async def running(self):
+        return None
+
+    stops = []
+
+    async def stop(self, now=False):
+        stops.append(now)
+
+    async def no_watch(self, replace=False):
+        return None
+
+    monkeypatch.setattr(KubeSpawner, "poll", running)
+    monkeypatch.setattr(KubeSpawner, "stop", stop)
+    monkeypatch.setattr(KubeSpawner, "_start_watching_pods", no_watch)
+    s = spawner()
+    s.checkpoint = record(Status.RESTORING)
+    assert await s.poll() == 1
+    assert stops == [True]  # the hub will not stop it: poll said it had stopped
+    assert s.checkpoint.status == Status.RESTORING  # the next start counts the interruption
+    s._restoring = s.checkpoint  # this hub's own restore
+    assert await s.poll() is None
+    s._restoring = None
+    s.checkpoint = record(Status.SUSPENDED)
+    assert await s.poll() is None
+    assert stops == [True]
+
+
 async def test_polling_a_running_server_discards_a_suspension_that_never_finished(monkeypatch):
     """A checkpoint verified just before the hub stopped, whose pod was never deleted: the
     running server wins, but never while this hub is itself suspending or stopping it."""
