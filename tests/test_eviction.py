@@ -406,15 +406,7 @@ async def test_the_webhook_loads_a_renewed_certificate(tmp_path, webhook):
 
 
 def test_webhook_settings_are_checked():
-    def service(**settings: Any) -> SuspendService:
-        cfg = Config()
-        cfg.SuspendService.prometheus_url = "http://127.0.0.1:9"
-        for key, value in settings.items():
-            setattr(cfg.SuspendService, key, value)
-        svc = SuspendService(config=cfg)
-        svc.prepare()
-        return svc
-
+    service = fakes.configured_service
     with pytest.raises(TraitError, match="webhook_certfile and webhook_keyfile go together"):
         service(webhook_certfile="/tls.crt")
     with pytest.raises(TraitError, match="eviction_hold_seconds must be 0 or more"):

@@ -33,13 +33,7 @@ NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 
 
 def service(**settings) -> SuspendService:
-    cfg = Config()
-    cfg.SuspendService.prometheus_url = "http://127.0.0.1:9"
-    for k, v in settings.items():
-        setattr(cfg.SuspendService, k, v)
-    svc = SuspendService(config=cfg)
-    svc.prepare()
-    return svc
+    return fakes.configured_service(**settings)
 
 
 # ---- observe ---------------------------------------------------------------------------------

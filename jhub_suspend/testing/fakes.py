@@ -302,3 +302,19 @@ class AssumedGpuCapabilities:
             )
             for n in nodes
         }
+
+
+def configured_service(**settings: Any) -> Any:
+    """A SuspendService configured with ``settings`` (and a Prometheus URL nothing listens
+    on) and prepared, as its command line would: its settings checked, nothing started."""
+    from traitlets.config import Config
+
+    from ..service import SuspendService
+
+    cfg = Config()
+    cfg.SuspendService.prometheus_url = "http://127.0.0.1:9"
+    for key, value in settings.items():
+        setattr(cfg.SuspendService, key, value)
+    svc = SuspendService(config=cfg)
+    svc.prepare()
+    return svc
