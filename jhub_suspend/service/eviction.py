@@ -39,7 +39,7 @@ from typing import Any, Protocol
 from tornado import web
 from tornado.ioloop import PeriodicCallback
 
-from ..errors import JhubSuspendError
+from ..errors import OwnError
 from ..kubevalues import rfc3339
 from .actions import Actions
 from .kube import Kube
@@ -59,7 +59,7 @@ DECISION_TIMEOUT = 7.0
 TLS_RELOAD_INTERVAL = 60.0
 
 
-class ReviewError(JhubSuspendError):
+class ReviewError(OwnError):
     """A request that is not an admission.k8s.io/v1 AdmissionReview (answered with 400)."""
 
     status = 400
@@ -93,32 +93,31 @@ def _str_field(request: dict[str, Any], key: str, required: bool = True) -> str:
     if value is None and not required:
         return ""
     if not isinstance(value, str) or (required and not value):
-        raise ReviewError(400, f"request.{key} must be a non-empty string")
+        raise ReviewError(f"request.{key} must be a non-empty string")
     return value
 
 
 def parse_review(body: Any) -> EvictionReview:
     """Read an AdmissionReview; raise :class:`ReviewError` saying what is wrong with it."""
     if not isinstance(body, dict):
-        raise ReviewError(400, "the body must be an AdmissionReview object")
+        raise ReviewError("the body must be an AdmissionReview object")
     if body.get("apiVersion") != REVIEW_VERSION or body.get("kind") != "AdmissionReview":
         raise ReviewError(
-            400,
             f"expected an AdmissionReview of {REVIEW_VERSION}, got kind {body.get('kind')!r}"
             f" of {body.get('apiVersion')!r}",
         )
     request = body.get("request")
     if not isinstance(request, dict):
-        raise ReviewError(400, "the AdmissionReview has no request")
+        raise ReviewError("the AdmissionReview has no request")
     resource = request.get("resource")
     if not isinstance(resource, dict):
-        raise ReviewError(400, "request.resource must be an object")
+        raise ReviewError("request.resource must be an object")
     parts = tuple(resource.get(k) for k in ("group", "version", "resource"))
     if not all(isinstance(p, str) for p in parts):
-        raise ReviewError(400, "request.resource needs group, version and resource strings")
+        raise ReviewError("request.resource needs group, version and resource strings")
     dry_run = request.get("dryRun", False)
     if not isinstance(dry_run, bool):
-        raise ReviewError(400, "request.dryRun must be a boolean")
+        raise ReviewError("request.dryRun must be a boolean")
     return EvictionReview(
         uid=_str_field(request, "uid"),
         operation=_str_field(request, "operation"),
