@@ -125,6 +125,8 @@ class SuspendingKubeSpawner(AgentClientConfig, KubeSpawner):
     ).tag(config=True)
 
     checkpoint_retention = Float(
+        None,
+        allow_none=True,  # so that setting it to 0, the old default, still reaches the new one
         help="""Deprecated since jhub-suspend 0.1: use `keep_used_checkpoints`.
 
         The spawner never used this as a duration: any value above 0 kept used checkpoints

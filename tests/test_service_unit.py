@@ -532,6 +532,8 @@ def test_the_services_renamed_settings_still_work(capsys):
     assert "SuspendService.restore_timeout is deprecated" in capsys.readouterr().err
     defaults = service()
     assert (defaults.used_checkpoint_retention, defaults.resume_timeout) == (86400, 600)
+    # 0, the old traits' default, is a value like any other ("sweep at once")
+    assert service(checkpoint_retention=0).used_checkpoint_retention == 0
 
 
 def test_warnings_keep_their_first_time_until_the_server_is_kept():

@@ -411,8 +411,11 @@ class SuspendService(AgentClientConfig, ConfigFileApplication):
         `SuspendingKubeSpawner.keep_used_checkpoints`), and orphaned discard markers.""",
     ).tag(config=True)
 
+    # None by default, so that any value set, 0 included, reaches the new setting
     checkpoint_retention = Float(
-        help="Deprecated since jhub-suspend 0.1: use `used_checkpoint_retention`."
+        None,
+        allow_none=True,
+        help="Deprecated since jhub-suspend 0.1: use `used_checkpoint_retention`.",
     ).tag(config=True)
 
     _checkpoint_retention_renamed = renamed_setting(
@@ -439,9 +442,9 @@ class SuspendService(AgentClientConfig, ConfigFileApplication):
     resume_timeout = Float(
         600, help="Seconds a resume started through the service may take until the server is ready."
     ).tag(config=True)
-    restore_timeout = Float(help="Deprecated since jhub-suspend 0.1: use `resume_timeout`.").tag(
-        config=True
-    )
+    restore_timeout = Float(
+        None, allow_none=True, help="Deprecated since jhub-suspend 0.1: use `resume_timeout`."
+    ).tag(config=True)
 
     _restore_timeout_renamed = renamed_setting("restore_timeout", "resume_timeout", "0.1")
 
