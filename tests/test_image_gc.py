@@ -405,3 +405,34 @@ async def test_gc_removes_an_unused_checkpoint_image_and_keeps_the_running_pods(
     for name in ("gc-running", "gc-restored"):
         store.delete("pods", "default", name, grace_period_seconds=0)
         await wait_gone(store, name)
+
+
+async def test_an_image_a_pod_starts_from_during_the_collection_is_kept(tmp_path, monkeypatch):
+    """The images in use are read once per collection; one that a pod begins to start from
+    while earlier removals run must not be removed under it."""
+    runtime = ImageRuntime(
+        [cri.Image(id="first", size=8 * GIB), cri.Image(id="second", size=8 * GIB)]
+    )
+    _, kubelet = stand_in_kubelet(
+        tmp_path,
+        runtime,
+        FsUsage(100 * GIB, 5 * GIB),
+        monkeypatch,
+        clock=lambda: 1000.0,
+        policy=ImageGcPolicy(minimum_age=0),
+    )
+    remove = runtime.remove_image
+    held = []
+
+    async def remove_then_a_pod_starts(image):
+        await remove(image)
+        if not held:  # a pod starts from the other image while this removal ran
+            held.append(kubelet.imagefs.holding("second"))
+            held[0].__enter__()
+
+    runtime.remove_image = remove_then_a_pod_starts
+    await kubelet.detect_images()
+    await kubelet.collect_images()
+    assert runtime.removed == ["first"]
+    assert "second" in runtime.images
+    held[0].__exit__(None, None, None)

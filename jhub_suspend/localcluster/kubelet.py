@@ -68,6 +68,7 @@ from .imagegc import (
     detect_images,
     eviction_order,
     images_to_free,
+    is_used,
     space_to_free,
     too_old,
 )
@@ -771,6 +772,8 @@ class Kubelet:
         freed = 0
         for record in records:
             image = record.image
+            if is_used(image, set(self.imagefs.starting)):
+                continue  # a pod began to start from it while earlier removals ran
             name = image.names[0] if image.names else "-"
             log.info(
                 "kubelet %s: removing image %s (%s, %d bytes): %s",
@@ -879,11 +882,10 @@ class Kubelet:
             except Exception as e:  # a defect: its traceback is logged; the next run may succeed
                 log.exception("kubelet %s: image garbage collection failed", self.node.name)
                 error = f"{type(e).__name__}: {e}"
-            else:
-                if error:
-                    log.warning(
-                        "kubelet %s: image garbage collection failed: %s", self.node.name, error
-                    )
+            if error:
+                log.warning(
+                    "kubelet %s: image garbage collection failed: %s", self.node.name, error
+                )
             if error and failed:
                 self._node_event("ImageGCFailed", error)
             failed = bool(error)
