@@ -810,6 +810,18 @@ async def test_eviction_requests_are_checked(cluster: Cluster) -> None:
     pod = await api.read_namespaced_pod("jupyter-alice", "default")
     assert pod.metadata.deletion_timestamp is None
     assert not [c for c in pod.status.conditions or [] if c.type == "DisruptionTarget"]
+    # A resourceVersion precondition is checked against the pod the client saw: a stale one
+    # is 409, the current one evicts (the DisruptionTarget condition set on the way is the
+    # eviction's own change).
+    stale = eviction("jupyter-alice", preconditions=client.V1Preconditions(resource_version="1"))
+    await expect_status(409, api.create_namespaced_pod_eviction("jupyter-alice", "default", stale))
+    current = eviction(
+        "jupyter-alice",
+        preconditions=client.V1Preconditions(resource_version=pod.metadata.resource_version),
+    )
+    await api.create_namespaced_pod_eviction("jupyter-alice", "default", current)
+    pod = await api.read_namespaced_pod("jupyter-alice", "default")
+    assert pod.metadata.deletion_timestamp is not None
 
 
 async def test_eviction_is_its_own_permission(tmp_path: Any) -> None:

@@ -732,9 +732,16 @@ class ResourceHandler(BaseHandler):
         pod = self.store.get("pods", target.namespace, target.name)
         check_preconditions("pods", pod, options.get("preconditions"))
         if not dry_run:
-            self.store.mutate(
+            marked = self.store.mutate(
                 "pods", target.namespace, target.name, _disruption_target, subresource="status"
             )
+            if (options.get("preconditions") or {}).get("resourceVersion") is not None:
+                # Checked above against the pod the client saw; the condition set just now is
+                # the eviction's own change, as the API server moves the precondition past it.
+                options["preconditions"] = {
+                    **options["preconditions"],
+                    "resourceVersion": marked["metadata"]["resourceVersion"],
+                }
             self.store.delete("pods", target.namespace, target.name, **options)
         self.send_json(
             {
