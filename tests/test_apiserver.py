@@ -1019,6 +1019,15 @@ async def test_webhook_configurations_are_stored_defaulted_and_validated(
         "short name": {"clientConfig": {"url": webhook.url}, "name": "short.name"},
         "side effects": {"clientConfig": {"url": webhook.url}, "sideEffects": "Some"},
         "what policy": {"clientConfig": {"url": webhook.url}, "failurePolicy": "Maybe"},
+        # matching it would fail on every eviction
+        "keyless selector": {
+            "clientConfig": {"url": webhook.url},
+            "objectSelector": {"matchExpressions": [{"operator": "Exists"}]},
+        },
+        "labels not strings": {
+            "clientConfig": {"url": webhook.url},
+            "namespaceSelector": {"matchLabels": {"team": 1}},
+        },
         # what the local cluster would never call it for
         "pod creates": {
             "clientConfig": {"url": webhook.url},

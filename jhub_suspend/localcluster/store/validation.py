@@ -318,8 +318,20 @@ def _selector_errors(selector: Any, path: str) -> list[Cause]:
     if not isinstance(selector, Mapping):
         return [Cause(path, "FieldValueInvalid", "must be a label selector", selector)]
     causes: list[Cause] = []
+    labels = selector.get("matchLabels") or {}
+    if not isinstance(labels, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        causes.append(
+            Cause(f"{path}.matchLabels", "FieldValueInvalid", "must map strings to strings", labels)
+        )
     for i, expression in enumerate(selector.get("matchExpressions") or []):
         where = f"{path}.matchExpressions[{i}]"
+        if not isinstance(expression, Mapping):
+            causes.append(Cause(where, "FieldValueInvalid", "must be an object", expression))
+            continue
+        if not expression.get("key") or not isinstance(expression["key"], str):
+            causes.append(Cause(f"{where}.key", "FieldValueRequired", "Required value"))
         op, values = expression.get("operator"), expression.get("values") or []
         if op not in _SELECTOR_OPERATORS:
             causes.append(_not_supported(f"{where}.operator", op, _SELECTOR_OPERATORS))
