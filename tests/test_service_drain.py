@@ -29,6 +29,7 @@ from jhub_suspend.service.kube import Kube
 from jhub_suspend.service.observe import ServerView
 from jhub_suspend.service.operations import Operation, Operations
 from jhub_suspend.testing import fakes
+from jhub_suspend.testing.waiting import wait_for
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 CONFIG = PolicyConfig()
@@ -203,6 +204,27 @@ async def finished(op: Operation) -> Operation:
     assert op.task is not None
     await op.task
     return op
+
+
+async def test_a_suspension_started_while_the_drain_waited_is_joined_not_failed():
+    svc = Service([view("ann"), view("bob")], concurrency=1)
+    op = await Drains(svc).start("n1", dry_run=False, requested_by="user:admin")
+    # ann takes the one slot; meanwhile the policy starts suspending bob
+    release = asyncio.Event()
+
+    async def policy_work(sub: Operation) -> None:
+        await release.wait()
+        sub.status, sub.message = "succeeded", "suspended"
+        sub.result = {"checkpoint": {"digest": "sha256:bob", "size": 1}}
+
+    policy = svc.operations.start("suspend", "bob", "", "policy", "idle", NOW, policy_work)
+    bob = next(s for s in op.result["servers"] if s["user"] == "bob")
+    await wait_for(lambda: bob["operation"] == policy.id, "the drain never joined bob's", 10)
+    release.set()
+    await finished(op)
+    assert (bob["outcome"], bob["checkpoint"]) == ("suspended", {"digest": "sha256:bob", "size": 1})
+    assert [u for u, _, _ in svc.suspended] == ["ann"]  # bob's is the policy's, not a second
+    assert op.status == "succeeded"
 
 
 async def test_a_drain_suspends_a_few_at_a_time_and_reports_each_server():

@@ -264,11 +264,15 @@ class Drains:
     ) -> None:
         svc = self.service
         async with limit:
+            # While this waited for its slot, the policy or an admin may have started one.
+            started = svc.operations.running_for(step.user, step.server_name)
             try:
                 if step.action == "wait" and step.operation:
                     sub = svc.operations.get(step.operation)
                     if sub is None:
                         raise ActionError(409, f"its suspension {step.operation} is forgotten")
+                elif started is not None and started.kind == "suspend":
+                    sub = started
                 else:
                     sub = await svc.actions.suspend(
                         step.user, step.server_name, requested_by, reason="drain"
