@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from traitlets import TraitError
-from traitlets.config import Config
 
 from jhub_suspend.localcluster.services import free_port
 from jhub_suspend.service import SuspendService
@@ -287,16 +286,15 @@ async def webhook(tmp_path) -> AsyncIterator[Webhook]:
     ca = CertificateAuthority()
     cert = ca.issue(tmp_path / "tls", ["127.0.0.1"])
     clock = [NOW]
-    cfg = Config()
-    cfg.SuspendService.prometheus_url = "http://127.0.0.1:9"
-    cfg.SuspendService.webhook_certfile = cert.certfile
-    cfg.SuspendService.webhook_keyfile = cert.keyfile
-    cfg.SuspendService.webhook_ip = "127.0.0.1"
-    cfg.SuspendService.webhook_port = port = free_port()
-    cfg.SuspendService.eviction_hold_seconds = HOLD
-    cfg.SuspendService.clock = lambda: clock[0]
-    svc = SuspendService(config=cfg)
-    svc.prepare()
+    port = free_port()
+    svc = fakes.configured_service(
+        webhook_certfile=cert.certfile,
+        webhook_keyfile=cert.keyfile,
+        webhook_ip="127.0.0.1",
+        webhook_port=port,
+        eviction_hold_seconds=HOLD,
+        clock=lambda: clock[0],
+    )
     hub = fakes.FakeHub(users_with({"state": {"pod_name": "jupyter-ann", "namespace": "default"}}))
     other = {**notebook_pod("other"), "metadata": {"name": "other", "namespace": "default"}}
     kube = fakes.FakeKube([notebook_pod(), other])
