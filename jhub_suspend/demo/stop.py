@@ -20,6 +20,7 @@ from urllib.parse import quote
 from jupyterhub.utils import exponential_backoff
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
+from ..service.cli import server_label, server_path
 from ..spawner import human_size
 
 #: states (the service's) in which a server cannot be suspended now, but holds a pod
@@ -37,10 +38,6 @@ class Outcome:
     server: str  # "alice", or "alice/lab" for a named server
     suspended: bool
     line: str  # what the user was told
-
-
-def server_label(server: dict[str, Any]) -> str:
-    return f"{server['user']}/{server['server_name']}" if server["server_name"] else server["user"]
 
 
 def outcome_of(label: str, op: dict[str, Any], seconds: float) -> Outcome:
@@ -175,9 +172,7 @@ async def _start_suspension(client: ServiceClient, server: dict[str, Any]) -> di
     the listing (the service then refuses a second one)."""
     user, name = quote(server["user"], safe=""), quote(server["server_name"], safe="")
     try:
-        answer = await client.request(
-            "POST", f"api/servers/{user}{'/' + name if name else ''}/suspend"
-        )
+        answer = await client.request("POST", f"{server_path(server_label(server))}/suspend")
         op: dict[str, Any] = answer["operation"]
         return op
     except StopError as refused:

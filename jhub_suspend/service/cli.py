@@ -111,7 +111,8 @@ def _wait(
     return op
 
 
-def _server_name(s: dict[str, Any]) -> str:
+def server_label(s: dict[str, Any]) -> str:
+    """USER, or USER/SERVER for a named server, of a listing's or a drain's server entry."""
     return f"{s['user']}/{s['server_name']}" if s["server_name"] else s["user"]
 
 
@@ -126,7 +127,7 @@ DRAIN_LABELS = {
 
 def _drain_line(s: dict[str, Any]) -> str:
     """One server's outcome; ``s`` is an entry of a drain's ``result.servers``."""
-    text = f"{DRAIN_LABELS[s['outcome']]:13}  {_server_name(s)}"
+    text = f"{DRAIN_LABELS[s['outcome']]:13}  {server_label(s)}"
     ck = s.get("checkpoint")
     if s["outcome"] == "suspended" and ck:
         seconds = f" in {ck['seconds']:.1f} s" if ck.get("seconds") is not None else ""
