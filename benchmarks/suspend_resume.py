@@ -455,10 +455,13 @@ def write_markdown(result: dict[str, Any]) -> str:
         "benchmark's docstring): CRIU's dump; what containerd does before it writes the archive",
         "(CRIU's images into its content store, unpacked again into a work directory, the",
         "writable layer compressed); the archive's write; the layer's download into the content",
-        "store and its unpacking into a snapshot; and CRIU's own restore.",
+        "store and its unpacking into a snapshot; and CRIU's own restore. The two columns",
+        "marked derived are what is left of the call once the measured parts are taken away:",
+        "they also hold the kubelet's HTTP, runc's freeze and the manifest's fetch.",
         "",
-        "| state | checkpoint | CRIU dump | containerd's copies | archive write "
-        "| pull | download | unpack | restore + answer | CRIU restore |",
+        "| state | checkpoint | CRIU dump | rest of the call before the archive (derived) "
+        "| archive write | pull | download | rest of the pull: unpack (derived) "
+        "| restore + answer | CRIU restore |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["runs"]:
