@@ -507,6 +507,9 @@ def markdown(report: dict[str, Any]) -> str:
         "without a login: nothing in the generator starts work without a session (cron-like "
         "jobs inside a notebook are not modelled).",
         "- The culler's users recompute their state after a fresh start; that work is not counted.",
+        "- Every GPU node is taken to be able to checkpoint CUDA processes (the replay's service "
+        "has `fakes.AssumedGpuCapabilities`): on a cluster where some cannot, their GPU servers "
+        "are left running, so the GPU-hours reclaimed are an upper bound.",
         "",
     ]
     return "\n".join(out)
