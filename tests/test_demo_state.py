@@ -49,3 +49,11 @@ def test_a_kept_port_in_use_is_told(tmp_path):
         port = s.getsockname()[1]
         assert port_taken(port)
     assert not port_taken(port)
+
+
+def test_two_ports_picked_at_once_differ(tmp_path, monkeypatch):
+    from jhub_suspend.localcluster import services
+
+    handed_out = iter([5000, 5000, 5001])  # the kernel may give a just-closed port again
+    monkeypatch.setattr(services, "free_port", lambda host="127.0.0.1": next(handed_out))
+    assert kept_ports(str(tmp_path)) == {"registry": 5000, "hub": 5001}

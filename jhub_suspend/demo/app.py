@@ -38,12 +38,14 @@ def kept_ports(state_dir: str, names: Sequence[str] = KEPT_PORTS) -> dict[str, i
         kept = {}  # a torn write: the servers suspended before it start fresh
     if not isinstance(kept, dict):
         kept = {}
-    ports = {
-        name: kept[name]
-        if isinstance(kept.get(name), int) and 0 < kept[name] < 65536
-        else services.free_port()
-        for name in names
-    }
+    ports: dict[str, int] = {}
+    for name in names:
+        port = kept.get(name)
+        if not (isinstance(port, int) and 0 < port < 65536):
+            port = services.free_port()
+            while port in ports.values():  # the kernel may hand out a just-closed port again
+                port = services.free_port()
+        ports[name] = port
     if ports != {name: kept.get(name) for name in names}:
         os.makedirs(state_dir, exist_ok=True)
         tmp = path.with_name(f".{PORTS_FILE}.tmp")
