@@ -735,11 +735,10 @@ class Kubelet:
 
     # ---- image garbage collection ----------------------------------------------------------
 
-    def _node_event(self, reason: str, message: str, type_: str = "Warning") -> None:
-        # The kubelet's reference to its node: its name is also its uid.
+    def _node_event(self, reason: str, message: str) -> None:
+        """A warning about the node; the kubelet's reference to its node has its name as uid."""
         ref = {"kind": "Node", "apiVersion": "v1", "name": self.node.name, "uid": self.node.name}
-        with contextlib.suppress(ApiError):
-            self.store.record_event(ref, reason, message, type_=type_, host=self.node.name)
+        self._event(ref, reason, message, "Warning")
 
     async def detect_images(self, now: float | None = None) -> list[ImageRecord]:
         """Look at the runtime's images and at every container it has (in any state, on any

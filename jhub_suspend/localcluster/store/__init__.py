@@ -40,7 +40,6 @@ from .patches import (
     apply_strategic_merge_patch,
 )
 from .resources import (
-    ADMISSION_GROUP,
     INITIAL_NAMESPACES,
     MODIFIED_CONFLICT,
     RESOURCES,
@@ -82,7 +81,6 @@ from .watches import (
 )
 
 __all__ = [
-    "ADMISSION_GROUP",
     "INITIAL_NAMESPACES",
     "LOCAL_ADMISSION",
     "MERGE_KEYS",

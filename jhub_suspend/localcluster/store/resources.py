@@ -91,8 +91,6 @@ RESOURCES: dict[str, ResourceInfo] = {
     )
 }
 
-ADMISSION_GROUP = "admissionregistration.k8s.io"
-
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
 
