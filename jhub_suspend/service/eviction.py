@@ -446,7 +446,7 @@ class AdmissionHandler(web.RequestHandler):
         try:
             answer = await self.evictions.review(body)
         except ReviewError as e:
-            raise web.HTTPError(400, "%s", e.message) from None
+            raise web.HTTPError(e.status, "%s", e.message) from None
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(answer))
 

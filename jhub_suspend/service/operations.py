@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ..kubevalues import rfc3339
+from ..kubevalues import rfc3339, rfc3339_or_none
 
 
 @dataclass
@@ -46,7 +46,7 @@ class Operation:
             "status": self.status,
             "message": self.message,
             "created": rfc3339(self.created),
-            "finished": rfc3339(self.finished) if self.finished else None,
+            "finished": rfc3339_or_none(self.finished),
             "result": self.result,
             "node": self.node or None,
             "url": f"{prefix}api/operations/{self.id}",
