@@ -511,7 +511,9 @@ def chart_queries(
     """The admin page's charts: one series each, summed over every notebook pod, by name.
 
     CPU and GPUs reserved (requests) and used (CPU cores busy; GPUs busy as utilisation times
-    the pod's GPUs), and what this service exports about itself. ``step`` is the policy's query
+    the pod's GPUs), and what this service exports about itself: among it the GPU- and
+    core-hours reclaimed, running totals that restart with the service (the page adds up
+    their increases over the range). ``step`` is the policy's query
     step; the CPU rate window holds at least four of them.
     """
 
@@ -533,6 +535,8 @@ def chart_queries(
         "gpu_used": f"sum(({gpu}) / 100 * on({_by(names)}) {gpus_per_pod}) or vector(0)",
         "reclaimed_cpu": "sum(jhub_suspend_reclaimed_cpu_cores)",
         "reclaimed_gpus": "sum(jhub_suspend_reclaimed_gpus)",
+        "reclaimed_gpu_hours": "sum(jhub_suspend_reclaimed_gpu_seconds_total) / 3600",
+        "reclaimed_core_hours": "sum(jhub_suspend_reclaimed_cpu_core_seconds_total) / 3600",
         "suspensions": 'sum(increase(jhub_suspend_suspensions_total{outcome="success"}[5m]))',
         "restores": "sum(increase(jhub_suspend_restores_total[5m]))",
     }

@@ -193,6 +193,10 @@ def test_chart_queries_default_names() -> None:
         f'sum by (namespace, pod) ({requests}resource="nvidia_com_gpu"}})) or vector(0)'
     )
     assert q["reclaimed_cpu"] == "sum(jhub_suspend_reclaimed_cpu_cores)"
+    assert q["reclaimed_gpu_hours"] == "sum(jhub_suspend_reclaimed_gpu_seconds_total) / 3600"
+    assert q["reclaimed_core_hours"] == (
+        "sum(jhub_suspend_reclaimed_cpu_core_seconds_total) / 3600"
+    )
 
 
 def test_chart_queries_use_the_configured_names() -> None:

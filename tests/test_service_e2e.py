@@ -318,6 +318,13 @@ async def test_the_loop_suspends_an_idle_server_and_keeps_a_busy_one(hub, api):
     assert m["jhub_suspend_reclaimed_cpu_cores"] >= 0.5
     assert m["jhub_suspend_failsafe"] == 0
     assert m["jhub_suspend_prometheus_queries_per_cycle"] == 6
+
+    async def core_hours_accrued():  # from the first cycle after one that saw it suspended
+        m = await metrics(hub)
+        return m if m["jhub_suspend_reclaimed_cpu_core_seconds_total"] > 0 else False
+
+    m = await wait_for(core_hours_accrued, "no core-seconds reclaimed were ever counted", 30)
+    assert m["jhub_suspend_reclaimed_gpu_seconds_total"] == 0  # nobody holds a GPU here
     await stop(api, "bea")
 
 

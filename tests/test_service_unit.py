@@ -21,11 +21,12 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from jhub_suspend import promql
-from jhub_suspend.policy import Decision, Plan, PolicyConfig, Resources, decide
+from jhub_suspend.policy import Decision, MetricsHealth, Plan, PolicyConfig, Resources, decide
 from jhub_suspend.service import SuspendService, cli, observe
 from jhub_suspend.service.hubclient import HubClient
 from jhub_suspend.service.loop import PolicyLoop
 from jhub_suspend.service.prom import MetricsUnavailable, PrometheusReader
+from jhub_suspend.service.snapshot import Snapshot
 from jhub_suspend.testing import fakes
 from jhub_suspend.testing.waiting import wait_for
 
@@ -537,7 +538,6 @@ def test_the_services_renamed_settings_still_work(capsys):
 
 
 def test_warnings_keep_their_first_time_until_the_server_is_kept():
-    from jhub_suspend.policy import Decision, MetricsHealth, Plan
     from jhub_suspend.service.loop import warnings_in_force
 
     t0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -611,3 +611,39 @@ async def test_a_decide_hook_replaces_the_decision_but_not_the_safety_rules():
 
 async def _nothing(*_):
     return None
+
+
+# ---- capacity reclaimed over time ------------------------------------------------------------
+
+
+def test_reclaimed_gpu_and_core_hours_accrue_from_cycle_to_cycle():
+    """What was suspended at one cycle counts for the whole time until the next; a cycle
+    whose clock did not move (or went back) adds nothing."""
+    svc = service()
+    loop = PolicyLoop(svc)
+    m = svc.metrics
+
+    def cycle_at(minutes: float, *suspended: Resources) -> None:
+        views = [
+            observe.ServerView(f"u{i}", "", "suspended", requests=r)
+            for i, r in enumerate(suspended)
+        ]
+        at = NOW + timedelta(minutes=minutes)
+        plan = Plan(at, False, MetricsHealth(True), (), ())
+        loop._record(Snapshot(at, views, plan, None, [], {}, 6, 1))
+
+    def totals() -> tuple[float, float]:
+        return m.reclaimed_gpu_seconds._value.get(), m.reclaimed_cpu_core_seconds._value.get()
+
+    two_gpus = Resources(cpu=4, memory=0, gpu=2)
+    cycle_at(0, two_gpus)
+    assert totals() == (0, 0)  # nothing known before the first cycle
+    cycle_at(10, two_gpus, Resources(cpu=1))
+    assert totals() == (2 * 600, 4 * 600)
+    cycle_at(10)  # the clock did not move
+    cycle_at(5)  # nor forward
+    assert totals() == (2 * 600, 4 * 600)
+    cycle_at(40)  # both were suspended at minute 10, nothing since
+    assert totals() == (2 * 600 + 2 * 1800, 4 * 600 + 5 * 1800)
+    cycle_at(70)
+    assert totals() == (2 * 600 + 2 * 1800, 4 * 600 + 5 * 1800)

@@ -181,6 +181,8 @@ async def test_suspend_and_resume_in_the_browser(hub, core, browser, cluster):
     row = page.locator(f'#jhs-servers tbody tr[data-user="{USER}"][data-server-name=""]')
     await row.wait_for(state="visible")
     await page.wait_for_selector("#jhs-chart-cpu .uplot, #jhs-chart-cpu .jhs-chart-empty")
+    # the service accepted every series the page asks for, the hours' running totals included
+    await page.wait_for_selector("#jhs-chart-hours .uplot, #jhs-chart-hours .jhs-chart-empty")
     await shot(page, "admin")
     await context.close()
 

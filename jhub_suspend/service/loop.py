@@ -128,6 +128,8 @@ class PolicyLoop:
         self.service = service
         self.log = service.log
         self.snapshot: Snapshot | None = None
+        #: the last cycle's time and the CPU cores and GPUs suspended then
+        self._reclaimed_as_of: tuple[datetime, float, float] | None = None
         self.health = LoopHealth()
         self.known_requests: dict[tuple[str, str], Resources] = {}
         # When each server was first warned in its current run of warnings: no automatic
@@ -318,6 +320,21 @@ class PolicyLoop:
             v.gpu = readings.gpu.get(key) if is_gpu else None
             v.memory_ratio = readings.memory_ratio.get(key)
 
+    def _accrue_reclaimed(self, now: datetime, cpu: float, gpu: float) -> None:
+        """Add the capacity held free since the last cycle to the core- and GPU-seconds
+        counters: what was suspended then counts for the whole interval (the servers suspended
+        or resumed in between are counted from the next cycle)."""
+        m = self.service.metrics
+        last = self._reclaimed_as_of
+        if last is not None:
+            since, last_cpu, last_gpu = last
+            elapsed = (now - since).total_seconds()
+            if elapsed > 0:
+                m.reclaimed_cpu_core_seconds.inc(last_cpu * elapsed)
+                m.reclaimed_gpu_seconds.inc(last_gpu * elapsed)
+        if last is None or now > last[0]:
+            self._reclaimed_as_of = (now, cpu, gpu)
+
     def _record(self, snap: Snapshot) -> None:
         """Update metrics, health, warnings and restore accounting from a cycle."""
         self.warned_since = warnings_in_force(self.warned_since, snap.plan, snap.time)
@@ -352,6 +369,7 @@ class PolicyLoop:
         m.reclaimed_memory.set(mem)
         m.reclaimed_gpus.set(gpu)
         m.reclaimed_unknown.set(unknown)
+        self._accrue_reclaimed(snap.time, cpu, gpu)
         m.stored_checkpoint_bytes.set(stored)
         for action, n in snap.plan.counts.items():
             m.decisions.labels(action).set(n)

@@ -79,6 +79,20 @@ class ServiceMetrics:
             namespace=ns,
             registry=r,
         )
+        self.reclaimed_cpu_core_seconds = Counter(
+            "reclaimed_cpu_core_seconds",
+            "CPU core-seconds freed by suspension: the CPU requested by suspended servers, "
+            "summed over the time between policy cycles.",
+            namespace=ns,
+            registry=r,
+        )
+        self.reclaimed_gpu_seconds = Counter(
+            "reclaimed_gpu_seconds",
+            "GPU-seconds freed by suspension: the GPUs requested by suspended servers, summed "
+            "over the time between policy cycles (divide by 3600 for GPU-hours).",
+            namespace=ns,
+            registry=r,
+        )
         self.reclaimed_unknown = Gauge(
             "reclaimed_unknown_servers",
             "Suspended servers whose requests this process never saw (not in the sums above).",

@@ -134,6 +134,11 @@ ADMIN_BODY = """
     <div class="col-lg-6"><div class="card"><div class="card-body">
       <h3 class="h6">Suspensions and restores</h3><div id="jhs-chart-suspensions"></div>
     </div></div></div>
+    <div class="col-lg-6"><div class="card"><div class="card-body">
+      <h3 class="h6">GPU-hours and core-hours reclaimed
+        <span class="text-body-secondary fw-normal" id="jhs-hours-total"></span></h3>
+      <div id="jhs-chart-hours"></div>
+    </div></div></div>
   </div>
 </div>
 <div class="modal fade" id="jhs-confirm" tabindex="-1" aria-hidden="true"><div class="modal-dialog">

@@ -196,14 +196,27 @@
     { id: "jhs-chart-gpu", series: [["gpu_reserved", "reserved", "#6c757d"], ["gpu_used", "used", "#198754"]] },
     { id: "jhs-chart-reclaimed", series: [["reclaimed_cpu", "CPU cores", "#0dcaf0"], ["reclaimed_gpus", "GPUs", "#198754"]] },
     { id: "jhs-chart-suspensions", series: [["suspensions", "suspensions / 5 min", "#fd7e14"], ["restores", "restores / 5 min", "#6f42c1"]] },
+    { id: "jhs-chart-hours", increase: "jhs-hours-total", series: [["reclaimed_gpu_hours", "GPU-hours", "#198754"], ["reclaimed_core_hours", "core-hours", "#0dcaf0"]] },
   ];
   var plots = {};
+
+  // The service's running totals restart with it: plot the increase since the range's start,
+  // where a drop is a restart after which the total counts from zero again.
+  function increaseSinceStart(pts) {
+    var total = 0, last = null;
+    return pts.map(function (p) {
+      if (p[1] !== null && last !== null) total += p[1] >= last ? p[1] - last : p[1];
+      if (p[1] !== null) last = p[1];
+      return [p[0], total];
+    });
+  }
 
   function chart(spec, data) {
     var box = document.getElementById(spec.id);
     var times = null;
     var cols = spec.series.map(function (s) {
       var pts = data.series[s[0]] || [];
+      if (spec.increase) pts = increaseSinceStart(pts);
       if (!times && pts.length) times = pts.map(function (p) { return p[0]; });
       return pts;
     });
@@ -218,6 +231,12 @@
       });
       box.append(JHS.el("div", { class: "jhs-chart-empty" }, why.length ? "Prometheus: " + why.join("; ") : "No data in Prometheus for this range (is the service's /metrics scraped?)."));
       return;
+    }
+    if (spec.increase) {
+      document.getElementById(spec.increase).textContent = "(over this range: " + spec.series.map(function (s, i) {
+        var pts = cols[i];
+        return (pts.length ? pts[pts.length - 1][1] : 0).toFixed(1) + " " + s[1];
+      }).join(", ") + ")";
     }
     var aligned = [times].concat(cols.map(function (pts) {
       var m = {};
