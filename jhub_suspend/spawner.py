@@ -367,7 +367,10 @@ class SuspendingKubeSpawner(AgentClientConfig, KubeSpawner):
         self.checkpoint = checkpoint
         self.last_error = None
         self._persist_state()
-        await super().stop(now)
+        # At once, with no grace period: the restore resumes from the checkpoint, so whatever
+        # the server did while shutting down gracefully would be lost anyway, and files it wrote
+        # then would only disagree with the restored memory. It also frees the node sooner.
+        await super().stop(now=True)
         self.checkpoint = checkpoint.with_status(Status.SUSPENDED)
         self.will_resume = True
         self.log.info(

@@ -92,8 +92,13 @@ async def request_suspension(
         restarted = s.get("ready") and s.get("started") != server.get("started")
         return s if not s.get("ready") or restarted else False
 
+    # A read every 2 s at most: the hub answers it in milliseconds, and the default (5 s)
+    # made the suspension look seconds longer than it was.
     after = await exponential_backoff(
-        stopped, f"server {user}/{server_name} did not stop within {timeout}s", timeout=timeout
+        stopped,
+        f"server {user}/{server_name} did not stop within {timeout}s",
+        timeout=timeout,
+        max_wait=2,
     )
     if after.get("ready") or not kept_running(after):
         return after

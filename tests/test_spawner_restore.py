@@ -64,6 +64,7 @@ class Cluster:
     def __init__(self):
         self.starts: list[str] = []  # "restore" or "fresh", in order
         self.stops = 0
+        self.stopped_now: list[bool] = []  # each stop's ``now``: True deletes with no grace
         self.pod: dict | None = None  # what the API answers for the server's pod
         self.restore_hangs = False
         self.discard_markers: set[str] = set()
@@ -90,6 +91,7 @@ def cluster(mock_kubeconfig, monkeypatch):
 
     async def kube_stop(self, now=False):
         c.stops += 1
+        c.stopped_now.append(now)
 
     async def manifest(self):
         return V1Pod(metadata=V1ObjectMeta(name=self.pod_name), spec=V1PodSpec(containers=[]))
@@ -311,3 +313,28 @@ async def test_a_running_pod_that_is_not_ours_to_adopt_is_left_to_kubespawner(cl
     cluster.pod = running_pod()
     assert await s._adopt_running_pod() is None
     assert cluster.annotated == []
+
+
+async def test_a_verified_suspension_deletes_the_pod_with_no_grace_period(cluster):
+    """The restore resumes from the checkpoint: the server's graceful shutdown is of no use."""
+    s = spawner(cluster)
+
+    async def suspend(pod, reason):
+        return record(Status.VERIFIED)
+
+    s.suspend = suspend
+    await s._suspend_and_stop(running_pod(), "idle", now=False)
+    assert cluster.stopped_now == [True]
+    assert s.checkpoint.status == Status.SUSPENDED
+
+
+async def test_a_failed_suspension_deletes_nothing(cluster):
+    s = spawner(cluster)
+
+    async def suspend(pod, reason):
+        raise RuntimeError("the registry is gone")
+
+    s.suspend = suspend
+    await s._suspend_and_stop(running_pod(), "idle", now=False)
+    assert cluster.stopped_now == []
+    assert s.last_error and "the registry is gone" in s.last_error.message
