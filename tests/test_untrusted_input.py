@@ -704,6 +704,7 @@ def test_bad_or_missing_metrics_never_make_a_server_look_idle(
         gpu=readings.gpu.get(POD) if gpus else None,
         last_activity=LONG_AGO,
         warned_since=LONG_AGO,
+        gpu_capable=True,  # the node's GPU capability is not what this test varies
     )
     plan = decide([observation], [], CONFIG, NOW, MetricsHealth(True))
     decision = plan.decisions[0]
