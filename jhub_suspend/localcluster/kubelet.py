@@ -26,7 +26,9 @@ A pod whose container image is a checkpoint image is created like any other: con
 recognises the image (checkpointctl's ``org.criu.checkpoint.container.name`` annotation) and
 restores the container in ``CreateContainer`` and ``StartContainer``. The kubelet only reads
 the image's config from the runtime (the agent repeats the annotation as a label) to word its
-events.
+events, and, for a checkpoint that carries the simulated CUDA marker, applies the SIMULATED
+CUDA restore rules (:mod:`.gpurestore`): the container create fails as a real runtime's would
+where GPU indices or counts do not match, and a CDI node's remap is logged and evented.
 """
 
 from __future__ import annotations
