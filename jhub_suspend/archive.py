@@ -26,6 +26,8 @@ from .errors import OwnError
 
 #: the archive's container metadata (checkpointctl lib/metadata.go)
 CONFIG_DUMP_FILE = "config.dump"
+#: the container's OCI runtime spec, as the runtime wrote it into the archive
+SPEC_DUMP_FILE = "spec.dump"
 #: CRIU's inventory image inside the archive
 INVENTORY_FILE = "checkpoint/inventory.img"
 #: its magic number (CRIU's criu/include/magic.h: INVENTORY_MAGIC), the file's first 4 bytes

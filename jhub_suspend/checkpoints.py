@@ -30,6 +30,10 @@ SUSPEND_FAILED_ANNOTATION = f"{ANNOTATION_PREFIX}/suspend-failed"
 # Set by the restore driver on a restored pod, whose container image is the checkpoint image:
 # the image the user's server really runs from, for the next checkpoint's record.
 ORIGINAL_IMAGE_ANNOTATION = f"{ANNOTATION_PREFIX}/original-image"
+# Set by the restore driver on a pod restoring a CDI GPU checkpoint: the GPU UUIDs the pod held
+# when it was checkpointed, comma-separated, from which the node's runtime (CRIU's CUDA plugin,
+# ``cuda.device-map``) maps them onto the GPUs the pod holds now.
+GPU_UUIDS_ANNOTATION = f"{ANNOTATION_PREFIX}/gpu-uuids"
 SEALED_PREFIX = "fernet:"
 
 
@@ -59,12 +63,23 @@ RESTORABLE_WHEN_STOPPED = RESTORABLE_STATUSES | {Status.RESTORING}
 
 @dataclass(frozen=True)
 class NodeFacts:
-    """What a restore needs from the node the checkpoint was taken on."""
+    """What a restore needs from the node the checkpoint was taken on.
+
+    ``gpu_count``: GPUs the pod held (its own request). ``gpu_device_mode``: how that node
+    handed GPUs to containers, ``cdi`` or ``legacy`` as its agent reported it, ``""`` unknown
+    (a record from before this was kept, or an agent that did not say). ``node_gpu_count``: the
+    node's GPUs (``nvidia.com/gpu.count``; 0 unknown). ``gpu_devices``: the devices the pod
+    held, as its agent read them from the checkpoint (GPU UUIDs, or indices where the node's
+    device plugin names GPUs by index); empty when unknown.
+    """
 
     node: str = ""
     arch: str = ""
     gpu_product: str = ""
     gpu_count: int = 0
+    gpu_device_mode: str = ""
+    node_gpu_count: int = 0
+    gpu_devices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -107,9 +122,10 @@ class Checkpoint:
         image reference stays as recorded (sealed when the hub has a crypt key): for readers
         that never use it and have no key, such as the service."""
         values = _record_fields(cls, data, "checkpoint record")
-        values["node"] = NodeFacts(
-            **_record_fields(NodeFacts, values.get("node") or {}, "checkpoint record's node")
-        )
+        node = _record_fields(NodeFacts, values.get("node") or {}, "checkpoint record's node")
+        if "gpu_devices" in node:
+            node["gpu_devices"] = _string_tuple(node["gpu_devices"], "checkpoint record's node")
+        values["node"] = NodeFacts(**node)
         if unseal:
             values["image"] = unseal_secret(values["image"])
         return cls(**values)
@@ -136,6 +152,12 @@ def _record_fields(cls: type, data: Any, what: str) -> dict[str, Any]:
             raise ValueError(f"the {what}'s {f.name!r} is {value!r:.80}, not a {f.type}")
         values[f.name] = value
     return values
+
+
+def _string_tuple(value: Any, what: str) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"the {what}'s 'gpu_devices' is {value!r:.80}, not a list of strings")
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -242,16 +264,37 @@ def original_image(pod: dict[str, Any], container: dict[str, Any]) -> str:
     return str(annotations.get(ORIGINAL_IMAGE_ANNOTATION) or container["image"])
 
 
-def node_facts(node: dict[str, Any], gpu_count: int) -> NodeFacts:
+def node_facts(
+    node: dict[str, Any],
+    gpu_count: int,
+    *,
+    device_mode: str = "",
+    devices: tuple[str, ...] = (),
+) -> NodeFacts:
     """What a compatible restore node must share with ``node``, where the pod held ``gpu_count``
-    GPUs: CUDA checkpoints restore only onto the same GPU product and count."""
+    GPUs: CUDA checkpoints restore only onto the same GPU product and count. ``device_mode`` and
+    ``devices``: what the node's agent said of the checkpoint (see :class:`NodeFacts`)."""
     labels = node.get("metadata", {}).get("labels") or {}
+    if not gpu_count:
+        device_mode, devices = "", ()
     return NodeFacts(
         node=node.get("metadata", {}).get("name", ""),
         arch=labels.get("kubernetes.io/arch", ""),
         gpu_product=labels.get("nvidia.com/gpu.product", "") if gpu_count else "",
         gpu_count=gpu_count,
+        gpu_device_mode=device_mode if device_mode in ("cdi", "legacy") else "",
+        node_gpu_count=_count_label(labels.get("nvidia.com/gpu.count")) if gpu_count else 0,
+        gpu_devices=tuple(devices),
     )
+
+
+def _count_label(value: Any) -> int:
+    """A count label's value; 0 when missing or not a whole number."""
+    try:
+        count = int(str(value).strip())
+    except ValueError:
+        return 0
+    return max(count, 0)
 
 
 def pod_gpu_count(pod: dict[str, Any]) -> int:

@@ -268,3 +268,48 @@ def is_nvidia_cdi_spec(text: str) -> bool:
     """Whether a CDI spec (JSON or YAML text) declares the ``nvidia.com/gpu`` device kind, as
     the NVIDIA Container Toolkit's generated specs do."""
     return bool(_CDI_NVIDIA_GPU_KIND.search(text))
+
+
+#: ``NVIDIA_VISIBLE_DEVICES`` values that name no particular GPU
+_NO_DEVICE_LIST = frozenset({"", "all", "none", "void"})
+_CDI_GPU_NAME = re.compile(r"nvidia\.com/gpu=([^,\s]+)")
+_DEV_NVIDIA = re.compile(r"/dev/nvidia([0-9]+)")
+
+
+def devices_from_spec(spec: Any) -> tuple[str, ...]:
+    """The GPUs a container held, from its OCI runtime spec (the ``spec.dump`` that containerd
+    and CRI-O write into a checkpoint archive); empty when the spec does not say.
+
+    In order: the ``NVIDIA_VISIBLE_DEVICES`` list the device plugin sets with its ``envvar``
+    strategy (UUIDs by default, indices with ``deviceIDStrategy=index``); the CDI device names
+    ``nvidia.com/gpu=<id>`` of its ``cdi-annotations`` strategy (``cdi.k8s.io/…``
+    annotations); the ``/dev/nvidia<N>`` device nodes CDI injection puts into the spec
+    (indices).
+    """
+    if not isinstance(spec, Mapping):
+        return ()
+    process = spec.get("process")
+    env = process.get("env") if isinstance(process, Mapping) else None
+    for entry in env if isinstance(env, list) else []:
+        if isinstance(entry, str) and entry.startswith("NVIDIA_VISIBLE_DEVICES="):
+            value = entry.partition("=")[2].strip()
+            if value.lower() not in _NO_DEVICE_LIST:
+                return tuple(d.strip() for d in value.split(",") if d.strip())
+    annotations = spec.get("annotations")
+    if isinstance(annotations, Mapping):
+        named = [
+            m.group(1)
+            for key, value in sorted(annotations.items())
+            if str(key).startswith("cdi.k8s.io/") and isinstance(value, str)
+            for m in _CDI_GPU_NAME.finditer(value)
+        ]
+        if named:
+            return tuple(dict.fromkeys(named))
+    linux = spec.get("linux")
+    nodes = linux.get("devices") if isinstance(linux, Mapping) else None
+    indices = []
+    for dev in nodes if isinstance(nodes, list) else []:
+        m = _DEV_NVIDIA.fullmatch(str(dev.get("path", ""))) if isinstance(dev, Mapping) else None
+        if m:
+            indices.append(m.group(1))
+    return tuple(indices)

@@ -10,12 +10,19 @@ fits as a second driver.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from traitlets import Dict, List
 from traitlets.config import LoggingConfigurable
 
-from .checkpoints import ORIGINAL_IMAGE_ANNOTATION, Checkpoint, NodeFacts
+from .checkpoints import (
+    GPU_UUIDS_ANNOTATION,
+    ORIGINAL_IMAGE_ANNOTATION,
+    Checkpoint,
+    NodeFacts,
+)
 from .errors import OwnError
 
 # Waiting reasons after which a restore will not succeed by waiting longer.
@@ -32,16 +39,111 @@ FAILED_WAITING_REASONS = frozenset(
 )
 
 
+PRODUCT_LABEL = "nvidia.com/gpu.product"
+COUNT_LABEL = "nvidia.com/gpu.count"
+#: how a GPU UUID starts (``nvidia-smi -L``); a device named otherwise is an index
+_UUID_PREFIXES = ("GPU-", "MIG-")
+
+
+@dataclass(frozen=True)
+class GpuPlacement:
+    """Where a GPU checkpoint may be restored: the node selector expressions the restore node
+    must satisfy, and the annotations the restoring pod carries for the node's runtime."""
+
+    expressions: list[dict[str, Any]] = field(default_factory=list)
+    annotations: dict[str, str] = field(default_factory=dict)
+    #: why, in words for the log
+    reason: str = ""
+
+
+def gpu_restore_placement(facts: NodeFacts) -> GpuPlacement:
+    """Where a checkpoint of a pod holding GPUs can be restored safely, or :class:`RestoreFailed`
+    (a sentence for the user, the facts for the admin) where nowhere can.
+
+    A CUDA restore needs the same GPU product and count; the count is the pod's own request,
+    which the restore keeps. Beyond that it depends on how the checkpoint's node handed GPUs to
+    containers (``facts.gpu_device_mode``):
+
+    * **CDI**: GPUs are remapped by UUID, so any node with the same product will do. The
+      restoring pod carries the old UUIDs in :data:`GPU_UUIDS_ANNOTATION`, from which the
+      node's runtime builds CRIU's ``cuda.device-map`` (:func:`device_map`). Without the old
+      UUIDs nothing can be remapped, and the legacy rule applies.
+    * **legacy** (and **unknown**, read as legacy, the safe reading): the restore works only
+      onto the same GPU indices. Kubernetes' device plugin, not the pod spec, chooses the
+      indices, so that is certain only where the pod held all of its node's GPUs: then any
+      node with the same product and the same number of GPUs (``nvidia.com/gpu.count``) hands
+      it indices 0 to n-1 again. Otherwise no node is safe.
+    """
+    if not facts.gpu_count:
+        return GpuPlacement()
+    held = f"{facts.gpu_count} GPU(s)"
+    where = f" on node {facts.node}" if facts.node else ""
+    if not facts.gpu_product:
+        raise RestoreFailed(
+            "no node can safely restore it: the checkpoint does not say which GPU model it "
+            "was taken on",
+            f"the checkpoint{where} held {held} but recorded no {PRODUCT_LABEL} (was GPU "
+            "feature discovery running on that node?); a CUDA restore needs the same product",
+        )
+    product = {"key": PRODUCT_LABEL, "operator": "In", "values": [facts.gpu_product]}
+    uuids = [d for d in facts.gpu_devices if d.startswith(_UUID_PREFIXES)]
+    if facts.gpu_device_mode == "cdi" and uuids and len(uuids) == len(facts.gpu_devices):
+        return GpuPlacement(
+            [product],
+            {GPU_UUIDS_ANNOTATION: ",".join(uuids)},
+            f"CDI device mode: any {facts.gpu_product} node; GPUs {','.join(uuids)} are "
+            "remapped by UUID",
+        )
+    if facts.gpu_device_mode == "cdi":
+        mode = "CDI device mode without the GPUs' UUIDs, so no remapping: as legacy"
+    elif facts.gpu_device_mode == "legacy":
+        mode = "legacy device mode"
+    else:
+        mode = "unknown device mode, read as legacy"
+    if facts.node_gpu_count and facts.gpu_count == facts.node_gpu_count:
+        return GpuPlacement(
+            [product, {"key": COUNT_LABEL, "operator": "In", "values": [str(facts.gpu_count)]}],
+            {},
+            f"{mode}: the pod held all {facts.gpu_count} GPU(s) of its node, so any "
+            f"{facts.gpu_product} node with {facts.gpu_count} GPU(s) gives it the same indices",
+        )
+    of_node = f"{facts.node_gpu_count}" if facts.node_gpu_count else "an unknown number of"
+    raise RestoreFailed(
+        "no node can safely restore its GPU state: it was saved on a node that cannot remap "
+        "GPUs (legacy device mode), and no node is sure to give it the same GPUs back",
+        f"no safe restore target: the checkpoint{where} held {held} of {of_node} "
+        f"{facts.gpu_product} GPU(s) in {mode}; a legacy CUDA restore works only onto the "
+        "same GPU indices, which Kubernetes' device plugin guarantees only to a pod holding "
+        "all of a node's GPUs. The checkpoint is kept for the administrator",
+    )
+
+
+def device_map(old_uuids: Sequence[str], new_uuids: Sequence[str]) -> str:
+    """The device map that remaps a checkpoint's GPUs onto a node's: ``old=new,old=new``, in
+    order, the format of ``cuda-checkpoint --action restore --device-map`` (driver 580's help:
+    "a comma delimited list in the format oldUuid1=newUuid1,...", which "must contain all
+    checkpointed devices"), and of CRIU's proposed ``--gpu-device-map`` (checkpoint-restore/criu
+    pull request 2836). CRIU 4.3's ``cuda.device-map`` plugin option (pull request 3107)
+    passes the map on to the plugin; that it takes the same text is read from those sources,
+    not confirmed against a CRIU 4.3 build. ValueError when the lists cannot make a map."""
+    old, new = list(old_uuids), list(new_uuids)
+    if not old or len(old) != len(new):
+        raise ValueError(f"a device map needs as many new GPUs as old ones, got {old} → {new}")
+    for uuid in old + new:
+        if not uuid.startswith(_UUID_PREFIXES) or any(c in uuid for c in ",= \t\n"):
+            raise ValueError(f"{uuid!r} is not a GPU UUID")
+    if len(set(old)) != len(old) or len(set(new)) != len(new):
+        raise ValueError(f"a GPU appears twice in {old} → {new}")
+    return ",".join(f"{o}={n}" for o, n in zip(old, new, strict=True))
+
+
 def compatibility_affinity(facts: NodeFacts, extra_terms: list[dict]) -> dict[str, Any]:
-    """Required node affinity for a restore: the same CPU architecture, and for GPU pods the
-    same GPU product (the count is the pod's own request, which the restore keeps)."""
+    """Required node affinity for a restore: the same CPU architecture, and for GPU pods
+    :func:`gpu_restore_placement`'s expressions (:class:`RestoreFailed` where none is safe)."""
     expressions = []
     if facts.arch:
         expressions.append({"key": "kubernetes.io/arch", "operator": "In", "values": [facts.arch]})
-    if facts.gpu_count and facts.gpu_product:
-        expressions.append(
-            {"key": "nvidia.com/gpu.product", "operator": "In", "values": [facts.gpu_product]}
-        )
+    expressions.extend(gpu_restore_placement(facts).expressions)
     expressions.extend(extra_terms)
     if not expressions:
         return {}
@@ -150,12 +252,16 @@ class CheckpointImageDriver(RestoreDriver):
     node_selector_terms = List(
         Dict(),
         help="""Extra `matchExpressions` a restore node must satisfy, for sites with mixed
-        hardware beyond CPU architecture and GPU product (which are always required), e.g.
+        hardware beyond CPU architecture and the GPU rules (the same GPU product, and in legacy
+        device mode the same node GPU count; always required, see docs/gpu.md), e.g.
         `[{"key": "node.kubernetes.io/instance-type", "operator": "In", "values": ["a2-highgpu-1g"]}]`.
         """,
     ).tag(config=True)
 
     def apply(self, pod: Any, checkpoint: Checkpoint, container: str) -> Any:
+        placement = gpu_restore_placement(checkpoint.node)  # RestoreFailed: nowhere is safe
+        if placement.reason:
+            self.log.info("Restore placement of %s: %s", checkpoint.digest, placement.reason)
         for c in pod.spec.containers:
             if c.name == container:
                 c.image = checkpoint.image
@@ -167,6 +273,7 @@ class CheckpointImageDriver(RestoreDriver):
         pod.metadata.annotations = {
             **(pod.metadata.annotations or {}),
             ORIGINAL_IMAGE_ANNOTATION: checkpoint.original_image,
+            **placement.annotations,
         }
         required = compatibility_affinity(checkpoint.node, list(self.node_selector_terms))
         affinity = pod.spec.affinity.to_dict() if pod.spec.affinity else None

@@ -436,7 +436,12 @@ class SuspendingKubeSpawner(AgentClientConfig, KubeSpawner):
             reason=reason,
             container=NOTEBOOK_CONTAINER,
             original_image=ck.original_image(pod, container),
-            node=ck.node_facts(node_obj, ck.pod_gpu_count(pod)),
+            node=ck.node_facts(
+                node_obj,
+                ck.pod_gpu_count(pod),
+                device_mode=result.gpu_device_mode,
+                devices=result.gpu_devices,
+            ),
             status=Status.VERIFIED,
             archive_bytes=result.archive_bytes,
             seconds=result.timings.get("total", 0.0),

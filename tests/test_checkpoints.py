@@ -8,6 +8,7 @@ from jupyterhub.crypto import CryptKeeper
 from kubernetes_asyncio.client import V1Container, V1ObjectMeta, V1Pod, V1PodSpec
 
 from jhub_suspend.checkpoints import (
+    GPU_UUIDS_ANNOTATION,
     ORIGINAL_IMAGE_ANNOTATION,
     Checkpoint,
     LastError,
@@ -41,7 +42,7 @@ def record(**kw):
         reason="idle",
         container="notebook",
         original_image="jupyter/base:1",
-        node=NodeFacts("gpu-1", "amd64", "NVIDIA-A100", 1),
+        node=NodeFacts("gpu-1", "amd64", "NVIDIA-A100", 1, "cdi", 2, ("GPU-1",)),
     )
     values.update(kw)
     return Checkpoint(**values)
@@ -121,7 +122,7 @@ def test_node_facts_and_gpu_count():
 
 
 def test_compatibility_affinity_requires_arch_and_gpu_product():
-    aff = compatibility_affinity(NodeFacts("n", "amd64", "A100", 1), [])
+    aff = compatibility_affinity(NodeFacts("n", "amd64", "A100", 1, "cdi", 2, ("GPU-a",)), [])
     terms = aff["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
         "nodeSelectorTerms"
     ]
@@ -188,6 +189,8 @@ def test_checkpoint_image_driver_swaps_the_image_and_pins_the_node_kind():
     assert out.spec.node_selector == {"pool": "user"}
     # the restored pod says which image it really runs from, for its next checkpoint
     assert out.metadata.annotations[ORIGINAL_IMAGE_ANNOTATION] == record().original_image
+    # and, for a CDI GPU checkpoint, which GPUs it held (for the runtime's device map)
+    assert out.metadata.annotations[GPU_UUIDS_ANNOTATION] == "GPU-1"
     with pytest.raises(RestoreFailed, match="no container 'other'"):
         driver.apply(pod, record(), "other")
 

@@ -4,7 +4,9 @@ own node's kubelet, pushes the archive as an OCI checkpoint image and deletes th
 HTTP API (JSON; errors are ``{"message": ...}``):
 
 - ``POST /api/checkpoints`` ``{"namespace", "pod", "container", "image", "annotations"}`` →
-  201 ``{"image": "repo@sha256:...", "digest", "size", "archive_bytes", "timings"}``;
+  201 ``{"image": "repo@sha256:...", "digest", "size", "archive_bytes", "timings"}``, and for
+  a pod holding GPUs ``"gpu": {"device_mode": "cdi" | "legacy" | null, "devices": [...]}``
+  (the node's device mode, and the GPUs the container held as its ``spec.dump`` names them);
   400 bad input, 401 no or bad token, 403 image outside the repository, 404 pod or container
   not on this node, 409 a checkpoint of that pod is already running, 502 kubelet or runtime
   failure, 503 registry unreachable, 500 verification failure.

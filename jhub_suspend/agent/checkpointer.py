@@ -33,12 +33,13 @@ from .. import images
 from ..archive import (
     INVENTORY_FILE,
     SIMULATED_CUDA_MARKER,
+    SPEC_DUMP_FILE,
     InventoryError,
     checkpoint_image_annotations,
     inventory_plugins,
 )
 from ..errors import OwnError
-from ..gpu import CUDA_PLUGIN_NAME, AgentGpuReport, device_state_problem
+from ..gpu import CUDA_PLUGIN_NAME, AgentGpuReport, device_state_problem, devices_from_spec
 from ..retry import with_retries
 from .criuconfig import node_setting_hint
 from .kubelet import KubeletError
@@ -159,12 +160,16 @@ class DeviceState:
     plugins: list[str] | None
     #: it carries the local cluster's simulated-plugin marker
     simulated: bool = False
+    #: the GPUs the container held, from its ``spec.dump`` (see
+    #: :func:`jhub_suspend.gpu.devices_from_spec`); empty when it does not say
+    devices: tuple[str, ...] = ()
 
 
 def read_device_state(archive: str, max_bytes: int = 1 << 20) -> DeviceState:
     """Read CRIU's inventory and the simulated-plugin marker from a checkpoint archive."""
     plugins: list[str] | None = None
     simulated = False
+    devices: tuple[str, ...] = ()
     try:
         with tarfile.open(archive, "r:*") as tar:
             for member in tar:
@@ -178,6 +183,13 @@ def read_device_state(archive: str, max_bytes: int = 1 << 20) -> DeviceState:
                             plugins = inventory_plugins(f.read())
                         except InventoryError as e:
                             log.warning("unreadable CRIU inventory in %s: %s", archive, e)
+                elif name == SPEC_DUMP_FILE:
+                    f = tar.extractfile(member)
+                    if f is not None:
+                        try:
+                            devices = devices_from_spec(json.loads(f.read()))
+                        except ValueError as e:
+                            log.warning("unreadable spec.dump in %s: %s", archive, e)
                 elif name == SIMULATED_CUDA_MARKER:
                     f = tar.extractfile(member)
                     if f is not None:
@@ -187,7 +199,7 @@ def read_device_state(archive: str, max_bytes: int = 1 << 20) -> DeviceState:
                             simulated = False
     except (OSError, EOFError, tarfile.TarError) as e:
         log.warning("could not read checkpoint archive %s: %s", archive, e)
-    return DeviceState(plugins, simulated)
+    return DeviceState(plugins, simulated, devices)
 
 
 def sweep_orphans(
@@ -276,8 +288,9 @@ class Checkpointer:
     async def checkpoint(self, req: CheckpointRequest) -> CheckpointResult:
         timings: dict[str, float] = {}
         start = self.clock()
+        device_mode = ""
         if req.gpus:
-            await self._check_gpu_node(req)
+            device_mode = await self._check_gpu_node(req)
         raw_path = await self._kubelet_checkpoint(req)
         timings["checkpoint"] = self.clock() - start
         archive = inside(raw_path, self.checkpoint_dir)
@@ -289,9 +302,10 @@ class Checkpointer:
             )
         self.archives_in_use.add(archive)
         device_state = ""
+        devices: tuple[str, ...] = ()
         try:
             if req.gpus:
-                device_state = await self._check_device_state(req, archive)
+                device_state, devices = await self._check_device_state(req, archive)
             archive_bytes = await self._archive_size(archive)
             annotations = {
                 **req.annotations,
@@ -314,6 +328,8 @@ class Checkpointer:
             size=size,
             archive_bytes=archive_bytes,
             timings={k: round(v, 3) for k, v in timings.items()},
+            gpu_device_mode=device_mode,
+            gpu_devices=devices,
         )
 
     async def _archive_size(self, archive: str) -> int:
@@ -333,9 +349,10 @@ class Checkpointer:
         else:
             self.cleanup_failures += 1
 
-    async def _check_gpu_node(self, req: CheckpointRequest) -> None:
+    async def _check_gpu_node(self, req: CheckpointRequest) -> str:
         """Refuse before dumping a GPU pod where CRIU's CUDA plugin is missing: the checkpoint
-        would lack its GPU memory."""
+        would lack its GPU memory. Return the node's device mode ("" unknown), which a restore
+        needs."""
         report = await asyncio.to_thread(self.gpu_report) if self.gpu_report else None
         if report is None or not report.cuda_plugin:
             raise GpuStateMissing(
@@ -343,10 +360,14 @@ class Checkpointer:
                 "CUDA plugin (cuda_plugin.so) is not installed on this node; the server keeps "
                 "running"
             )
+        return report.device_mode or ""
 
-    async def _check_device_state(self, req: CheckpointRequest, archive: str) -> str:
+    async def _check_device_state(
+        self, req: CheckpointRequest, archive: str
+    ) -> tuple[str, tuple[str, ...]]:
         """Raise unless the archive holds GPU device state; say which kind ("real",
-        "simulated")."""
+        "simulated"), and the GPUs the container held (from its spec.dump; empty when it does
+        not say)."""
         state = await asyncio.to_thread(read_device_state, archive)
         problem = device_state_problem(
             state.plugins,
@@ -358,14 +379,20 @@ class Checkpointer:
                 f"the checkpoint of {self._where(req)} is unusable: {problem}; it was deleted "
                 "and the server keeps running"
             )
+        if not state.devices:
+            log.warning(
+                "the checkpoint of %s does not say which GPUs it held (no device list in its "
+                "spec.dump); a restore cannot remap them",
+                self._where(req),
+            )
         if state.plugins is not None and CUDA_PLUGIN_NAME in state.plugins:
-            return "real"
+            return "real", state.devices
         log.warning(
             "SIMULATED GPU device state in the checkpoint of %s (the local cluster's "
             "simulated CUDA plugin; no real CUDA checkpoint)",
             self._where(req),
         )
-        return "simulated"
+        return "simulated", state.devices
 
     def _where(self, req: CheckpointRequest) -> str:
         node = f" on node {self.node_name}" if self.node_name else ""

@@ -6,6 +6,7 @@ The hub and the service import this and :mod:`.client`, never the agent's server
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,33 @@ class CheckpointRequest:
     gpus: int = 0
 
 
+#: a GPU as the device plugin names it: a UUID (``GPU-…``, ``MIG-…``) or an index
+_DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+MAX_DEVICES = 1024
+
+
+def gpu_facts_from_json(data: Any) -> tuple[str, tuple[str, ...]]:
+    """The ``gpu`` part of an agent's checkpoint answer: ``(device mode, devices)``.
+
+    ``{"device_mode": "cdi" | "legacy" | null, "devices": ["GPU-…", …]}``. Anything missing
+    or malformed reads as unknown (``""``, ``()``) rather than failing a checkpoint that was
+    pushed and verified: a restore treats unknown as legacy device mode, the safe reading.
+    """
+    if not isinstance(data, Mapping):
+        return "", ()
+    mode = data.get("device_mode")
+    mode = mode if mode in ("cdi", "legacy") else ""
+    devices = data.get("devices")
+    if (
+        not isinstance(devices, list)
+        or len(devices) > MAX_DEVICES
+        or not all(isinstance(d, str) and _DEVICE_ID.fullmatch(d) for d in devices)
+        or len(set(devices)) != len(devices)
+    ):
+        return mode, ()
+    return mode, tuple(devices)
+
+
 @dataclass(frozen=True)
 class CheckpointResult:
     #: ``repository@sha256:...``, what a pod spec should name
@@ -36,6 +64,10 @@ class CheckpointResult:
     archive_bytes: int
     #: seconds per phase: checkpoint, push, verify, total
     timings: dict[str, float]
+    #: for a pod holding GPUs: how its node hands GPUs to containers ("cdi", "legacy"; ""
+    #: unknown, as from an agent older than this field) and the GPUs the pod held
+    gpu_device_mode: str = ""
+    gpu_devices: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> CheckpointResult:
@@ -43,19 +75,28 @@ class CheckpointResult:
         digest = str(data["digest"])
         if not digest.startswith("sha256:") or "@" not in str(data["image"]):
             raise ValueError(f"not a pinned checkpoint image: {data['image']!r}")
+        mode, devices = gpu_facts_from_json(data.get("gpu"))
         return cls(
             image=str(data["image"]),
             digest=digest,
             size=int(data["size"]),
             archive_bytes=int(data["archive_bytes"]),
             timings={str(k): float(v) for k, v in dict(data["timings"]).items()},
+            gpu_device_mode=mode,
+            gpu_devices=devices,
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "image": self.image,
             "digest": self.digest,
             "size": self.size,
             "archive_bytes": self.archive_bytes,
             "timings": dict(self.timings),
         }
+        if self.gpu_device_mode or self.gpu_devices:
+            out["gpu"] = {
+                "device_mode": self.gpu_device_mode or None,
+                "devices": list(self.gpu_devices),
+            }
+        return out

@@ -321,6 +321,7 @@ class LocalCluster(Application):
                 state_dir=self.state_dir,
                 runtime_version=self.containerd.runtime_version,
                 criu_work_dir=str(self.containerd.criu_work),
+                content_dir=self.containerd.content_dir,
                 authorize=self._authorize,
                 faults=self.faults,
                 image_gc=image_gc,

@@ -202,6 +202,11 @@ class Containerd:
         return self.dir / "criu-work"
 
     @property
+    def content_dir(self) -> str:
+        """containerd's content store: the blobs of the images it pulled."""
+        return str(self.dir / "root" / "io.containerd.content.v1.content")
+
+    @property
     def gateway(self) -> str:
         return gateway_address(self.pod_cidr)
 

@@ -26,7 +26,9 @@ A pod whose container image is a checkpoint image is created like any other: con
 recognises the image (checkpointctl's ``org.criu.checkpoint.container.name`` annotation) and
 restores the container in ``CreateContainer`` and ``StartContainer``. The kubelet only reads
 the image's config from the runtime (the agent repeats the annotation as a label) to word its
-events.
+events, and, for a checkpoint that carries the simulated CUDA marker, applies the SIMULATED
+CUDA restore rules (:mod:`.gpurestore`): the container create fails as a real runtime's would
+where GPU indices or counts do not match, and a CDI node's remap is logged and evented.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from . import crispec, metrics
 from .cri import CriClient, CriError, cri
 from .crispec import NODE_LABEL, RunAs
 from .faults import FaultPoints, InjectedFault
+from .gpurestore import gpu_uuid, read_marker, simulated_cuda_restore
 from .imagegc import (
     IMAGE_GC_PERIOD,
     FsUsage,
@@ -370,6 +373,7 @@ class Kubelet:
         state_dir: str,
         runtime_version: str = "containerd://2",
         criu_work_dir: str = "",
+        content_dir: str = "",
         checkpoint_dir: str | None = None,
         authorize: Authorizer | None = None,
         clock: Callable[[], float] | None = None,
@@ -384,6 +388,8 @@ class Kubelet:
         self.runtime = runtime
         self.runtime_version = runtime_version
         self.criu_work_dir = criu_work_dir
+        #: the runtime's content store, where the simulated CUDA plugin reads its marker back
+        self.content_dir = content_dir
         self.state_dir = state_dir
         self.checkpoint_dir = checkpoint_dir or os.path.join(state_dir, "checkpoints", node.name)
         self.authorize = authorize
@@ -644,10 +650,16 @@ class Kubelet:
             f'Successfully pulled image "{image}" in {pulled:.1f}s. '
             f"Image size: {status.size if status else 0} bytes.",
         )
+        if checkpoint:
+            await self._simulate_cuda_restore(pod, rec, image, status)
         extra: dict[str, str] = {}
         if rec.gpus:
-            devices = ",".join(str(i) for i in rec.gpus)
-            extra.update(NVIDIA_VISIBLE_DEVICES=devices, CUDA_VISIBLE_DEVICES=devices)
+            # As NVIDIA's device plugin does by default (envvar strategy, UUIDs); the indices
+            # for CUDA, as a container toolkit would make them visible
+            extra.update(
+                NVIDIA_VISIBLE_DEVICES=",".join(gpu_uuid(self.node.name, i) for i in rec.gpus),
+                CUDA_VISIBLE_DEVICES=",".join(str(i) for i in rec.gpus),
+            )
         try:
             config = crispec.container_config(
                 pod, container, image=image_ref, volumes=volumes, extra_env=extra
@@ -933,12 +945,16 @@ class Kubelet:
 
     def _simulate_cuda_plugin(self, rec: PodRecord, archive: str) -> None:
         """Mark, in the archive, the device state a CUDA plugin would have written: SIMULATED
-        (the pod's process never used a GPU, and no GPU memory is in the checkpoint)."""
+        (the pod's process never used a GPU, and no GPU memory is in the checkpoint). The
+        marker names the GPUs (UUIDs and indices) and the node's device mode, which the
+        simulated restore (:mod:`.gpurestore`) checks."""
         marker = {
             "simulated": True,
             "what": "jhub-suspend local cluster: simulated CUDA plugin, not a CUDA checkpoint",
             "node": self.node.name,
-            "gpus": [f"GPU-{self.node.name}-{i:04d}" for i in rec.gpus],
+            "gpus": [gpu_uuid(self.node.name, i) for i in rec.gpus],
+            "indices": list(rec.gpus),
+            "device_mode": self.node.gpu_device_mode,
         }
         data = json.dumps(marker).encode()
         with tempfile.TemporaryFile() as f, tarfile.open(archive, "a") as tar:
@@ -951,6 +967,41 @@ class Kubelet:
             "SIMULATED CUDA plugin on %s: marked device state of GPU(s) %s in %s",
             self.node.name, marker["gpus"], archive,
         )  # fmt: skip
+
+    async def _simulate_cuda_restore(
+        self, pod: dict, rec: PodRecord, image: str, status: Any
+    ) -> None:
+        """Apply the SIMULATED CUDA plugin's restore rules (:mod:`.gpurestore`) to a pod
+        restoring a checkpoint image that carries the simulated marker; raise
+        :class:`PodFailed` as the runtime's create would fail."""
+        digest = image.partition("@")[2]
+        if not digest and status is not None and status.repo_digests:
+            digest = status.repo_digests[0].partition("@")[2]
+        if not (digest and self.content_dir):
+            return
+        marker = await asyncio.to_thread(read_marker, self.content_dir, digest)
+        if not isinstance(marker, dict) or marker.get("simulated") is not True:
+            return
+        outcome = simulated_cuda_restore(
+            marker, self.node.name, self.node.gpu_device_mode, rec.gpus
+        )
+        where = f"{rec.namespace}/{rec.name} on {self.node.name}"
+        if not outcome.ok:
+            log.warning("SIMULATED CUDA restore of %s failed: %s", where, outcome.message)
+            raise PodFailed(
+                "CreateContainerError", f"restoring checkpoint failed: {outcome.message}"
+            )
+        if outcome.device_map:
+            log.warning(
+                "SIMULATED CUDA plugin on %s: remapped GPUs by UUID for %s (CDI): %s",
+                self.node.name, where, outcome.device_map,
+            )  # fmt: skip
+            self._event(
+                pod,
+                "SimulatedGpuRemap",
+                f"SIMULATED CUDA restore: GPUs remapped by UUID (cuda.device-map "
+                f"{outcome.device_map})",
+            )
 
     async def usage(self) -> list[metrics.ContainerUsage]:
         """CPU and memory of this node's containers, from the runtime's cgroup statistics."""
@@ -983,7 +1034,7 @@ class Kubelet:
             samples.append(
                 metrics.GpuSample(
                     gpu=i,
-                    uuid=f"GPU-{self.node.name}-{i:04d}",
+                    uuid=gpu_uuid(self.node.name, i),
                     model_name=self.node.gpu_product.replace("-", " "),
                     hostname=self.node.name,
                     utilization=self.gpu_util.get(i, 0.0) if rec else 0.0,
