@@ -13,6 +13,7 @@ from typing import Any
 from cryptography.fernet import InvalidToken
 from jupyterhub.crypto import CryptKeeper
 
+from .gpu import COUNT_LABEL, PRODUCT_LABEL
 from .kubevalues import rfc3339
 
 ANNOTATION_PREFIX = "jhub-suspend.jupyter.org"
@@ -280,10 +281,10 @@ def node_facts(
     return NodeFacts(
         node=node.get("metadata", {}).get("name", ""),
         arch=labels.get("kubernetes.io/arch", ""),
-        gpu_product=labels.get("nvidia.com/gpu.product", "") if gpu_count else "",
+        gpu_product=labels.get(PRODUCT_LABEL, "") if gpu_count else "",
         gpu_count=gpu_count,
         gpu_device_mode=device_mode if device_mode in ("cdi", "legacy") else "",
-        node_gpu_count=_count_label(labels.get("nvidia.com/gpu.count")) if gpu_count else 0,
+        node_gpu_count=_count_label(labels.get(COUNT_LABEL)) if gpu_count else 0,
         gpu_devices=tuple(devices),
     )
 

@@ -24,6 +24,7 @@ from .checkpoints import (
     NodeFacts,
 )
 from .errors import OwnError
+from .gpu import COUNT_LABEL, PRODUCT_LABEL
 
 # Waiting reasons after which a restore will not succeed by waiting longer.
 FAILED_WAITING_REASONS = frozenset(
@@ -39,8 +40,6 @@ FAILED_WAITING_REASONS = frozenset(
 )
 
 
-PRODUCT_LABEL = "nvidia.com/gpu.product"
-COUNT_LABEL = "nvidia.com/gpu.count"
 #: how a GPU UUID starts (``nvidia-smi -L``); a device named otherwise is an index
 _UUID_PREFIXES = ("GPU-", "MIG-")
 
