@@ -48,7 +48,8 @@ the world's first minute; the sample at minute ``k`` carries minute ``k - 1``'s 
 ``container_cpu_usage_seconds_total`` for the ``notebook`` container and for the pod's cgroup
 (``container=""``, which the queries must exclude), ``container_memory_working_set_bytes``,
 ``kube_pod_container_resource_requests`` (cpu, memory, ``nvidia_com_gpu``) and
-``DCGM_FI_DEV_GPU_UTIL`` per GPU, with the labels those exporters put on them.
+``DCGM_FI_DEV_GPU_UTIL`` and ``DCGM_FI_DEV_FB_USED`` (constant, :data:`FB_USED_MIB`) per GPU,
+with the labels those exporters put on them.
 """
 
 from __future__ import annotations
@@ -576,14 +577,24 @@ def _family_requests(out: IO[str], world: World) -> int:
     return n
 
 
+#: GPU memory a notebook holds, MiB per GPU (DCGM_FI_DEV_FB_USED): what a suspension stages in
+#: host memory; constant, as the replay's nodes are assumed to have room for it
+FB_USED_MIB = 4096
+
+
 def _family_gpu(out: IO[str], world: World) -> int:
-    out.write("# TYPE DCGM_FI_DEV_GPU_UTIL gauge\n")
+    n = _family_gpu_metric(out, world, "DCGM_FI_DEV_GPU_UTIL", None)
+    return n + _family_gpu_metric(out, world, "DCGM_FI_DEV_FB_USED", FB_USED_MIB)
+
+
+def _family_gpu_metric(out: IO[str], world: World, name: str, constant: float | None) -> int:
+    out.write(f"# TYPE {name} gauge\n")
     n = 0
     for u in world.users:
         t = _scrapes(u, world)
         if not u.gpus or not len(t):
             continue
-        values = _per_scrape(u.gpu_util, world, t)
+        values = _per_scrape(u.gpu_util, world, t) if constant is None else constant
         for g in range(u.gpus):
             labels = _labels(
                 gpu=str(g),
@@ -597,7 +608,7 @@ def _family_gpu(out: IO[str], world: World) -> int:
                 instance=f"{u.node}:9400",
                 job="dcgm-exporter",
             )
-            n += _lines(out, "DCGM_FI_DEV_GPU_UTIL{" + labels + "}", values, t, ".0f")
+            n += _lines(out, name + "{" + labels + "}", values, t, ".0f")
     return n
 
 

@@ -21,6 +21,18 @@ A checkpoint of a GPU process holds its device state when CRIU's inventory image
 plugin (:func:`jhub_suspend.archive.inventory_plugins`): the plugin adds itself there when it
 has locked and checkpointed a CUDA process, and CRIU's restore then requires the plugin.
 :func:`device_state_problem` says what is wrong with one that does not.
+
+On a capable node, one GPU server is suspendable only when (:func:`server_gpu_readiness`):
+
+* **legacy device mode**: the pod holds ALL of its node's GPUs (``nvidia.com/gpu.count``). A
+  CUDA restore works only onto the same GPU indices; only a pod that held every GPU of its
+  node is guaranteed them (0..n-1) on any node of the same product and count. CDI mode remaps
+  GPUs by UUID and has no such limit;
+* **host memory to stage the GPU memory**: the CUDA plugin copies the device memory in use
+  (DCGM's framebuffer-used, summed over the pod's GPUs; unknown is never suspendable) into the
+  process's host memory, which is charged to the pod's memory cgroup: the pod's memory limit
+  less its working set, and the node's available memory, must each hold it. Otherwise the
+  kernel would be OOM-killed mid-checkpoint and the notebook lost.
 """
 
 from __future__ import annotations
@@ -73,13 +85,15 @@ class AgentGpuReport:
     ``cuda_plugin``: CRIU's plugin directory holds ``cuda_plugin.so``. ``cuda_checkpoint``:
     NVIDIA's ``cuda-checkpoint`` tool was found. ``device_mode``: ``cdi`` when CDI specs for
     ``nvidia.com/gpu`` exist on the node, else ``legacy``. ``simulated``: the local cluster's
-    simulated plugin (never a real CUDA checkpoint).
+    simulated plugin (never a real CUDA checkpoint). ``memory_available``: the node's
+    available memory in bytes (``MemAvailable``) when the agent answered; None: unknown.
     """
 
     cuda_plugin: bool
     cuda_checkpoint: bool
     device_mode: DeviceMode | None
     simulated: bool = False
+    memory_available: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,6 +101,7 @@ class AgentGpuReport:
             "cuda_checkpoint": self.cuda_checkpoint,
             "device_mode": self.device_mode,
             "simulated": self.simulated,
+            "memory_available": self.memory_available,
         }
 
     @classmethod
@@ -103,8 +118,17 @@ class AgentGpuReport:
         mode = data.get("device_mode")
         if mode is not None and mode not in DEVICE_MODES:
             raise ValueError(f"device_mode {mode!r} is not one of {list(DEVICE_MODES)}")
+        available = data.get("memory_available")
+        if available is not None and (
+            isinstance(available, bool) or not isinstance(available, int) or available < 0
+        ):
+            raise ValueError(f"memory_available must be a whole number of bytes, not {available!r}")
         return cls(
-            flags["cuda_plugin"], flags["cuda_checkpoint"], mode, simulated=flags["simulated"]
+            flags["cuda_plugin"],
+            flags["cuda_checkpoint"],
+            mode,
+            simulated=flags["simulated"],
+            memory_available=available,
         )
 
 
@@ -313,3 +337,105 @@ def devices_from_spec(spec: Any) -> tuple[str, ...]:
         if m:
             indices.append(m.group(1))
     return tuple(indices)
+
+
+def human_bytes(n: float) -> str:
+    """``n`` bytes in binary units for a sentence, e.g. ``12.0 GiB``, ``512 MiB``."""
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}" if unit in ("TiB", "GiB") else f"{n / size:.0f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _known(value: float | None) -> float | None:
+    """``value`` when it is a usable amount of bytes (finite, not negative), else None."""
+    return value if value is not None and math.isfinite(value) and value >= 0 else None
+
+
+def checkpoint_size_estimate(
+    memory_used: float | None, gpu_memory_used: float | None
+) -> int | None:
+    """What a checkpoint of a server will roughly hold, in bytes: its host memory working set
+    plus the GPU memory in use, which the CUDA plugin stages into host memory (0 for a server
+    without GPUs). None when either is unknown."""
+    host, gpu = _known(memory_used), _known(gpu_memory_used)
+    if host is None or gpu is None:
+        return None
+    return int(host + gpu)
+
+
+def server_gpu_readiness(
+    capability: Capability,
+    *,
+    gpus: float,
+    node_gpu_count: int | None,
+    gpu_memory_used: float | None,
+    memory_limit: float | None,
+    memory_used: float | None,
+    node_memory_available: float | None,
+    node: str = "",
+) -> Capability:
+    """Whether one server holding ``gpus`` GPUs can be suspended, on top of its node's
+    ``capability`` (see the module docstring for the rules).
+
+    ``node_gpu_count``: the node's ``nvidia.com/gpu.count`` (None: unknown).
+    ``gpu_memory_used``: the GPU memory the pod uses, in bytes, summed over its GPUs (None:
+    no sample). ``memory_limit``: the memory limit binding its GPU containers, in bytes (None:
+    no limit). ``memory_used``: its memory working set in bytes (None: unknown).
+    ``node_memory_available``: its node's available memory in bytes (None: unknown).
+    """
+    if not capability.capable:
+        return capability
+    where = f"node {node}" if node else "its node"
+
+    def refuse(reason: str) -> Capability:
+        return Capability(False, reason, capability.device_mode, capability.simulated)
+
+    held = f"{gpus:g}"
+    if capability.device_mode == "legacy" and (node_gpu_count is None or gpus != node_gpu_count):
+        count = "an unknown number" if node_gpu_count is None else str(node_gpu_count)
+        return refuse(
+            f"it holds {held} of {where}'s {count} GPUs in legacy device mode: a CUDA restore "
+            "works only onto the same GPU indices, which only a pod holding all of its node's "
+            f"GPUs is guaranteed ({COUNT_LABEL}); CDI device mode removes this limit"
+        )
+    staged = _known(gpu_memory_used)
+    if staged is None:
+        return refuse(
+            "the GPU memory it uses is unknown (no DCGM framebuffer-used sample for its GPUs), "
+            "so whether host memory can stage it for the checkpoint cannot be checked"
+        )
+    need = human_bytes(staged)
+    if memory_limit is not None:
+        used = _known(memory_used)
+        if used is None:
+            return refuse(
+                f"its memory working set is unknown, so whether its memory limit "
+                f"({human_bytes(memory_limit)}) leaves room to stage its {need} of GPU memory "
+                "cannot be checked"
+            )
+        free = memory_limit - used
+        if free < staged:
+            return refuse(
+                f"staging its {need} of GPU memory in host memory needs more than its memory "
+                f"limit leaves ({human_bytes(memory_limit)} limit, "
+                f"{human_bytes(used)} in use, {human_bytes(max(free, 0.0))} free): "
+                "its processes would be OOM-killed mid-checkpoint and the notebook lost"
+            )
+    available = _known(node_memory_available)
+    if available is None:
+        return refuse(
+            f"{where}'s available memory is unknown (its node agent did not report it), so "
+            f"whether it can stage {need} of GPU memory cannot be checked"
+        )
+    if available < staged:
+        return refuse(
+            f"{where} has {human_bytes(available)} of memory available, less than the {need} "
+            "of GPU memory to stage for the checkpoint"
+        )
+    return Capability(
+        True,
+        f"{capability.reason}; its {need} of GPU memory fits in host memory to stage",
+        capability.device_mode,
+        capability.simulated,
+    )

@@ -17,6 +17,8 @@ Signals and units:
   ``DCGM_FI_DEV_GPU_UTIL`` (already 0-100) or ``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` (0-1, multiplied
   by 100 here so one threshold fits both). ``source="auto"`` uses engine-active where the
   exporter provides it and falls back to GPU_UTIL per pod (PromQL ``or``).
+* **GPU memory**: the framebuffer memory in use, in **bytes**, summed over the pod's GPUs, from
+  ``DCGM_FI_DEV_FB_USED`` (MiB); what a checkpoint must stage into host memory.
 * **requests**: per pod and resource, summed over all containers (what the scheduler reserves and
   what a suspension frees).
 
@@ -82,6 +84,8 @@ class MetricNames:
     requests: str = "kube_pod_container_resource_requests"
     gpu_util: str = "DCGM_FI_DEV_GPU_UTIL"
     gpu_engine_active: str = "DCGM_FI_PROF_GR_ENGINE_ACTIVE"
+    #: framebuffer memory used, in MiB (dcgm-exporter's default counters include it)
+    gpu_fb_used: str = "DCGM_FI_DEV_FB_USED"
     namespace: str = "namespace"
     pod: str = "pod"
     container: str = "container"
@@ -103,6 +107,7 @@ class MetricNames:
             "requests",
             "gpu_util",
             "gpu_engine_active",
+            "gpu_fb_used",
         ):
             if not _METRIC_NAME.match(getattr(self, attr)):
                 raise ValueError(f"MetricNames.{attr}={getattr(self, attr)!r} is not a metric name")
@@ -162,6 +167,7 @@ class Queries:
     memory_ratio: str
     requests: str
     freshness: str
+    gpu_memory: str
 
     def all(self) -> dict[str, str]:
         """Every query by a stable name (for logging and for counting queries)."""
@@ -173,6 +179,7 @@ class Queries:
             "memory_ratio": self.memory_ratio,
             "requests": self.requests,
             "freshness": self.freshness,
+            "gpu_memory": self.gpu_memory,
         }
         if self.cpu_gpu_window is not None:
             out["cpu_gpu_window_max"] = self.cpu_gpu_window.max
@@ -438,6 +445,17 @@ def gpu_util_queries(
     )
 
 
+def gpu_memory_query(names: MetricNames, pods: PodSelector) -> str:
+    """GPU memory in use per pod, in bytes, summed over the pod's GPUs (``DCGM_FI_DEV_FB_USED``
+    is in MiB). Carries the Kubernetes label names, as :func:`gpu_util_expr`. A pod whose GPUs
+    have no sample is absent: its GPU memory is unknown."""
+    by = f"{names.gpu_namespace}, {names.gpu_pod}"
+    sel = _selector(
+        names.gpu_fb_used, _pod_matchers(names, pods, gpu=True), names.gpu_extra_matchers
+    )
+    return _relabel_to_pod_labels(names, f"1048576 * sum by ({by}) ({sel})")
+
+
 def requests_query(names: MetricNames, pods: PodSelector) -> str:
     """Requests per pod and resource (cpu cores, memory bytes, GPUs), summed over containers.
 
@@ -483,7 +501,7 @@ def build_queries(
     gpu_source: GpuSource = "auto",
     per_gpu: GpuAggregation = "avg",
 ) -> Queries:
-    """Every query one policy cycle needs (7, or 9 when the GPU window differs)."""
+    """Every query one policy cycle needs (8, or 10 when the GPU window differs)."""
     cpu = cpu_ratio_queries(names, pods, cpu_window, step, rate_window)
     gpu = gpu_util_queries(names, pods, gpu_window, step, gpu_source, per_gpu)
     cpu_gpu = None
@@ -496,6 +514,7 @@ def build_queries(
         memory_ratio=memory_ratio_query(names, pods),
         requests=requests_query(names, pods),
         freshness=freshness_query(names, pods),
+        gpu_memory=gpu_memory_query(names, pods),
     )
 
 

@@ -20,6 +20,7 @@ CRIU = os.environ.get("JHUB_SUSPEND_CRIU", "/opt/jhub-suspend/bin/criu")
 CONTAINERD = "/opt/jhub-suspend/bin/containerd"
 INSTALL_HINT = "run scripts/install.sh, which installs containerd, runc and CRIU >= 4.2"
 SPARE_TAINT = {"key": "jhub-suspend.test/spare", "value": "true", "effect": "NoSchedule"}
+LEGACY_GPU_TAINT = {"key": "jhub-suspend.test/legacy-gpu", "value": "true", "effect": "NoSchedule"}
 
 
 def require_root() -> None:
@@ -86,6 +87,16 @@ async def cluster(tmp_path_factory):
                 "taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}],
             },
             {"name": "node-2", "cpu": "1", "memory": "4Gi", "taints": [SPARE_TAINT]},
+            # A legacy-device-mode node with two GPUs, tainted apart so that only the tests
+            # that tolerate LEGACY_GPU_TAINT use it (tests/test_gpu_staging_e2e.py).
+            {
+                "name": "gpu-node-2",
+                "cpu": "1",
+                "memory": "4Gi",
+                "gpus": 2,
+                "gpu_device_mode": "legacy",
+                "taints": [LEGACY_GPU_TAINT],
+            },
         ],
     )
     lc.initialize([])

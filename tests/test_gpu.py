@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import tarfile
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pytest
@@ -68,7 +69,9 @@ LABELS = {
     "nvidia.com/mps.capable": "false",
     "nvidia.com/gpu.sharing-strategy": "none",
 }
-REPORT = AgentGpuReport(cuda_plugin=True, cuda_checkpoint=False, device_mode="cdi")
+REPORT = AgentGpuReport(
+    cuda_plugin=True, cuda_checkpoint=False, device_mode="cdi", memory_available=64 << 30
+)
 
 #: inventory.img as CRIU 4.2.1 wrote it on this project's machine (a dumped `sleep`): no
 #: plugin recorded state, so plugins_entry is present and empty
@@ -352,14 +355,17 @@ async def test_the_agent_reports_its_nodes_gpu_capabilities(tmp_path, ckpt_dir):
                 "cuda_checkpoint": False,
                 "device_mode": "legacy",
                 "simulated": False,
+                "memory_available": agent.memory_available(),
             },
         }
+        assert json.loads(answer.body)["gpu"]["memory_available"] > 0  # this machine's
         (plugins / "cuda_plugin.so").write_bytes(b"\x7fELF")
         tool.write_text("#!/bin/sh\n")
         tool.chmod(0o755)
         (cdi / "nvidia.yaml").write_text("cdiVersion: 0.5.0\nkind: nvidia.com/gpu\n")
         client = AgentClient(url(agent), TOKEN)
-        assert await client.gpu_report() == AgentGpuReport(True, True, "cdi")
+        got = await client.gpu_report()
+        assert (got.cuda_plugin, got.cuda_checkpoint, got.device_mode) == (True, True, "cdi")
         agent.gpu_device_mode = "legacy"
         assert (await client.gpu_report()).device_mode == "legacy"
     with pytest.raises(TraitError):
@@ -443,6 +449,17 @@ async def test_a_service_that_may_not_list_nodes_counts_no_node_capable():
     assert not cap.capable and "get/list on nodes" in cap.reason
 
 
+class StagingPrometheus:
+    """Answers the suspend action's two queries: GPU memory in use (bytes) and the memory
+    working set as a fraction of the request, per (namespace, pod)."""
+
+    def __init__(self, gpu_memory: dict, ratios: dict):
+        self.gpu_memory, self.ratios = gpu_memory, ratios
+
+    async def gpu_staging(self, queries, names, at=None):
+        return self.gpu_memory, self.ratios
+
+
 def gpu_pod(name: str, gpus: int, node_name: str = "a") -> dict:
     limits = {"nvidia.com/gpu": str(gpus)} if gpus else {}
     return {
@@ -469,6 +486,10 @@ async def test_suspend_answers_409_with_the_reason_for_a_gpu_server_on_an_incapa
         namespace="jhub",
         gpu_resources={"nvidia.com/gpu"},
         gpu_capabilities=caps,
+        prometheus=StagingPrometheus({}, {}),
+        queries=None,
+        names=None,
+        now=lambda: datetime.now(UTC),
         log=None,
     )
     actions = Actions(svc)  # type: ignore[arg-type]
@@ -477,6 +498,7 @@ async def test_suspend_answers_409_with_the_reason_for_a_gpu_server_on_an_incapa
     assert err.value.status == 409
     assert err.value.message.startswith("gus is left running: node mps cannot checkpoint GPUs")
     assert "MPS" in err.value.message
+    svc.prometheus = StagingPrometheus({("jhub", "jupyter-ann"): 0.0}, {})
     await actions._gpu_capable("ann", "", read_state({"pod_name": "jupyter-ann"}))
     await actions._gpu_capable("cy", "", read_state({"pod_name": "jupyter-cy"}))  # no GPU
 

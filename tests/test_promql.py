@@ -26,6 +26,7 @@ from jhub_suspend.promql import (
     expected_samples,
     format_duration,
     freshness_query,
+    gpu_memory_query,
     gpu_util_expr,
     gpu_util_queries,
     matcher,
@@ -52,6 +53,7 @@ RENAMED = MetricNames(
     requests="ksm_requests",
     gpu_util="gpu_u",
     gpu_engine_active="gpu_a",
+    gpu_fb_used="gpu_fb",
     namespace="ns",
     pod="p",
     container="c",
@@ -120,6 +122,27 @@ def test_gpu_queries_default_names(source, inner) -> None:
 
 def test_gpu_per_gpu_max() -> None:
     assert gpu_util_expr(DEFAULT, PODS, "util", per_gpu="max").startswith("max by (namespace, pod)")
+
+
+def test_gpu_memory_query_default_names() -> None:
+    # DCGM's framebuffer-used is in MiB: the query answers bytes, summed over the pod's GPUs
+    assert gpu_memory_query(DEFAULT, PODS) == (
+        "1048576 * sum by (namespace, pod) (DCGM_FI_DEV_FB_USED"
+        '{namespace="jhub", pod=~"jupyter-.*"})'
+    )
+    assert build_queries(DEFAULT, PODS, cpu_window="1h", gpu_window="1h").gpu_memory == (
+        gpu_memory_query(DEFAULT, PODS)
+    )
+
+
+def test_gpu_memory_query_relabelled_with_the_gpu_matchers() -> None:
+    assert gpu_memory_query(RELABELLED, PODS) == (
+        "label_replace(label_replace("
+        "1048576 * sum by (exported_namespace, exported_pod) (DCGM_FI_DEV_FB_USED"
+        '{exported_namespace="jhub", exported_pod=~"jupyter-.*", job="dcgm"}), '
+        '"pod", "$1", "exported_pod", "(.*)"), '
+        '"namespace", "$1", "exported_namespace", "(.*)")'
+    )
 
 
 def test_requests_query_default_names() -> None:
@@ -216,9 +239,9 @@ def test_chart_queries_use_the_configured_names() -> None:
 def test_build_queries_count_is_constant() -> None:
     same = build_queries(DEFAULT, PODS, cpu_window="1h", gpu_window=3600)
     assert same.cpu_gpu_window is None
-    assert len(same.all()) == 7
+    assert len(same.all()) == 8
     differ = build_queries(DEFAULT, PODS, cpu_window="1h", gpu_window="30m", step="30s")
-    assert len(differ.all()) == 9
+    assert len(differ.all()) == 10
     assert differ.cpu_gpu_window is not None
     assert differ.cpu_gpu_window.max.endswith("[30m:30s])")
     assert differ.cpu_gpu_window.expected_samples == 60
@@ -231,6 +254,8 @@ def test_build_queries_count_is_constant() -> None:
         {"namespace": "bad-label"},
         {"gpu_pod": "1pod"},
         {"cpu_usage": "cpu-usage"},
+        {"gpu_fb_used": "DCGM FB"},
+        {"gpu_fb_used": ""},
         {"gpu_resource": ""},
         {"extra_matchers": "container=notebook"},
         {"extra_matchers": '{container="notebook"}'},

@@ -163,6 +163,7 @@ def test_metrics_have_the_names_and_labels_the_service_queries() -> None:
         names.memory_working_set,
         names.requests,
         names.gpu_util,
+        names.gpu_fb_used,
     } or metrics == {names.cpu_usage, names.memory_working_set, names.requests}
     resources = {
         dict(re.findall(r'(\w+)="([^"]*)"', k[1]))[names.resource]
@@ -233,7 +234,7 @@ async def test_short_replay_suspends_idle_servers_and_never_an_active_one(tmp_pa
     s = report["jhub_suspend"]
     assert report["policy"]["failsafe_cycles"] == {}
     assert report["policy"]["cycles"] == 288
-    assert report["policy"]["prometheus_queries"] == 288 * 8  # the service's real queries
+    assert report["policy"]["prometheus_queries"] == 288 * 9  # the service's real queries
     # the assertion that matters, and proof that it could fail: servers were suspended
     assert s["suspensions"] > 0
     assert s["active_servers_suspended"] == 0, s["active_suspensions"]

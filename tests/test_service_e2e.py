@@ -298,7 +298,8 @@ async def test_the_loop_suspends_an_idle_server_and_keeps_a_busy_one(hub, api):
     d = next(d for d in plan["decisions"] if d["user"] == "bea")
     assert d["action"] == "keep"
     assert any("CPU reached" in r for r in d["reasons"]), d
-    assert plan["prometheus_queries"] == 6  # constant: CPU, GPU (max+count), memory, freshness
+    # constant: CPU, GPU (max+count), memory, freshness, GPU memory
+    assert plan["prometheus_queries"] == 7
 
     async def listed():  # the last cycle's listing, with finished operations overlaid
         status, listing = await call(hub, "GET", "api/servers?state=suspended", admin)
@@ -317,7 +318,7 @@ async def test_the_loop_suspends_an_idle_server_and_keeps_a_busy_one(hub, api):
     assert m['jhub_suspend_suspensions_total{outcome="success",reason="idle"}'] >= 1
     assert m["jhub_suspend_reclaimed_cpu_cores"] >= 0.5
     assert m["jhub_suspend_failsafe"] == 0
-    assert m["jhub_suspend_prometheus_queries_per_cycle"] == 6
+    assert m["jhub_suspend_prometheus_queries_per_cycle"] == 7
 
     async def core_hours_accrued():  # from the first cycle after one that saw it suspended
         m = await metrics(hub)

@@ -271,7 +271,7 @@ def test_prometheus_url_is_required():
 def test_queries_are_constant_and_use_the_configured_names():
     svc = service(metric_names={"gpu_pod": "exported_pod"}, pod_regex="nb-.*")
     texts = svc.queries.all()
-    assert len(texts) == 9  # the GPU window differs from the CPU window by default
+    assert len(texts) == 10  # the GPU window differs from the CPU window by default
     assert 'pod=~"nb-.*"' in texts["cpu_max"] and "exported_pod" in texts["gpu_max"]
 
 
@@ -286,9 +286,10 @@ async def test_the_reader_parses_signals_and_counts_queries():
     try:
         svc = service()
         r = await reader.read(svc.queries, svc.names, NOW.timestamp())
-        assert r.queries == 8 == prom.queries
+        assert r.queries == 9 == prom.queries
         assert r.cpu[keys[0]].max_value == 0.01 and r.cpu[keys[0]].samples == 60
         assert set(r.gpu) == {keys[0]} and r.ages["cpu"] == 3
+        assert r.gpu_memory == {keys[0]: 0.0}  # the GPU pods' framebuffer memory in use
         prom.malformed = True
         with pytest.raises(MetricsUnavailable) as err:
             await reader.read(svc.queries, svc.names, NOW.timestamp())
@@ -495,7 +496,7 @@ async def test_the_benchmark_runs(tmp_path):
     out = tmp_path / "r.json"
     report = await policy_cycle.run([20], 1, str(out))
     (r,) = report["results"]
-    assert r["servers"] == 20 and r["prometheus_queries_per_cycle"] == 8
+    assert r["servers"] == 20 and r["prometheus_queries_per_cycle"] == 9
     assert r["hub_pages_per_cycle"] == 1
     assert json.loads(out.read_text())["benchmark"] == "policy_cycle"
 

@@ -15,8 +15,10 @@ HTTP API (JSON; errors are ``{"message": ...}``):
 - ``GET /healthz`` (no token) → 200 ``{"node", "kubelet": "ok" or the error, "criu": "ok" or
   what the node's CRIU configuration lacks, "checkpoints"}``.
 - ``GET /capabilities`` (no token) → 200 ``{"node", "gpu": {"cuda_plugin", "cuda_checkpoint",
-  "device_mode", "simulated"}}``: what this node offers GPU checkpoints that no node label says
-  (see :class:`jhub_suspend.gpu.AgentGpuReport`).
+  "device_mode", "simulated", "memory_available"}}``: what this node offers GPU checkpoints that
+  no node label says, and its available memory in bytes as of the request (``MemAvailable``,
+  null when unreadable), which must stage a GPU server's device memory (see
+  :class:`jhub_suspend.gpu.AgentGpuReport`).
 - ``GET /metrics`` (no token) → Prometheus text.
 
 Every answer carries the ``X-JHub-Suspend-Agent`` header, so a client can tell the agent's own
@@ -522,6 +524,15 @@ class NodeAgent(ConfigFileApplication):
             raise TraitError(f"gpu_device_mode must be auto, cdi or legacy, not {mode!r}")
         return mode
 
+    meminfo_path = Unicode(
+        "/proc/meminfo",
+        help="""Where the agent reads its node's available memory (`MemAvailable`), reported by
+        `GET /capabilities` at each request: a GPU server is suspended only when its node can
+        stage the GPU memory it uses in host memory. A container sees the host's
+        /proc/meminfo unless LXCFS or similar masks it; then mount the host's file elsewhere
+        and point this at it.""",
+    ).tag(config=True)
+
     simulated_cuda_plugin = Bool(
         False,
         help="""Local cluster only: the node's CUDA plugin is the local cluster's simulation,
@@ -863,7 +874,18 @@ class NodeAgent(ConfigFileApplication):
             cuda_checkpoint=tool,
             device_mode=mode,  # type: ignore[arg-type]
             simulated=self.simulated_cuda_plugin,
+            memory_available=self.memory_available(),
         )
+
+    def memory_available(self) -> int | None:
+        """The node's available memory in bytes (``MemAvailable`` in :attr:`meminfo_path`), or
+        None when unreadable."""
+        try:
+            with open(self.meminfo_path) as f:
+                return meminfo_available(f.read())
+        except OSError as e:
+            self.log.warning("Cannot read %s: %s", self.meminfo_path, e)
+            return None
 
     def _nvidia_cdi_spec(self) -> bool:
         for directory in self.cdi_spec_dirs:
@@ -896,6 +918,12 @@ class NodeAgent(ConfigFileApplication):
         if not files:
             files = {path: None for path in self.criu_config_files}
         return criu_config_problem(files) or "ok"
+
+
+def meminfo_available(text: str) -> int | None:
+    """``MemAvailable`` of a /proc/meminfo text, in bytes; None when absent or unreadable."""
+    m = re.search(r"^MemAvailable:\s+(\d+)\s*kB\s*$", text, re.M)
+    return int(m.group(1)) * 1024 if m else None
 
 
 main = NodeAgent.launch_instance

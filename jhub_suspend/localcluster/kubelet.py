@@ -13,7 +13,9 @@ HTTP API:
   are removed through CRI when the image filesystem fills up;
 - ``GET /metrics/cadvisor`` (container CPU and memory from the runtime's cgroup statistics) and
   ``GET /metrics/dcgm`` (the node's simulated GPUs, DCGM-exporter style), with
-  ``PUT /debug/gpus/{index}`` for tests and demos to set a simulated GPU's utilisation.
+  ``PUT /debug/gpus/{index}`` for tests and demos to set a simulated GPU's utilisation
+  (``{"utilization": percent}``) and framebuffer memory used (``{"fb_used_mib": MiB}``, 0 until
+  set: a process that never touched its GPU).
 
 GPUs are simulated. A GPU node carries the labels GPU feature discovery would set (product,
 count, driver version; MIG and MPS through ``labels``). Where the node's config says
@@ -396,6 +398,7 @@ class Kubelet:
         self.clock = clock or store.clock
         self.pods: dict[str, PodRecord] = {}
         self.gpu_util: dict[int, float] = {}
+        self.gpu_fb_used: dict[int, float] = {}  # MiB
         self.address = "127.0.0.1"
         self.port = 0
         self._server: HTTPServer | None = None
@@ -1038,6 +1041,7 @@ class Kubelet:
                     model_name=self.node.gpu_product.replace("-", " "),
                     hostname=self.node.name,
                     utilization=self.gpu_util.get(i, 0.0) if rec else 0.0,
+                    fb_used_mib=self.gpu_fb_used.get(i, 0.0) if rec else 0.0,
                     namespace=rec.namespace if rec else "",
                     pod=rec.name if rec else "",
                     container=next(iter(rec.containers), "") if rec else "",
@@ -1152,11 +1156,26 @@ class GpuUtilHandler(KubeletHandler):
         i = int(index)
         if i >= self.kubelet.node.gpus:
             raise web.HTTPError(404, "node %s has no GPU %s", self.kubelet.node.name, i)
+        usage = 'body must be {"utilization": <percent>, "fb_used_mib": <MiB>} (either or both)'
         try:
-            value = float(json.loads(self.request.body or b"{}")["utilization"])
-        except (ValueError, KeyError, TypeError):
-            raise web.HTTPError(400, 'body must be {"utilization": <percent>}') from None
-        if not 0 <= value <= 100:
+            body = json.loads(self.request.body or b"{}")
+            values = {k: float(body[k]) for k in ("utilization", "fb_used_mib") if k in body}
+        except (ValueError, TypeError, AttributeError):
+            raise web.HTTPError(400, usage) from None
+        if not values or len(values) != len(body):
+            raise web.HTTPError(400, usage)
+        if not 0 <= values.get("utilization", 0) <= 100:
             raise web.HTTPError(400, "utilization must be between 0 and 100")
-        self.kubelet.gpu_util[i] = value
-        self.finish({"gpu": i, "utilization": value})
+        if not 0 <= values.get("fb_used_mib", 0) < float("inf"):
+            raise web.HTTPError(400, "fb_used_mib must be a number of MiB, at least 0")
+        if "utilization" in values:
+            self.kubelet.gpu_util[i] = values["utilization"]
+        if "fb_used_mib" in values:
+            self.kubelet.gpu_fb_used[i] = values["fb_used_mib"]
+        self.finish(
+            {
+                "gpu": i,
+                "utilization": self.kubelet.gpu_util.get(i, 0.0),
+                "fb_used_mib": self.kubelet.gpu_fb_used.get(i, 0.0),
+            }
+        )

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from jupyterhub.utils import exponential_backoff
 from kubernetes_asyncio.client.rest import ApiException
 
+from .. import promql
 from ..agent.client import AgentClient, AgentError
 from ..checkpoints import RESTORABLE_WHEN_STOPPED, Checkpoint, Status, pinned_image
 from ..errors import JhubSuspendError
@@ -29,12 +30,13 @@ from ..suspension import (
     server_path,
 )
 from . import observe
-from .gpucaps import GpuCapabilities
+from .gpucaps import GpuCapabilities, server_readiness
 from .hubclient import HubClient, HubError
 from .kube import Kube, marker_digest
 from .listing import keep_running_dict, public_checkpoint
 from .metrics import ServiceMetrics
 from .operations import Operation, Operations
+from .prom import MetricsUnavailable, PrometheusReader
 
 
 class ActionsContext(Protocol):
@@ -51,6 +53,9 @@ class ActionsContext(Protocol):
     resume_timeout: float
     gpu_resources: set[str]
     gpu_capabilities: GpuCapabilities
+    prometheus: PrometheusReader
+    queries: promql.Queries
+    names: promql.MetricNames
 
     @property
     def policy_config(self) -> PolicyConfig: ...
@@ -122,16 +127,45 @@ class Actions:
         return self.start_suspension(user, server_name, requested_by, reason)
 
     async def _gpu_capable(self, user: str, server_name: str, state: ServerState) -> None:
-        """409 when the server holds GPUs on a node not known to checkpoint them."""
+        """409 when the server holds GPUs and may not be suspended: its node is not known to
+        checkpoint them, or a per-server rule fails (legacy device mode, host memory to stage
+        its GPU memory; :func:`jhub_suspend.gpu.server_gpu_readiness`). Asks the node's agent
+        and Prometheus afresh."""
         svc = self.service
+        name = _name(user, server_name)
         pod = await svc.kube.read_pod(state.namespace or svc.namespace, state.pod_name)
-        if pod is None or observe.pod_requests(pod, svc.gpu_resources).gpu <= 0:
+        if pod is None:
+            return
+        requests = observe.pod_requests(pod, svc.gpu_resources)
+        if requests.gpu <= 0:
             return
         node = (pod.get("spec") or {}).get("nodeName") or ""
-        capability = (await svc.gpu_capabilities.for_nodes([node])).get(node) if node else None
-        if capability is None or not capability.capable:
-            why = capability.reason if capability else "its pod is not on a node yet"
-            raise ActionError(409, f"{_name(user, server_name)} is left running: {why}")
+        if not node:
+            raise ActionError(409, f"{name} is left running: its pod is not on a node yet")
+        facts = (await svc.gpu_capabilities.nodes([node], fresh=True)).get(node)
+        if facts is None or not facts.capability.capable:
+            why = facts.capability.reason if facts else f"node {node} was not assessed"
+            raise ActionError(409, f"{name} is left running: {why}")
+        try:
+            gpu_memory, ratios = await svc.prometheus.gpu_staging(
+                svc.queries, svc.names, svc.now().timestamp()
+            )
+        except MetricsUnavailable as e:
+            # as in the policy, metrics that cannot be read never let a GPU server be suspended
+            raise ActionError(
+                409, f"{name} is left running: the GPU memory it uses cannot be read: {e}"
+            ) from None
+        key = ((pod.get("metadata") or {}).get("namespace") or svc.namespace, state.pod_name)
+        verdict = server_readiness(
+            node,
+            facts,
+            gpus=requests.gpu,
+            memory_limit=observe.pod_memory_limit(pod, svc.gpu_resources),
+            memory_used=observe.working_set(ratios.get(key), requests),
+            gpu_memory_used=gpu_memory.get(key),
+        )
+        if not verdict.capable:
+            raise ActionError(409, f"{name} is left running: {verdict.reason}")
 
     def start_suspension(
         self, user: str, server_name: str, requested_by: str, reason: str

@@ -399,9 +399,13 @@ class SuspendService(AgentClientConfig, ConfigFileApplication):
         NVIDIA's cuda-checkpoint tool, which the node agent must find on the node).""",
     ).tag(config=True)
     gpu_capability_ttl = Float(
-        300,
-        help="""Seconds a node agent's report of its node's GPU checkpoint support is reused;
-        a failed report is asked again after 30 s. Node labels are read every cycle.""",
+        30,
+        help="""Seconds a node agent's report about its node (GPU checkpoint support, and the
+        node's available memory, which must stage a GPU server's device memory) is reused by
+        the policy; a failed report is asked again after 30 s. The available memory the policy
+        uses is as old as this at most, hence the short default (one small request per GPU node
+        and period). A user's or an admin's Suspend asks the agent afresh. Node labels are read
+        every cycle.""",
     ).tag(config=True)
 
     used_checkpoint_retention = Float(

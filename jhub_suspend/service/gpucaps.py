@@ -2,9 +2,15 @@
 and what each node's agent reports about its own node (``GET /capabilities``), joined by
 :func:`jhub_suspend.gpu.node_capability`.
 
-Labels are read fresh (one list of nodes per call). Agent reports change only when a node is
-reconfigured, so each is kept for ``ttl`` seconds; a failed report is asked again after
-``retry`` seconds, and meanwhile the node is not capable, with the error as the reason.
+Labels are read fresh (one list of nodes per call). An agent's report is kept for ``ttl``
+seconds; a failed report is asked again after ``retry`` seconds, and meanwhile the node is not
+capable, with the error as the reason. The report carries the node's available memory, which
+changes all the time: the figure the policy uses is as old as ``ttl`` at most (so ``ttl`` is
+short by default), and a suspension asked for by a user or an admin asks the agent afresh
+(``fresh=True``).
+
+:func:`server_readiness` adds the per-server rules (legacy device mode, host memory to stage
+the GPU memory) of :func:`jhub_suspend.gpu.server_gpu_readiness`.
 """
 
 from __future__ import annotations
@@ -13,10 +19,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ..agent.client import AgentClient, AgentError
-from ..gpu import AgentGpuReport, Capability, CapabilityConfig, node_capability
+from ..gpu import (
+    COUNT_LABEL,
+    AgentGpuReport,
+    Capability,
+    CapabilityConfig,
+    node_capability,
+    server_gpu_readiness,
+)
 from .kube import Kube
 
 
@@ -26,6 +40,49 @@ def internal_ip(node: Mapping[str, Any]) -> str:
         if address.get("type") == "InternalIP":
             return str(address.get("address") or "")
     return ""
+
+
+@dataclass(frozen=True)
+class GpuNode:
+    """What the per-server GPU rules need of one node."""
+
+    capability: Capability
+    #: GPU feature discovery's nvidia.com/gpu.count (None: no readable label)
+    gpu_count: int | None = None
+    #: the node's available memory in bytes, as its agent last reported it (None: unknown)
+    memory_available: int | None = None
+
+
+def gpu_count(labels: Mapping[str, str] | None) -> int | None:
+    """The node's GPU count from its labels; None when absent or unreadable."""
+    raw = str((labels or {}).get(COUNT_LABEL, "")).strip()
+    return int(raw) if raw.isdigit() else None
+
+
+def server_readiness(
+    node_name: str,
+    node: GpuNode | None,
+    *,
+    gpus: float,
+    memory_limit: float | None,
+    memory_used: float | None,
+    gpu_memory_used: float | None,
+) -> Capability:
+    """Whether a server holding ``gpus`` GPUs on ``node_name`` may be suspended (see
+    :func:`jhub_suspend.gpu.server_gpu_readiness`); ``node`` None: its node is unknown."""
+    if node is None:
+        where = f"node {node_name}" if node_name else "its node"
+        return Capability(False, f"GPU checkpoints unknown on {where}: not assessed")
+    return server_gpu_readiness(
+        node.capability,
+        gpus=gpus,
+        node_gpu_count=node.gpu_count,
+        gpu_memory_used=gpu_memory_used,
+        memory_limit=memory_limit,
+        memory_used=memory_used,
+        node_memory_available=node.memory_available,
+        node=node_name,
+    )
 
 
 class GpuCapabilities:
@@ -54,34 +111,47 @@ class GpuCapabilities:
 
     async def for_nodes(self, nodes: Iterable[str]) -> dict[str, Capability]:
         """The capability of each of ``nodes``."""
+        return {name: n.capability for name, n in (await self.nodes(nodes)).items()}
+
+    async def nodes(self, nodes: Iterable[str], *, fresh: bool = False) -> dict[str, GpuNode]:
+        """The capability, GPU count and available memory of each of ``nodes``; ``fresh``:
+        ask their agents now, whatever is cached."""
         wanted = sorted(set(nodes))
         if not wanted:
             return {}
         listed = await self.kube.list_nodes()
         if listed is None:
             return {
-                n: Capability(
-                    False,
-                    f"GPU checkpoints unknown on node {n}: this service may not list nodes "
-                    "(it needs get/list on nodes)",
+                n: GpuNode(
+                    Capability(
+                        False,
+                        f"GPU checkpoints unknown on node {n}: this service may not list nodes "
+                        "(it needs get/list on nodes)",
+                    )
                 )
                 for n in wanted
             }
         by_name = {n["metadata"]["name"]: n for n in listed}
-        reports = await asyncio.gather(*(self._report(n, by_name.get(n)) for n in wanted))
+        reports = await asyncio.gather(
+            *(self._report(n, by_name.get(n), fresh=fresh) for n in wanted)
+        )
         out = {}
         for name, (report, error) in zip(wanted, reports, strict=True):
             node = by_name.get(name)
             labels = None if node is None else dict(node["metadata"].get("labels") or {})
-            out[name] = node_capability(name, labels, report, self.config, report_error=error)
+            out[name] = GpuNode(
+                node_capability(name, labels, report, self.config, report_error=error),
+                gpu_count(labels),
+                None if report is None else report.memory_available,
+            )
         return out
 
     async def _report(
-        self, name: str, node: Mapping[str, Any] | None
+        self, name: str, node: Mapping[str, Any] | None, *, fresh: bool = False
     ) -> tuple[AgentGpuReport | None, str]:
         now = self.clock()
         cached = self._reports.get(name)
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > now and not fresh:
             return cached[1], cached[2]
         report: AgentGpuReport | None = None
         error = ""

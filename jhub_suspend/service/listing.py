@@ -130,9 +130,12 @@ def server_entries(
                     if memory_ratio is not None and math.isfinite(memory_ratio)
                     else None,
                 },
-                # whether its node can checkpoint GPUs (servers holding GPUs, as the cycle saw)
+                # whether its GPUs let it be suspended (servers holding GPUs, as the cycle saw)
                 "gpu_capability": measured.gpu_capability.to_json()
                 if measured is not None and measured.gpu_capability is not None
+                else None,
+                "estimated_checkpoint_bytes": measured.estimated_checkpoint_bytes
+                if measured is not None and v.state == "running"
                 else None,
                 "checkpoint": public_checkpoint(v.checkpoint) if v.checkpoint else None,
                 "last_error": v.last_error.to_state() if v.last_error else None,

@@ -43,7 +43,7 @@ from ..state import read_state
 from ..suspension import user_model
 from . import observe
 from .actions import Actions
-from .gpucaps import GpuCapabilities
+from .gpucaps import GpuCapabilities, server_readiness
 from .hubclient import HubClient, HubError
 from .kube import Kube, marker_digest
 from .metrics import ServiceMetrics
@@ -201,10 +201,17 @@ class PolicyLoop:
             category = "stale"
         gpu_nodes = observe.gpu_nodes(views)
         if gpu_nodes:
-            capabilities = await svc.gpu_capabilities.for_nodes(gpu_nodes)
+            nodes = await svc.gpu_capabilities.nodes(gpu_nodes)
             for v in views:
                 if v.node in gpu_nodes and v.requests is not None and v.requests.gpu > 0:
-                    v.gpu_capability = capabilities.get(v.node)
+                    v.gpu_capability = server_readiness(
+                        v.node,
+                        nodes.get(v.node),
+                        gpus=v.requests.gpu,
+                        memory_limit=v.memory_limit,
+                        memory_used=v.memory_used,
+                        gpu_memory_used=v.gpu_memory_used,
+                    )
         node_labels = None
         if pending and any(p.node_selector for p in pending):
             node_labels = await svc.kube.node_labels()
@@ -319,6 +326,8 @@ class PolicyLoop:
             v.cpu = (gpu_window if source == "cpu_gpu" else readings.cpu).get(key)
             v.gpu = readings.gpu.get(key) if is_gpu else None
             v.memory_ratio = readings.memory_ratio.get(key)
+            v.memory_used = observe.working_set(v.memory_ratio, v.requests)
+            v.gpu_memory_used = readings.gpu_memory.get(key) if is_gpu else None
 
     def _accrue_reclaimed(self, now: datetime, cpu: float, gpu: float) -> None:
         """Add the capacity held free since the last cycle to the core- and GPU-seconds

@@ -36,7 +36,7 @@ from ..checkpoints import (
     LastError,
     Status,
 )
-from ..gpu import Capability
+from ..gpu import Capability, checkpoint_size_estimate
 from ..kubevalues import parse_quantity, parse_time, rfc3339
 from ..policy import (
     KeepRunning,
@@ -80,6 +80,35 @@ def pod_requests(pod: Mapping[str, Any], gpu_resources: Iterable[str]) -> Resour
         memory += _requested(requests.get("memory", 0))
         gpu += sum(_requested(v) for k, v in asked.items() if k in gpu_names)
     return Resources(cpu=cpu, memory=memory, gpu=gpu)
+
+
+def pod_memory_limit(pod: Mapping[str, Any], gpu_resources: Iterable[str]) -> float | None:
+    """The memory limit, in bytes, that binds the pod's GPU processes: the sum of the limits of
+    its containers that hold GPUs, each of which is limited by its own cgroup. None when one
+    of them has no limit (the pod then has no pod-level limit either), or none holds GPUs."""
+    gpu_names = frozenset(gpu_resources)
+    total, holders = 0.0, 0
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        res = c.get("resources") or {}
+        asked = {**(res.get("limits") or {}), **(res.get("requests") or {})}
+        if not any(_requested(v) > 0 for k, v in asked.items() if k in gpu_names):
+            continue
+        holders += 1
+        limit = (res.get("limits") or {}).get("memory")
+        if limit is None:
+            return None
+        total += _requested(limit)
+    return total if holders else None
+
+
+def working_set(memory_ratio: float | None, requests: Resources | None) -> float | None:
+    """A pod's memory working set in bytes, from its ratio to the memory request (the policy's
+    memory signal); None without a finite ratio or a memory request. A pod with a memory limit
+    always has a request (Kubernetes defaults it to the limit)."""
+    if memory_ratio is None or requests is None or requests.memory <= 0:
+        return None
+    used = memory_ratio * requests.memory
+    return used if math.isfinite(used) and used >= 0 else None
 
 
 def pod_annotations(pod: Mapping[str, Any] | None) -> Mapping[str, str]:
@@ -225,13 +254,30 @@ class ServerView:
     cpu: Signal | None = None
     gpu: Signal | None = None
     memory_ratio: float | None = None
-    #: whether its node can checkpoint GPUs (servers holding GPUs; None: not assessed)
+    #: its memory working set, bytes (from memory_ratio and its memory request)
+    memory_used: float | None = None
+    #: GPU memory in use, bytes, summed over its GPUs (servers holding GPUs; None: unknown)
+    gpu_memory_used: float | None = None
+    #: the memory limit binding its GPU containers, bytes (see :func:`pod_memory_limit`)
+    memory_limit: float | None = None
+    #: whether it can be suspended as far as its GPUs go: its node can checkpoint GPUs, and
+    #: the rules of :func:`jhub_suspend.gpu.server_gpu_readiness` hold (servers holding GPUs;
+    #: None: not assessed)
     gpu_capability: Capability | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.user, self.server_name)
+
+    @property
+    def estimated_checkpoint_bytes(self) -> int | None:
+        """What a checkpoint of it would roughly hold now (running servers): its working set
+        plus the GPU memory in use; None when unknown."""
+        if self.state != "running":
+            return None
+        gpus = self.requests is not None and self.requests.gpu > 0
+        return checkpoint_size_estimate(self.memory_used, self.gpu_memory_used if gpus else 0.0)
 
     def stale_mark(self, now: datetime, patience: float) -> bool:
         """Whether its pod carries a suspension mark that no stop followed: the server runs,
@@ -341,6 +387,7 @@ def build_views(
                     pod_name=pod_name,
                     node=((pod or {}).get("spec") or {}).get("nodeName"),
                     requests=requests,
+                    memory_limit=None if pod is None else pod_memory_limit(pod, gpu_names),
                     checkpoint=checkpoint,
                     last_error=state.last_error,
                     keep_running=keep_running_of(pod),

@@ -46,6 +46,8 @@ class Readings:
     cpu_gpu_window: dict[Key, Signal] | None = None
     gpu: dict[Key, Signal] = field(default_factory=dict)
     memory_ratio: dict[Key, float] = field(default_factory=dict)
+    #: GPU memory in use, bytes, summed over each pod's GPUs (pods without a sample absent)
+    gpu_memory: dict[Key, float] = field(default_factory=dict)
     ages: dict[str, float] = field(default_factory=dict)
     queries: int = 0
 
@@ -138,12 +140,28 @@ class PrometheusReader:
                 queries.gpu.window_seconds,
             )
             out.memory_ratio = promql.parse_vector(raw["memory_ratio"], key)
+            out.gpu_memory = promql.parse_vector(raw["gpu_memory"], key)
             out.ages = {
                 k[0]: v for k, v in promql.parse_vector(raw["freshness"], ("source",)).items()
             }
         except promql.MalformedResponse as e:
             raise MetricsUnavailable("malformed", f"malformed answer from Prometheus: {e}") from e
         return out
+
+    async def gpu_staging(
+        self, queries: promql.Queries, names: promql.MetricNames, at: float | None = None
+    ) -> tuple[dict[Key, float], dict[Key, float]]:
+        """Now, for one server's suspension: (GPU memory in use in bytes, memory working set
+        as a fraction of the request) per pod; two queries, whatever the number of pods."""
+        gpu, ratio = await asyncio.gather(
+            self.query("gpu_memory", queries.gpu_memory, at),
+            self.query("memory_ratio", queries.memory_ratio, at),
+        )
+        key = (names.namespace, names.pod)
+        try:
+            return promql.parse_vector(gpu, key), promql.parse_vector(ratio, key)
+        except promql.MalformedResponse as e:
+            raise MetricsUnavailable("malformed", f"malformed answer from Prometheus: {e}") from e
 
     async def query_range(
         self, query: str, start: float, end: float, step: float

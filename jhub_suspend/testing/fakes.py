@@ -292,13 +292,25 @@ class FakeKube:
 
 class AssumedGpuCapabilities:
     """Stands in for :class:`jhub_suspend.service.gpucaps.GpuCapabilities` where no node or
-    agent exists (benchmarks of the policy alone): every GPU node is assumed capable, marked
-    simulated, and the reason says so."""
+    agent exists (benchmarks of the policy alone): every GPU node is assumed capable, in CDI
+    mode with ``memory_available`` bytes free (1 TiB), marked simulated, and the reason says
+    so."""
+
+    memory_available = 1 << 40
 
     async def for_nodes(self, nodes: Any) -> dict[str, Capability]:
+        return {n: g.capability for n, g in (await self.nodes(nodes)).items()}
+
+    async def nodes(self, nodes: Any, *, fresh: bool = False) -> dict[str, Any]:
+        from ..service.gpucaps import GpuNode
+
         return {
-            n: Capability(
-                True, f"node {n} assumed able to checkpoint GPUs (simulation)", "cdi", True
+            n: GpuNode(
+                Capability(
+                    True, f"node {n} assumed able to checkpoint GPUs (simulation)", "cdi", True
+                ),
+                None,
+                self.memory_available,
             )
             for n in nodes
         }

@@ -67,7 +67,9 @@
       req.gpu ? pct(u.gpu_percent) + " of " + req.gpu + " GPU" : "–",
       mem !== null && mem !== undefined ? (100 * mem).toFixed(0) + " % of " + JHS.humanSize(req.memory) : "–",
       s.state === "running" ? JHS.duration(s.idle_seconds) : "–",
-      ck ? JHS.humanSize(ck.size) + ", " + JHS.ago(ck.created) : "–",
+      ck ? JHS.humanSize(ck.size) + ", " + JHS.ago(ck.created)
+        : s.estimated_checkpoint_bytes !== null && s.estimated_checkpoint_bytes !== undefined
+          ? "≈ " + JHS.humanSize(s.estimated_checkpoint_bytes) + " (estimate)" : "–",
       kr ? (kr.effective_until ? "until " + new Date(kr.effective_until).toLocaleString() : "yes") : "–",
       null,
       null,
@@ -79,8 +81,9 @@
         if (s.warning) td.append(JHS.el("span", { class: "ms-1 small text-warning", title: s.warning.message }, "⚠ suspends " + new Date(s.warning.suspend_at).toLocaleTimeString()));
       }
       if (i === 4 && s.gpu_capability) {
-        // Whether the node can checkpoint this server's GPUs; a server on a node that cannot is
-        // left running, and the reason says why.
+        // Whether this server's GPUs let it be suspended (its node can checkpoint them, legacy
+        // device mode, host memory to stage its GPU memory); if not it is left running, and
+        // the reason says why.
         var gc = s.gpu_capability;
         td.append(JHS.el("span", {
           class: "ms-1 small jhs-gpu-capability " + (gc.capable ? "text-success" : "text-danger"),
