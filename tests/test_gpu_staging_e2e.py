@@ -19,7 +19,15 @@ import json
 import pytest
 import pytest_asyncio
 from conftest import LEGACY_GPU_TAINT
-from test_service_e2e import TOLERATION, call, service_healthy, start, stop, user_token
+from test_service_e2e import (
+    TOLERATION,
+    call,
+    metrics,
+    service_healthy,
+    start,
+    stop,
+    user_token,
+)
 from tornado.httpclient import AsyncHTTPClient
 
 from jhub_suspend.demo.hub import running_hub
@@ -170,6 +178,13 @@ async def test_gpu_servers_are_left_running_unless_restore_and_staging_are_safe(
         ck = (model["state"] or {})["jhub_suspend"]["checkpoint"]
         assert not model.get("ready") and ck["status"] == "suspended"
         assert (await api.server("leg") or {}).get("ready")
+
+        async def gpu_hours_accrued():  # from the first cycle after one that saw it suspended
+            m = await metrics(hub)
+            return m if m["jhub_suspend_reclaimed_gpu_seconds_total"] > 0 else False
+
+        m = await wait_for(gpu_hours_accrued, "no GPU-seconds reclaimed were ever counted", 30)
+        assert m["jhub_suspend_reclaimed_gpus"] == 1
     finally:
         await set_fb_used(cluster, "gpu-node-1", 0, 0)
         await stop(api, "leg")
