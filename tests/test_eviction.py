@@ -87,6 +87,7 @@ def decided(
     the_review: EvictionReview | None = None,
     hold: float = HOLD,
     hub_error: str | None = None,
+    gpu_refusal: str | None = None,
 ):
     return decide(
         the_review or review(),
@@ -96,6 +97,7 @@ def decided(
         hold=hold,
         now=at,
         hub_error=hub_error,
+        gpu_refusal=gpu_refusal,
     )
 
 
@@ -169,6 +171,21 @@ def test_a_notebook_that_cannot_be_suspended_is_held_then_let_go(server, memory,
     assert (later.allowed, later.outcome, later.unsuspendable) == (True, "released", reason)
     at_once = decided(pod, server, memory, hold=0, hub_error=hub_error)
     assert (at_once.allowed, at_once.outcome) == (True, "released")
+
+
+def test_a_gpu_notebook_that_cannot_be_suspended_safely_is_held_with_the_reason():
+    why = "in legacy device mode it holds 1 of its node's 2 GPUs"
+    verdict = decided(notebook_pod(), view(), gpu_refusal=why)
+    assert (verdict.allowed, verdict.outcome, verdict.unsuspendable) == (
+        False,
+        "held",
+        "not_capable",
+    )
+    assert not verdict.suspend
+    assert f"cannot be suspended safely: {why}" in verdict.message
+    # ... but a suspension already under way is waited for, whatever the GPU rules say now
+    running = Memory("uid-jupyter-ann", NOW, operation=operation("running"))
+    assert decided(notebook_pod(), view(), running, gpu_refusal=why).outcome == "suspending"
 
 
 def test_a_dry_run_is_allowed_and_says_what_would_happen():

@@ -21,7 +21,7 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from jhub_suspend.policy import KeepRunning, PolicyConfig
+from jhub_suspend.policy import KeepRunning, PolicyConfig, Resources
 from jhub_suspend.service import cli
 from jhub_suspend.service.actions import ActionError
 from jhub_suspend.service.drain import Drains, drain_steps, summary
@@ -48,8 +48,15 @@ def view(user: str, state: str = "running", node: str | None = "n1", **kw: Any) 
     return ServerView(user=user, state=state, **values)
 
 
-def steps_of(views, config=CONFIG, suspensions=None):
-    steps = drain_steps(views, "n1", now=NOW, config=config, suspensions=suspensions or {})
+def steps_of(views, config=CONFIG, suspensions=None, gpu_refusals=None):
+    steps = drain_steps(
+        views,
+        "n1",
+        now=NOW,
+        config=config,
+        suspensions=suspensions or {},
+        gpu_refusals=gpu_refusals,
+    )
     return {s.name: (s.action, s.reason) for s in steps}
 
 
@@ -258,6 +265,50 @@ async def test_a_drain_suspends_a_few_at_a_time_and_reports_each_server():
     assert op.status == "failed"
     assert op.message == "suspended 4, 1 failed and kept running, left 1 running; 2 still on n1"
     assert op.result["counts"]["suspended"] == 4 and op.finished == NOW
+
+
+def test_a_gpu_server_that_cannot_be_suspended_safely_is_left_with_the_reason():
+    why = "node n1 cannot checkpoint GPUs: CRIU's CUDA plugin is not installed there"
+    kept = KeepRunning(since=NOW)
+    steps = steps_of(
+        [view("ann"), view("bob"), view("kim", keep_running=kept)],
+        gpu_refusals={("bob", ""): why, ("kim", ""): why},
+    )
+    assert steps["ann"] == ("suspend", "running")
+    assert steps["bob"] == ("leave", f"it holds GPUs and cannot be suspended safely: {why}")
+    assert steps["kim"][0] == "leave" and "keep" in steps["kim"][1]  # the opt-out says first
+
+
+async def test_a_drain_asks_about_each_gpu_server_on_the_node_and_leaves_the_unsafe_ones():
+    gpus = Resources(cpu=1, gpu=1)
+    svc = Service(
+        [
+            view("ann", requests=gpus),
+            view("bob", requests=gpus),
+            view("cy"),  # no GPUs: not asked about
+            view("dan", requests=gpus, node="n2"),  # elsewhere: not asked about
+        ]
+    )
+    asked: list[str] = []
+
+    async def read_pod(namespace, name):
+        return {"metadata": {"namespace": namespace, "name": name}}
+
+    async def gpu_refusal(pod, *, fresh):
+        assert fresh  # a drain acts now: the agent is asked, not its cached report
+        name = pod["metadata"]["name"]
+        asked.append(name)
+        return "not enough host memory to stage its GPU memory" if name == "jupyter-bob" else None
+
+    svc.kube.read_pod = read_pod
+    svc.actions.gpu_refusal = gpu_refusal
+    op = await Drains(svc).start("n1", dry_run=True, requested_by="user:admin")
+    assert sorted(asked) == ["jupyter-ann", "jupyter-bob"]
+    outcomes = {s["user"]: (s["outcome"], s["message"]) for s in op.result["servers"]}
+    assert outcomes["ann"] == ("would_suspend", "")
+    assert outcomes["cy"] == ("would_suspend", "")
+    assert outcomes["bob"][0] == "left_running"
+    assert "not enough host memory" in outcomes["bob"][1]
 
 
 async def test_a_dry_run_suspends_nothing_and_is_finished_when_answered():

@@ -127,35 +127,40 @@ class Actions:
         return self.start_suspension(user, server_name, requested_by, reason)
 
     async def _gpu_capable(self, user: str, server_name: str, state: ServerState) -> None:
-        """409 when the server holds GPUs and may not be suspended: its node is not known to
-        checkpoint them, or a per-server rule fails (legacy device mode, host memory to stage
-        its GPU memory; :func:`jhub_suspend.gpu.server_gpu_readiness`). Asks the node's agent
-        and Prometheus afresh."""
+        """409 when the server holds GPUs and may not be suspended (:meth:`gpu_refusal`)."""
         svc = self.service
-        name = _name(user, server_name)
         pod = await svc.kube.read_pod(state.namespace or svc.namespace, state.pod_name)
+        why = await self.gpu_refusal(pod, fresh=True)
+        if why is not None:
+            raise ActionError(409, f"{_name(user, server_name)} is left running: {why}")
+
+    async def gpu_refusal(self, pod: dict[str, Any] | None, *, fresh: bool) -> str | None:
+        """Why a server's pod that holds GPUs may not be suspended: its node is not known to
+        checkpoint them, or a per-server rule fails (legacy device mode, host memory to stage
+        its GPU memory; :func:`jhub_suspend.gpu.server_gpu_readiness`). None when it may, or
+        when it holds no GPUs. ``fresh``: ask the node's agent now rather than reuse its
+        report. Prometheus is asked every time."""
+        svc = self.service
         if pod is None:
-            return
+            return None
         requests = observe.pod_requests(pod, svc.gpu_resources)
         if requests.gpu <= 0:
-            return
+            return None
         node = (pod.get("spec") or {}).get("nodeName") or ""
         if not node:
-            raise ActionError(409, f"{name} is left running: its pod is not on a node yet")
-        facts = (await svc.gpu_capabilities.nodes([node], fresh=True)).get(node)
+            return "its pod is not on a node yet"
+        facts = (await svc.gpu_capabilities.nodes([node], fresh=fresh)).get(node)
         if facts is None or not facts.capability.capable:
-            why = facts.capability.reason if facts else f"node {node} was not assessed"
-            raise ActionError(409, f"{name} is left running: {why}")
+            return facts.capability.reason if facts else f"node {node} was not assessed"
         try:
             gpu_memory, ratios = await svc.prometheus.gpu_staging(
                 svc.queries, svc.names, svc.now().timestamp()
             )
         except MetricsUnavailable as e:
             # as in the policy, metrics that cannot be read never let a GPU server be suspended
-            raise ActionError(
-                409, f"{name} is left running: the GPU memory it uses cannot be read: {e}"
-            ) from None
-        key = ((pod.get("metadata") or {}).get("namespace") or svc.namespace, state.pod_name)
+            return f"the GPU memory it uses cannot be read: {e}"
+        meta = pod.get("metadata") or {}
+        key = (meta.get("namespace") or svc.namespace, meta.get("name") or "")
         verdict = server_readiness(
             node,
             facts,
@@ -164,8 +169,7 @@ class Actions:
             memory_used=observe.working_set(ratios.get(key), requests),
             gpu_memory_used=gpu_memory.get(key),
         )
-        if not verdict.capable:
-            raise ActionError(409, f"{name} is left running: {verdict.reason}")
+        return None if verdict.capable else verdict.reason
 
     def start_suspension(
         self, user: str, server_name: str, requested_by: str, reason: str

@@ -81,7 +81,11 @@ class DrainStep:
 
 
 def _step(
-    view: ServerView, now: datetime, config: PolicyConfig, suspension: str | None
+    view: ServerView,
+    now: datetime,
+    config: PolicyConfig,
+    suspension: str | None,
+    gpu_refusal: str | None,
 ) -> tuple[Action, str, str | None]:
     if not view.pod_alive:
         return "skip", f"its pod is already going away (the hub has it {view.state})", None
@@ -105,6 +109,8 @@ def _step(
     kept, _, why = keep_running_in_force(view.keep_running, config, now)
     if kept:
         return "leave", why, None
+    if gpu_refusal is not None:
+        return "leave", f"it holds GPUs and cannot be suspended safely: {gpu_refusal}", None
     return "suspend", "running", None
 
 
@@ -115,21 +121,27 @@ def drain_steps(
     now: datetime,
     config: PolicyConfig,
     suspensions: Mapping[tuple[str, str], str],
+    gpu_refusals: Mapping[tuple[str, str], str] | None = None,
 ) -> list[DrainStep]:
     """What a drain of ``node`` does with each server whose pod is on it, by user and server
     name. ``suspensions``: the id of this service's suspension under way, per server.
+    ``gpu_refusals``: why a server holding GPUs may not be suspended, per server (see
+    :meth:`jhub_suspend.service.actions.Actions.gpu_refusal`).
 
     * ``suspend``: it runs, and no keep-running opt-out in force holds it;
     * ``wait``: this service is suspending it already; the drain reports how that ends;
-    * ``leave``: it stays on the node, for the reason given (a keep-running opt-out, or a
-      start, restore, stop or hand-back under way that a suspension cannot interrupt);
+    * ``leave``: it stays on the node, for the reason given (a keep-running opt-out, GPUs it
+      cannot be suspended with, or a start, restore, stop or hand-back under way that a
+      suspension cannot interrupt);
     * ``skip``: its pod is already being deleted or has ended; nothing is left on the node.
     """
     steps = []
     for v in views:
         if v.node != node:
             continue
-        action, reason, op = _step(v, now, config, suspensions.get(v.key))
+        action, reason, op = _step(
+            v, now, config, suspensions.get(v.key), (gpu_refusals or {}).get(v.key)
+        )
         steps.append(
             DrainStep(v.user, v.server_name, v.namespace, v.pod_name, v.state, action, reason, op)
         )
@@ -199,6 +211,18 @@ class Drains:
         if running is not None:
             raise ActionError(409, f"node {node} is already being drained (operation {running.id})")
 
+    async def _gpu_refusals(self, views: list[ServerView], node: str) -> dict[tuple[str, str], str]:
+        """Why each running server on ``node`` that holds GPUs may not be suspended."""
+        svc = self.service
+        out = {}
+        for v in views:
+            if v.node == node and v.pod_alive and v.requests is not None and v.requests.gpu > 0:
+                pod = await svc.kube.read_pod(v.namespace, v.pod_name)
+                why = await svc.actions.gpu_refusal(pod, fresh=True)
+                if why is not None:
+                    out[v.key] = why
+        return out
+
     async def start(self, node: str, *, dry_run: bool, requested_by: str) -> Operation:
         """Plan the drain of ``node`` and start it. The operation it returns is finished
         already when there is nothing to suspend (a dry run, or nothing running there)."""
@@ -212,7 +236,12 @@ class Drains:
         views = await svc.loop.current_views()
         suspensions = {(o.user, o.server_name): o.id for o in svc.operations.running("suspend")}
         steps = drain_steps(
-            views, node, now=svc.now(), config=svc.policy_config, suspensions=suspensions
+            views,
+            node,
+            now=svc.now(),
+            config=svc.policy_config,
+            suspensions=suspensions,
+            gpu_refusals=await self._gpu_refusals(views, node),
         )
         self._refuse_second(node)  # another drain of it may have started while this read
         entries = [entry(s, dry_run) for s in steps]

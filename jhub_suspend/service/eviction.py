@@ -10,8 +10,9 @@ asks this webhook first (helm-values/webhook/), and it answers:
   The suspension checkpoints the server and deletes its pod; the drain's next retry finds no
   pod (the API server answers 404) and goes on. The user's next start restores the server on
   another node.
-- for a notebook that **cannot be suspended** (its spawner cannot checkpoint it, its
-  suspension failed, it is still starting, or the hub cannot be asked): reported (log and
+- for a notebook that **cannot be suspended** (its spawner cannot checkpoint it, it holds
+  GPUs it cannot be suspended with safely, its suspension failed, it is still starting, or the
+  hub cannot be asked): reported (log and
   ``jhub_suspend_eviction_unsuspendable_total``), then refused for
   ``SuspendService.eviction_hold_seconds`` from when that was first seen, then allowed.
 - for every other pod (not a notebook, already gone or going): **allowed**.
@@ -186,15 +187,27 @@ def decide(
     hold: float,
     now: datetime,
     hub_error: str | None = None,
+    gpu_refusal: str | None = None,
 ) -> Verdict:
     """Allow or refuse one eviction (see the module's docstring).
 
     ``pod``: the pod as it is now (None: there is none). ``view``: the hub's view of the
     server the pod's annotations name, when that server's pod is this pod (None otherwise, or
     when the hub could not be asked: ``hub_error`` then says why). ``memory``: what was seen
-    of this pod's earlier evictions. ``hold``: ``eviction_hold_seconds``.
+    of this pod's earlier evictions. ``hold``: ``eviction_hold_seconds``. ``gpu_refusal``:
+    why the server, which holds GPUs, cannot be suspended safely (None: it can, or holds
+    none); it is then held as one that cannot be checkpointed.
     """
-    verdict = _decide(review, pod, view, memory, hold=hold, now=now, hub_error=hub_error)
+    verdict = _decide(
+        review,
+        pod,
+        view,
+        memory,
+        hold=hold,
+        now=now,
+        hub_error=hub_error,
+        gpu_refusal=gpu_refusal,
+    )
     if review.dry_run and (not verdict.allowed or verdict.suspend):
         # A dry run changes nothing, and a refusal would have kubectl retry it for ever.
         return Verdict(True, verdict.message, "dry_run", warnings=(f"dry run: {verdict.message}",))
@@ -210,6 +223,7 @@ def _decide(
     hold: float,
     now: datetime,
     hub_error: str | None,
+    gpu_refusal: str | None,
 ) -> Verdict:
     if not review.is_pod_eviction:
         return Verdict(True, "not an eviction of a pod; not this webhook's concern", "allowed")
@@ -237,6 +251,9 @@ def _decide(
             why, reason = f"its suspension failed: {operation.message}", "suspension_failed"
         elif view.state == "running" and not view.pod_name:
             why, reason = "its spawner cannot checkpoint it", "not_capable"
+        elif view.state == "running" and gpu_refusal is not None:
+            why = f"it holds GPUs and cannot be suspended safely: {gpu_refusal}"
+            reason = "not_capable"
         elif view.state == "running":
             return Verdict(
                 False,
@@ -347,6 +364,11 @@ class Evictions:
             else:
                 view = _view_of(views, server, review)
         memory = self._remember(review, pod, now) if server is not None else None
+        gpu_refusal = None
+        suspending = memory is not None and memory.operation is not None
+        if view is not None and view.state == "running" and view.pod_name and not suspending:
+            # the agent's report as cached: a drain retries every few seconds
+            gpu_refusal = await svc.actions.gpu_refusal(pod, fresh=False)
         verdict = decide(
             review,
             pod,
@@ -355,6 +377,7 @@ class Evictions:
             hold=svc.eviction_hold_seconds,
             now=now,
             hub_error=hub_error,
+            gpu_refusal=gpu_refusal,
         )
         if not review.dry_run and memory is not None:
             self._act(verdict, view, memory, review, now)
