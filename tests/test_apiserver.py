@@ -714,7 +714,11 @@ async def test_kubespawner_starts_and_stops_a_server(cluster: Cluster) -> None:
         assert service["metadata"]["ownerReferences"][0]["uid"] == pod["metadata"]["uid"]
         assert cluster.store.exists("persistentvolumeclaims", "default", "claim-alice")
         assert await spawner.poll() is None
-        assert [e["reason"] for e in spawner.events] == ["Started"]
+        # the events reach KubeSpawner through their own watch, which may lag the pod's
+        reasons = await wait_for(
+            lambda: [e["reason"] for e in spawner.events], "no event reached KubeSpawner", 10
+        )
+        assert reasons == ["Started"]
 
         await asyncio.wait_for(spawner.stop(), 30)
         assert not cluster.store.exists("pods", "default", "jupyter-alice")
