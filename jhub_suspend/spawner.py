@@ -37,7 +37,7 @@ from traitlets import (
 from . import checkpoints as ck
 from . import upstream
 from .agent.client import AgentClient, AgentError
-from .agent.client_config import AgentClientConfig
+from .agent.client_config import AgentClientConfig, node_agent_url
 from .checkpoints import Checkpoint, LastError, Status
 from .deprecation import renamed_setting
 from .errors import OwnError
@@ -382,11 +382,18 @@ class SuspendingKubeSpawner(AgentClientConfig, KubeSpawner):
         )
 
     def agent_url_for(self, node: str, host_ip: str) -> str:
-        return self.agent_urls.get(node) or self.agent_url.format(node=node, host_ip=host_ip)
+        """The agent's URL on ``node``; "" when the template needs a host IP and there is none."""
+        return self.agent_urls.get(node) or node_agent_url(self.agent_url, node, host_ip)
 
     def agent_for(self, node: str, host_ip: str) -> AgentClient:
         """The client for checkpointing on ``node``: each call may take `checkpoint_timeout`."""
-        return self.agent_client(self.agent_url_for(node, host_ip), timeout=self.checkpoint_timeout)
+        url = self.agent_url_for(node, host_ip)
+        if not url:
+            raise SuspendFailed(
+                f"no address for the node agent on node {node}: the pod has no host IP, which "
+                f"SuspendingKubeSpawner.agent_url ({self.agent_url}) needs"
+            )
+        return self.agent_client(url, timeout=self.checkpoint_timeout)
 
     async def suspend(self, pod: dict[str, Any], reason: str) -> Checkpoint:
         """Checkpoint the running pod through its node's agent; the pod is not touched."""
@@ -665,7 +672,9 @@ class SuspendingKubeSpawner(AgentClientConfig, KubeSpawner):
         pod = self.pod_reflector.pods.get(self._ref_key()) if self.pod_reflector else None
         if pod and pod["spec"].get("nodeName"):
             node, host_ip = pod["spec"]["nodeName"], pod["status"].get("hostIP", "")
-            return self.agent_client(self.agent_url_for(node, host_ip))
+            url = self.agent_url_for(node, host_ip)
+            if url:
+                return self.agent_client(url)
         if self.agent_urls:
             return self.agent_client(next(iter(self.agent_urls.values())))
         return None

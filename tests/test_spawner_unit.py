@@ -272,3 +272,34 @@ async def test_polling_a_running_server_discards_a_suspension_that_never_finishe
     s.checkpoint = record(Status.SUSPENDED)  # only a verified one is stale
     await s.poll()
     assert released == [Status.DISCARDED]
+
+
+# ---- reaching the node agent -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "template, host_ip, url",
+    [
+        ("http://{host_ip}:9770", "10.0.0.5", "http://10.0.0.5:9770"),
+        ("http://{host_ip}:9770", "fd00::5", "http://[fd00::5]:9770"),
+        ("http://{host_ip}:9770", "", ""),  # no address to put in it
+        ("https://agent-{node}.nodes:9770", "", "https://agent-n1.nodes:9770"),
+    ],
+)
+async def test_the_agent_url_of_a_node(template, host_ip, url):
+    from jhub_suspend.agent.client_config import node_agent_url
+
+    assert node_agent_url(template, "n1", host_ip) == url
+    s = spawner(agent_url=template)
+    assert s.agent_url_for("n1", host_ip) == url
+    assert (
+        spawner(agent_url=template, agent_urls={"n1": "http://x:1"}).agent_url_for("n1", host_ip)
+        == "http://x:1"
+    )
+
+
+async def test_no_agent_address_is_a_failed_suspension_with_the_reason():
+    from jhub_suspend.spawner import SuspendFailed
+
+    with pytest.raises(SuspendFailed, match="has no host IP"):
+        spawner(agent_url="http://{host_ip}:9770").agent_for("n1", "")

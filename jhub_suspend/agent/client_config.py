@@ -17,6 +17,16 @@ from traitlets.config import Configurable
 from .client import AgentClient
 
 
+def node_agent_url(template: str, node: str, host_ip: str) -> str:
+    """The URL of the agent on ``node`` from a template naming ``{node}`` and ``{host_ip}``
+    (pure). An IPv6 address is bracketed, as a URL's host must be; "" when the template
+    needs a host address and there is none."""
+    if not host_ip and "{host_ip}" in template:
+        return ""
+    host = f"[{host_ip}]" if ":" in host_ip else host_ip
+    return template.format(node=node, host_ip=host)
+
+
 class AgentClientConfig(Configurable):
     agent_urls = Dict(
         Unicode(),

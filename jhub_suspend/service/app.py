@@ -42,7 +42,7 @@ from traitlets.utils.importstring import import_item
 
 from .. import promql
 from ..agent.client import AgentClient
-from ..agent.client_config import AgentClientConfig
+from ..agent.client_config import AgentClientConfig, node_agent_url
 from ..configfile import ConfigFileApplication
 from ..deprecation import renamed_setting
 from ..gpu import CapabilityConfig
@@ -599,10 +599,7 @@ class SuspendService(AgentClientConfig, ConfigFileApplication):
     def agent_on(self, node: str, host_ip: str) -> AgentClient | None:
         """The agent on ``node`` (for what only it knows of its node), or None without an
         address for it."""
-        url = self.agent_urls.get(node)
-        if not url and (host_ip or "{host_ip}" not in self.node_agent_url):
-            host = f"[{host_ip}]" if ":" in host_ip else host_ip
-            url = self.node_agent_url.format(node=node, host_ip=host)
+        url = self.agent_urls.get(node) or node_agent_url(self.node_agent_url, node, host_ip)
         if not url:
             return None
         client = self.agent_client(url, timeout=10.0)
