@@ -226,8 +226,11 @@ async def suspend_all(hub, api: HubAPI, users: list[str], timeout: float) -> Pha
 
     async def finished(user: str) -> bool | str | None:
         code, op = await _service(hub, "GET", f"api/operations/{operations[user]}")
-        if code != 200:
+        if code == 404:
             return f"its operation is gone ({code}: {op})"
+        if code != 200:  # a proxy or the service under load; read again next round
+            phase.poll_errors[f"{code}"] = phase.poll_errors.get(f"{code}", 0) + 1
+            return None
         if op["status"] == "running":
             return None
         if op["status"] != "succeeded":

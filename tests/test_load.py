@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from types import SimpleNamespace
 
 import pytest
 import pytest_asyncio
@@ -47,3 +48,30 @@ def test_percentiles_use_the_nearest_rank():
     assert load.percentiles(values) == {"p50": 50, "p90": 90, "p99": 99, "max": 100, "mean": 50.5}
     assert load.percentiles([]) == {}
     assert load.percentiles([3.0])["p99"] == 3.0
+
+
+async def test_a_failed_read_of_an_operation_is_read_again_and_only_a_404_fails(monkeypatch):
+    answers = {
+        "ann": [(503, {"message": "busy"}), (200, {"status": "running"}), (200, DONE)],
+        "bob": [(404, {"message": "no such operation"})],
+    }
+
+    async def service(hub, method, path):
+        if method == "POST":
+            user = path.split("/")[2]
+            return 202, {"operation": {"id": user}}
+        return answers[path.rsplit("/", 1)[1]].pop(0)
+
+    async def suspended_model(request, user):
+        return {"state": {"jhub_suspend": {"checkpoint": {"status": "suspended"}}}}
+
+    monkeypatch.setattr(load, "_service", service)
+    monkeypatch.setattr(load, "server_model", suspended_model)
+    hub_api = SimpleNamespace(request=None)  # only server_model reads through it
+    phase = await load.suspend_all(None, hub_api, ["ann", "bob"], timeout=30)
+    assert set(phase.seconds) == {"ann"}
+    assert phase.poll_errors == {"503": 1}
+    assert "its operation is gone (404" in phase.failures["bob"]
+
+
+DONE = {"status": "succeeded", "message": "suspended"}
