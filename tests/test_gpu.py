@@ -471,28 +471,36 @@ def gpu_pod(name: str, gpus: int, node_name: str = "a") -> dict:
     }
 
 
+def gpu_actions(nodes, pods, prometheus, report=REPORT) -> Actions:
+    """The service's actions over stand-ins: these nodes and pods, an agent giving ``report``
+    on every node, and Prometheus answering what ``prometheus`` says."""
+    kube = NodesKube(nodes, pods)
+    caps = GpuCapabilities(kube, lambda n, ip: ReportingAgent(report, [], n), CapabilityConfig())
+    svc = SimpleNamespace(
+        kube=kube,
+        namespace="jhub",
+        gpu_resources={"nvidia.com/gpu"},
+        gpu_capabilities=caps,
+        prometheus=prometheus,
+        queries=None,
+        names=None,
+        now=lambda: datetime.now(UTC),
+        log=None,
+    )
+    return Actions(svc)  # type: ignore[arg-type]
+
+
 async def test_suspend_answers_409_with_the_reason_for_a_gpu_server_on_an_incapable_node():
-    kube = NodesKube(
+    actions = gpu_actions(
         [node("a"), node("mps", **{"nvidia.com/gpu.sharing-strategy": "mps"})],
         [
             gpu_pod("jupyter-gus", 1, "mps"),
             gpu_pod("jupyter-ann", 1, "a"),
             gpu_pod("jupyter-cy", 0, "mps"),
         ],
+        StagingPrometheus({}, {}),
     )
-    caps = GpuCapabilities(kube, lambda n, ip: ReportingAgent(REPORT, [], n), CapabilityConfig())
-    svc = SimpleNamespace(
-        kube=kube,
-        namespace="jhub",
-        gpu_resources={"nvidia.com/gpu"},
-        gpu_capabilities=caps,
-        prometheus=StagingPrometheus({}, {}),
-        queries=None,
-        names=None,
-        now=lambda: datetime.now(UTC),
-        log=None,
-    )
-    actions = Actions(svc)  # type: ignore[arg-type]
+    svc = actions.service
     with pytest.raises(ActionError) as err:
         await actions._gpu_capable("gus", "", read_state({"pod_name": "jupyter-gus"}))
     assert err.value.status == 409

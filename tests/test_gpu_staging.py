@@ -4,11 +4,17 @@ service's node facts and the suspend action's 409. No cluster."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from types import SimpleNamespace
-
 import pytest
-from test_gpu import LABELS, REPORT, NodesKube, ReportingAgent, StagingPrometheus, gpu_pod, node
+from test_gpu import (
+    LABELS,
+    REPORT,
+    NodesKube,
+    ReportingAgent,
+    StagingPrometheus,
+    gpu_actions,
+    gpu_pod,
+    node,
+)
 
 from jhub_suspend.agent.app import NodeAgent, meminfo_available
 from jhub_suspend.gpu import (
@@ -21,7 +27,7 @@ from jhub_suspend.gpu import (
 )
 from jhub_suspend.policy import Resources
 from jhub_suspend.promql import MetricNames, PodSelector, build_queries
-from jhub_suspend.service.actions import ActionError, Actions
+from jhub_suspend.service.actions import ActionError
 from jhub_suspend.service.gpucaps import GpuCapabilities, GpuNode, gpu_count, server_readiness
 from jhub_suspend.service.observe import ServerView, pod_memory_limit, working_set
 from jhub_suspend.service.prom import MetricsUnavailable, PrometheusReader
@@ -247,20 +253,7 @@ async def test_nodes_give_the_count_and_memory_and_fresh_asks_again():
 
 
 def staging_actions(pods, node_labels, prometheus, report=REPORT):
-    kube = NodesKube([node("a", **node_labels)], pods)
-    caps = GpuCapabilities(kube, lambda n, ip: ReportingAgent(report, [], n), CapabilityConfig())
-    svc = SimpleNamespace(
-        kube=kube,
-        namespace="jhub",
-        gpu_resources={"nvidia.com/gpu"},
-        gpu_capabilities=caps,
-        prometheus=prometheus,
-        queries=None,
-        names=None,
-        now=lambda: datetime.now(UTC),
-        log=None,
-    )
-    return Actions(svc)  # type: ignore[arg-type]
+    return gpu_actions([node("a", **node_labels)], pods, prometheus, report)
 
 
 def limited(name: str, gpus: int, limit: str, request: str) -> dict:
