@@ -13,7 +13,7 @@ from typing import Any
 from cryptography.fernet import InvalidToken
 from jupyterhub.crypto import CryptKeeper
 
-from .gpu import COUNT_LABEL, PRODUCT_LABEL
+from .gpu import PRODUCT_LABEL, node_gpu_count
 from .kubevalues import rfc3339
 
 ANNOTATION_PREFIX = "jhub-suspend.jupyter.org"
@@ -284,18 +284,9 @@ def node_facts(
         gpu_product=labels.get(PRODUCT_LABEL, "") if gpu_count else "",
         gpu_count=gpu_count,
         gpu_device_mode=device_mode if device_mode in ("cdi", "legacy") else "",
-        node_gpu_count=_count_label(labels.get(COUNT_LABEL)) if gpu_count else 0,
+        node_gpu_count=(node_gpu_count(labels) or 0) if gpu_count else 0,
         gpu_devices=tuple(devices),
     )
-
-
-def _count_label(value: Any) -> int:
-    """A count label's value; 0 when missing or not a whole number."""
-    try:
-        count = int(str(value).strip())
-    except ValueError:
-        return 0
-    return max(count, 0)
 
 
 def pod_gpu_count(pod: dict[str, Any]) -> int:

@@ -163,6 +163,13 @@ def _int_label(labels: Mapping[str, str], names: tuple[str, ...]) -> int | None:
     return None
 
 
+def node_gpu_count(labels: Mapping[str, str] | None) -> int | None:
+    """The node's GPU count (GPU feature discovery's ``nvidia.com/gpu.count``); None when
+    absent or not a whole number."""
+    raw = str((labels or {}).get(COUNT_LABEL, "")).strip()
+    return int(raw) if raw.isdigit() else None
+
+
 def driver_version(labels: Mapping[str, str]) -> tuple[int, str] | None:
     """(major, text) of the node's NVIDIA driver from GPU feature discovery's labels; None
     when no label gives a readable major version."""

@@ -23,12 +23,13 @@ from jhub_suspend.gpu import (
     CapabilityConfig,
     checkpoint_size_estimate,
     human_bytes,
+    node_gpu_count,
     server_gpu_readiness,
 )
 from jhub_suspend.policy import Resources
 from jhub_suspend.promql import MetricNames, PodSelector, build_queries
 from jhub_suspend.service.actions import ActionError
-from jhub_suspend.service.gpucaps import GpuCapabilities, GpuNode, gpu_count, server_readiness
+from jhub_suspend.service.gpucaps import GpuCapabilities, GpuNode, server_readiness
 from jhub_suspend.service.observe import ServerView, pod_memory_limit, working_set
 from jhub_suspend.service.prom import MetricsUnavailable, PrometheusReader
 from jhub_suspend.state import read_state
@@ -221,9 +222,9 @@ def test_the_view_estimates_its_checkpoint_while_running():
 
 
 def test_gpu_count_label():
-    assert gpu_count(LABELS) == 8
-    assert gpu_count({}) is None and gpu_count(None) is None
-    assert gpu_count({"nvidia.com/gpu.count": "two"}) is None
+    assert node_gpu_count(LABELS) == 8
+    assert node_gpu_count({}) is None and node_gpu_count(None) is None
+    assert node_gpu_count({"nvidia.com/gpu.count": "two"}) is None
 
 
 def test_server_readiness_of_an_unknown_node():

@@ -24,11 +24,11 @@ from typing import Any
 
 from ..agent.client import AgentClient, AgentError
 from ..gpu import (
-    COUNT_LABEL,
     AgentGpuReport,
     Capability,
     CapabilityConfig,
     node_capability,
+    node_gpu_count,
     server_gpu_readiness,
 )
 from .kube import Kube
@@ -51,12 +51,6 @@ class GpuNode:
     gpu_count: int | None = None
     #: the node's available memory in bytes, as its agent last reported it (None: unknown)
     memory_available: int | None = None
-
-
-def gpu_count(labels: Mapping[str, str] | None) -> int | None:
-    """The node's GPU count from its labels; None when absent or unreadable."""
-    raw = str((labels or {}).get(COUNT_LABEL, "")).strip()
-    return int(raw) if raw.isdigit() else None
 
 
 def server_readiness(
@@ -141,7 +135,7 @@ class GpuCapabilities:
             labels = None if node is None else dict(node["metadata"].get("labels") or {})
             out[name] = GpuNode(
                 node_capability(name, labels, report, self.config, report_error=error),
-                gpu_count(labels),
+                node_gpu_count(labels),
                 None if report is None else report.memory_available,
             )
         return out
