@@ -423,7 +423,7 @@ async def test_the_service_joins_labels_and_agent_reports_and_caches_reports():
     caps = GpuCapabilities(
         kube, agent_for, CapabilityConfig(), ttl=300, retry=30, clock=lambda: now[0]
     )
-    got = await caps.for_nodes(["a", "b", "c", "m", "gone"])
+    got = capabilities(await caps.nodes(["a", "b", "c", "m", "gone"]))
     assert got["a"].capable and got["a"].device_mode == "cdi"
     assert not got["b"].capable and "cuda_plugin.so" in got["b"].reason
     assert not got["c"].capable and "connection refused" in got["c"].reason
@@ -433,19 +433,19 @@ async def test_the_service_joins_labels_and_agent_reports_and_caches_reports():
     # reports are reused for ttl; a failed one is asked again after retry
     asked.clear()
     now[0] = 31
-    await caps.for_nodes(["a", "c"])
+    await caps.nodes(["a", "c"])
     assert asked == ["c"]
     now[0] = 301
     asked.clear()
-    await caps.for_nodes(["a"])
+    await caps.nodes(["a"])
     assert asked == ["a"]
     assert kube.lists == 3  # labels are read fresh each time
-    assert await caps.for_nodes([]) == {}
+    assert await caps.nodes([]) == {}
 
 
 async def test_a_service_that_may_not_list_nodes_counts_no_node_capable():
     caps = GpuCapabilities(NodesKube(None), lambda n, ip: None, CapabilityConfig())
-    (cap,) = (await caps.for_nodes(["a"])).values()
+    (cap,) = capabilities(await caps.nodes(["a"])).values()
     assert not cap.capable and "get/list on nodes" in cap.reason
 
 
@@ -469,6 +469,11 @@ def gpu_pod(name: str, gpus: int, node_name: str = "a") -> dict:
             "containers": [{"name": "notebook", "resources": {"limits": limits}}],
         },
     }
+
+
+def capabilities(nodes: dict) -> dict:
+    """The capability of each node of :meth:`GpuCapabilities.nodes`' answer."""
+    return {n: g.capability for n, g in nodes.items()}
 
 
 def gpu_actions(nodes, pods, prometheus, report=REPORT) -> Actions:
@@ -533,7 +538,7 @@ async def test_simulated_gpu_nodes_and_device_state_on_the_local_cluster(cluster
             lambda n, ip: AgentClient(cluster.agent_urls[n], cluster.agent_token),
             CapabilityConfig(),
         )
-        got = await caps.for_nodes(["gpu-node-1", "node-1"])
+        got = capabilities(await caps.nodes(["gpu-node-1", "node-1"]))
     finally:
         await api.close()
     gpu = got["gpu-node-1"]

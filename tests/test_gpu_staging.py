@@ -244,7 +244,7 @@ async def test_nodes_give_the_count_and_memory_and_fresh_asks_again():
         clock=lambda: 0.0,
     )
     (facts,) = (await caps.nodes(["a"])).values()
-    assert facts == GpuNode((await caps.for_nodes(["a"]))["a"], 8, 64 * GIB)
+    assert facts == GpuNode((await caps.nodes(["a"]))["a"].capability, 8, 64 * GIB)
     assert asked == ["a"]  # the second call used the cached report
     await caps.nodes(["a"], fresh=True)
     assert asked == ["a", "a"]

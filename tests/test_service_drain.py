@@ -21,16 +21,19 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
+from jhub_suspend.gpu import Capability
 from jhub_suspend.policy import KeepRunning, PolicyConfig, Resources
 from jhub_suspend.service import cli
-from jhub_suspend.service.actions import ActionError
+from jhub_suspend.service.actions import ActionError, GpuReadings
 from jhub_suspend.service.drain import Drains, drain_steps, summary
+from jhub_suspend.service.gpucaps import GpuNode
 from jhub_suspend.service.kube import Kube
 from jhub_suspend.service.observe import ServerView
 from jhub_suspend.service.operations import Operation, Operations
 from jhub_suspend.testing import fakes
 from jhub_suspend.testing.waiting import wait_for
 
+GIB = 1 << 30
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 CONFIG = PolicyConfig()
 LAST_SUSPEND_FAILED = SimpleNamespace(operation="suspend", message="criu failed")
@@ -279,36 +282,36 @@ def test_a_gpu_server_that_cannot_be_suspended_safely_is_left_with_the_reason():
     assert steps["kim"][0] == "leave" and "keep" in steps["kim"][1]  # the opt-out says first
 
 
-async def test_a_drain_asks_about_each_gpu_server_on_the_node_and_leaves_the_unsafe_ones():
-    gpus = Resources(cpu=1, gpu=1)
+async def test_a_drain_reads_its_nodes_gpu_facts_once_and_leaves_the_unsafe_servers():
+    gpus = Resources(cpu=1, memory=GIB, gpu=1)
     svc = Service(
         [
             view("ann", requests=gpus),
             view("bob", requests=gpus),
-            view("cy"),  # no GPUs: not asked about
-            view("dan", requests=gpus, node="n2"),  # elsewhere: not asked about
+            view("cy"),  # no GPUs: not judged by the GPU rules
+            view("dan", requests=gpus, node="n2"),  # elsewhere
         ]
     )
-    asked: list[str] = []
+    reads: list[tuple[list[str], bool]] = []
+    capable = Capability(True, "node n1 can checkpoint GPUs", "cdi")
 
-    async def read_pod(namespace, name):
-        return {"metadata": {"namespace": namespace, "name": name}}
+    async def gpu_readings(nodes, *, fresh):
+        reads.append((nodes, fresh))
+        return GpuReadings(
+            {"n1": GpuNode(capable, 8, 8 * GIB)},
+            # bob's GPU memory is more than the node has free to stage it in
+            {("default", "jupyter-ann"): 1 * GIB, ("default", "jupyter-bob"): 9 * GIB},
+            {("default", "jupyter-ann"): 0.5, ("default", "jupyter-bob"): 0.5},
+        )
 
-    async def gpu_refusal(pod, *, fresh):
-        assert fresh  # a drain acts now: the agent is asked, not its cached report
-        name = pod["metadata"]["name"]
-        asked.append(name)
-        return "not enough host memory to stage its GPU memory" if name == "jupyter-bob" else None
-
-    svc.kube.read_pod = read_pod
-    svc.actions.gpu_refusal = gpu_refusal
+    svc.actions.gpu_readings = gpu_readings
     op = await Drains(svc).start("n1", dry_run=True, requested_by="user:admin")
-    assert sorted(asked) == ["jupyter-ann", "jupyter-bob"]
+    assert reads == [(["n1"], True)]  # one read, with the agent asked now
     outcomes = {s["user"]: (s["outcome"], s["message"]) for s in op.result["servers"]}
     assert outcomes["ann"] == ("would_suspend", "")
     assert outcomes["cy"] == ("would_suspend", "")
     assert outcomes["bob"][0] == "left_running"
-    assert "not enough host memory" in outcomes["bob"][1]
+    assert "node n1 has 8.0 GiB of memory available" in outcomes["bob"][1]
 
 
 async def test_a_dry_run_suspends_nothing_and_is_finished_when_answered():

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -20,7 +22,7 @@ from ..agent.client import AgentClient, AgentError
 from ..checkpoints import RESTORABLE_WHEN_STOPPED, Checkpoint, Status, pinned_image
 from ..errors import JhubSuspendError
 from ..kubevalues import parse_time
-from ..policy import KeepRunning, PolicyConfig
+from ..policy import KeepRunning, PolicyConfig, Resources
 from ..state import ServerState, read_state
 from ..suspension import (
     SuspensionError,
@@ -30,13 +32,55 @@ from ..suspension import (
     server_path,
 )
 from . import observe
-from .gpucaps import GpuCapabilities, server_readiness
+from .gpucaps import GpuCapabilities, GpuNode, server_readiness
 from .hubclient import HubClient, HubError
 from .kube import Kube, marker_digest
 from .listing import keep_running_dict, public_checkpoint
 from .metrics import ServiceMetrics
 from .operations import Operation, Operations
 from .prom import MetricsUnavailable, PrometheusReader
+
+
+@dataclass(frozen=True)
+class GpuReadings:
+    """One read of what the GPU rules judge servers by (:meth:`Actions.gpu_readings`)."""
+
+    nodes: Mapping[str, GpuNode]
+    #: per pod: GPU memory in use (bytes), and memory working set / request
+    gpu_memory: Mapping[tuple[str, ...], float]
+    memory_ratios: Mapping[tuple[str, ...], float]
+    #: why Prometheus could not be read ("" when it could)
+    metrics_error: str = ""
+
+
+def gpu_refusal_of(
+    readings: GpuReadings,
+    node: str,
+    pod: tuple[str, str],
+    requests: Resources,
+    memory_limit: float | None,
+) -> str | None:
+    """Why the server whose pod (namespace, name) on ``node`` holds GPUs may not be suspended
+    (pure): its node is not known to checkpoint them, or a per-server rule fails (legacy
+    device mode, host memory to stage its GPU memory; see
+    :func:`jhub_suspend.gpu.server_gpu_readiness`). None when it may."""
+    if not node:
+        return "its pod is not on a node yet"
+    facts = readings.nodes.get(node)
+    if facts is None or not facts.capability.capable:
+        return facts.capability.reason if facts else f"node {node} was not assessed"
+    if readings.metrics_error:
+        # as in the policy, metrics that cannot be read never let a GPU server be suspended
+        return f"the GPU memory it uses cannot be read: {readings.metrics_error}"
+    verdict = server_readiness(
+        node,
+        facts,
+        gpus=requests.gpu,
+        memory_limit=memory_limit,
+        memory_used=observe.working_set(readings.memory_ratios.get(pod), requests),
+        gpu_memory_used=readings.gpu_memory.get(pod),
+    )
+    return None if verdict.capable else verdict.reason
 
 
 class ActionsContext(Protocol):
@@ -135,11 +179,9 @@ class Actions:
             raise ActionError(409, f"{_name(user, server_name)} is left running: {why}")
 
     async def gpu_refusal(self, pod: dict[str, Any] | None, *, fresh: bool) -> str | None:
-        """Why a server's pod that holds GPUs may not be suspended: its node is not known to
-        checkpoint them, or a per-server rule fails (legacy device mode, host memory to stage
-        its GPU memory; :func:`jhub_suspend.gpu.server_gpu_readiness`). None when it may, or
-        when it holds no GPUs. ``fresh``: ask the node's agent now rather than reuse its
-        report. Prometheus is asked every time."""
+        """Why a server's pod that holds GPUs may not be suspended (:func:`gpu_refusal_of`);
+        None when it may, or when it holds no GPUs. ``fresh``: ask the node's agent now rather
+        than reuse its report. Prometheus is asked every time."""
         svc = self.service
         if pod is None:
             return None
@@ -147,29 +189,24 @@ class Actions:
         if requests.gpu <= 0:
             return None
         node = (pod.get("spec") or {}).get("nodeName") or ""
-        if not node:
-            return "its pod is not on a node yet"
-        facts = (await svc.gpu_capabilities.nodes([node], fresh=fresh)).get(node)
-        if facts is None or not facts.capability.capable:
-            return facts.capability.reason if facts else f"node {node} was not assessed"
+        meta = pod.get("metadata") or {}
+        key = (meta.get("namespace") or svc.namespace, meta.get("name") or "")
+        readings = await self.gpu_readings([node] if node else [], fresh=fresh)
+        limit = observe.pod_memory_limit(pod, svc.gpu_resources)
+        return gpu_refusal_of(readings, node, key, requests, limit)
+
+    async def gpu_readings(self, nodes: list[str], *, fresh: bool) -> GpuReadings:
+        """What the GPU rules need to judge servers on ``nodes``: each node's facts (its agent
+        asked now when ``fresh``) and, from Prometheus, each pod's GPU memory and memory use."""
+        svc = self.service
+        facts = await svc.gpu_capabilities.nodes(nodes, fresh=fresh) if nodes else {}
         try:
             gpu_memory, ratios = await svc.prometheus.gpu_staging(
                 svc.queries, svc.names, svc.now().timestamp()
             )
         except MetricsUnavailable as e:
-            # as in the policy, metrics that cannot be read never let a GPU server be suspended
-            return f"the GPU memory it uses cannot be read: {e}"
-        meta = pod.get("metadata") or {}
-        key = (meta.get("namespace") or svc.namespace, meta.get("name") or "")
-        verdict = server_readiness(
-            node,
-            facts,
-            gpus=requests.gpu,
-            memory_limit=observe.pod_memory_limit(pod, svc.gpu_resources),
-            memory_used=observe.working_set(ratios.get(key), requests),
-            gpu_memory_used=gpu_memory.get(key),
-        )
-        return None if verdict.capable else verdict.reason
+            return GpuReadings(facts, {}, {}, str(e))
+        return GpuReadings(facts, gpu_memory, ratios)
 
     def start_suspension(
         self, user: str, server_name: str, requested_by: str, reason: str

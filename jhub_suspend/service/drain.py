@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol
 
 from ..errors import JhubSuspendError
 from ..policy import PolicyConfig, keep_running_in_force
-from .actions import ActionError, Actions
+from .actions import ActionError, Actions, gpu_refusal_of
 from .kube import Kube
 from .loop import PolicyLoop
 from .observe import ServerView
@@ -212,15 +212,24 @@ class Drains:
             raise ActionError(409, f"node {node} is already being drained (operation {running.id})")
 
     async def _gpu_refusals(self, views: list[ServerView], node: str) -> dict[tuple[str, str], str]:
-        """Why each running server on ``node`` that holds GPUs may not be suspended."""
-        svc = self.service
+        """Why each running server on ``node`` that holds GPUs may not be suspended: one read
+        of the node's agent (now) and of Prometheus for them all."""
+        holders = [
+            v
+            for v in views
+            if v.node == node and v.pod_alive and v.requests is not None and v.requests.gpu > 0
+        ]
+        if not holders:
+            return {}
+        readings = await self.service.actions.gpu_readings([node], fresh=True)
         out = {}
-        for v in views:
-            if v.node == node and v.pod_alive and v.requests is not None and v.requests.gpu > 0:
-                pod = await svc.kube.read_pod(v.namespace, v.pod_name)
-                why = await svc.actions.gpu_refusal(pod, fresh=True)
-                if why is not None:
-                    out[v.key] = why
+        for v in holders:
+            assert v.requests is not None  # as filtered above
+            why = gpu_refusal_of(
+                readings, node, (v.namespace, v.pod_name), v.requests, v.memory_limit
+            )
+            if why is not None:
+                out[v.key] = why
         return out
 
     async def start(self, node: str, *, dry_run: bool, requested_by: str) -> Operation:

@@ -103,10 +103,6 @@ class GpuCapabilities:
         # node -> (when it expires, the report or None, the error)
         self._reports: dict[str, tuple[float, AgentGpuReport | None, str]] = {}
 
-    async def for_nodes(self, nodes: Iterable[str]) -> dict[str, Capability]:
-        """The capability of each of ``nodes``."""
-        return {name: n.capability for name, n in (await self.nodes(nodes)).items()}
-
     async def nodes(self, nodes: Iterable[str], *, fresh: bool = False) -> dict[str, GpuNode]:
         """The capability, GPU count and available memory of each of ``nodes``; ``fresh``:
         ask their agents now, whatever is cached."""

@@ -298,9 +298,6 @@ class AssumedGpuCapabilities:
 
     memory_available = 1 << 40
 
-    async def for_nodes(self, nodes: Any) -> dict[str, Capability]:
-        return {n: g.capability for n, g in (await self.nodes(nodes)).items()}
-
     async def nodes(self, nodes: Any, *, fresh: bool = False) -> dict[str, Any]:
         from ..service.gpucaps import GpuNode
 
