@@ -151,6 +151,42 @@ async def browser():
             await b.close()
 
 
+async def service_healthy(hub) -> bool:
+    """Whether the hub's suspend service answers its health check."""
+    from tornado.httpclient import AsyncHTTPClient
+
+    resp = await AsyncHTTPClient().fetch(hub.service_url + "health", raise_error=False)
+    return resp.code == 200
+
+
+def module_hub(*, wait_healthy: bool = False, **options):
+    """A module's ``hub`` fixture: a hub on the session's cluster, started once for the module
+    with :func:`jhub_suspend.demo.hub.running_hub`'s ``options``; ``wait_healthy``: until its
+    suspend service answers its health check."""
+    from jhub_suspend.demo.hub import running_hub
+    from jhub_suspend.testing.waiting import wait_for
+
+    @pytest_asyncio.fixture(scope="module")
+    async def hub(cluster, tmp_path_factory):
+        state = str(tmp_path_factory.mktemp("hub"))
+        async with running_hub(cluster.describe(), state, **options) as h:
+            if wait_healthy:
+                await wait_for(
+                    lambda: service_healthy(h), "the suspend service never became healthy", 60
+                )
+            yield h
+
+    return hub
+
+
+@pytest.fixture
+def api(hub):
+    """The hub's REST API as the suspend service's admin token (a module's ``hub``)."""
+    from jhub_suspend.testing.hubapi import HubAPI
+
+    return HubAPI(hub.api_url, hub.service_token)
+
+
 @pytest.fixture
 def mock_kubeconfig(tmp_path, monkeypatch):
     """KubeSpawner makes its API client when it is created; give it a cluster it never calls

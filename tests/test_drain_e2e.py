@@ -20,9 +20,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
-from conftest import SPARE_TAINT
+from conftest import SPARE_TAINT, service_healthy
 from kubernetes_asyncio import client
-from test_service_e2e import metrics, service_healthy
+from test_service_e2e import metrics
 from test_suspend_e2e import ours, server_with_kernel
 
 from jhub_suspend.demo.hub import running_hub

@@ -25,7 +25,8 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from test_service_e2e import call, service_healthy
+from conftest import service_healthy
+from test_service_e2e import call
 from test_suspend_e2e import ours, pod_exists, server_with_kernel, suspend_services_of
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 

@@ -17,22 +17,18 @@ from __future__ import annotations
 import json
 
 import pytest
-import pytest_asyncio
-from conftest import LEGACY_GPU_TAINT
+from conftest import LEGACY_GPU_TAINT, module_hub
 from test_service_e2e import (
     TOLERATION,
     call,
     metrics,
-    service_healthy,
     start,
     stop,
     user_token,
 )
 from tornado.httpclient import AsyncHTTPClient
 
-from jhub_suspend.demo.hub import running_hub
 from jhub_suspend.suspension import server_model
-from jhub_suspend.testing.hubapi import HubAPI
 from jhub_suspend.testing.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -75,21 +71,7 @@ SERVICE_CONFIG = "\n".join(
 GIB = 1 << 30
 
 
-@pytest_asyncio.fixture(scope="module")
-async def hub(cluster, tmp_path_factory):
-    async with running_hub(
-        cluster.describe(),
-        str(tmp_path_factory.mktemp("hub")),
-        extra_config=HUB_CONFIG,
-        service_config=SERVICE_CONFIG,
-    ) as h:
-        await wait_for(lambda: service_healthy(h), "the suspend service never became healthy", 60)
-        yield h
-
-
-@pytest.fixture
-def api(hub):
-    return HubAPI(hub.api_url, hub.service_token)
+hub = module_hub(extra_config=HUB_CONFIG, service_config=SERVICE_CONFIG, wait_healthy=True)
 
 
 async def set_fb_used(cluster, node: str, gpu: int, mib: float) -> None:

@@ -11,9 +11,8 @@ stop then gets Lab's usual "not running" dialog.
 from __future__ import annotations
 
 import pytest
-import pytest_asyncio
+from conftest import module_hub
 
-from jhub_suspend.demo.hub import running_hub
 from jhub_suspend.testing.browser import login, publish_screenshots, shot
 from jhub_suspend.testing.hubapi import HubAPI
 from jhub_suspend.testing.kernel import KernelClient
@@ -41,12 +40,7 @@ SERVICE_CONFIG = "\n".join(f"c.SuspendService.{k} = {v!r}" for k, v in POLICY.it
 LAB_EXTENSION = "labextensions/jhub-suspend/"
 
 
-@pytest_asyncio.fixture(scope="module")
-async def hub(cluster, tmp_path_factory):
-    async with running_hub(
-        cluster.describe(), str(tmp_path_factory.mktemp("hub")), service_config=SERVICE_CONFIG
-    ) as h:
-        yield h
+hub = module_hub(service_config=SERVICE_CONFIG)
 
 
 def toast(page, text: str):

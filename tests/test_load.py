@@ -10,9 +10,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
-import pytest_asyncio
-
-from jhub_suspend.demo.hub import running_hub
+from conftest import module_hub
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import load
@@ -21,16 +19,7 @@ pytestmark = pytest.mark.slow
 SERVERS = 5
 
 
-@pytest_asyncio.fixture(scope="module")
-async def hub(cluster, tmp_path_factory):
-    state = tmp_path_factory.mktemp("hub")
-    async with running_hub(
-        cluster.describe(),
-        str(state),
-        extra_config=load.HUB_CONFIG,
-        service_config=load.SERVICE_CONFIG,
-    ) as h:
-        yield h
+hub = module_hub(extra_config=load.HUB_CONFIG, service_config=load.SERVICE_CONFIG)
 
 
 async def test_servers_suspended_and_resumed_at_once_lose_nothing(hub):

@@ -13,13 +13,12 @@ import shutil
 import time
 
 import pytest
-import pytest_asyncio
+from conftest import module_hub
 from kubernetes_asyncio import client
 from prometheus_api_client import PrometheusConnect
 
 from jhub_suspend import images
 from jhub_suspend.archive import CRIO_CHECKPOINT_NAME_ANNOTATION as CRIO_NAME
-from jhub_suspend.demo.hub import running_hub
 from jhub_suspend.testing.hubapi import HubAPI
 from jhub_suspend.testing.kernel import KernelClient
 from jhub_suspend.testing.waiting import wait_for
@@ -48,15 +47,7 @@ async def crio_only_image(archive: str, ref: str) -> str:
     return f"{ref.rsplit(':', 1)[0]}@{digest}"
 
 
-@pytest_asyncio.fixture(scope="module")
-async def hub(cluster, tmp_path_factory):
-    async with running_hub(
-        cluster.describe(),
-        str(tmp_path_factory.mktemp("hub")),
-        extra_config=HUB_CONFIG,
-        spawner="kubespawner.KubeSpawner",
-    ) as h:
-        yield h
+hub = module_hub(extra_config=HUB_CONFIG, spawner="kubespawner.KubeSpawner")
 
 
 async def test_kubespawner_spawns_a_server(hub, core):

@@ -25,8 +25,8 @@ import time
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import schemathesis
+from conftest import module_hub
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from kubernetes_asyncio import client
@@ -37,7 +37,6 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from traitlets.config import Config
 
 from jhub_suspend import images
-from jhub_suspend.demo.hub import running_hub
 from jhub_suspend.kubevalues import rfc3339
 from jhub_suspend.localcluster.services import PrometheusProcess, free_port
 from jhub_suspend.service import SuspendService
@@ -100,21 +99,7 @@ SERVICE_CONFIG = "\n".join(
 # ---- fixtures and helpers --------------------------------------------------------------------
 
 
-@pytest_asyncio.fixture(scope="module")
-async def hub(cluster, tmp_path_factory):
-    async with running_hub(
-        cluster.describe(),
-        str(tmp_path_factory.mktemp("hub")),
-        extra_config=HUB_CONFIG,
-        service_config=SERVICE_CONFIG,
-    ) as h:
-        await wait_for(lambda: service_healthy(h), "the suspend service never became healthy", 60)
-        yield h
-
-
-@pytest.fixture
-def api(hub):
-    return HubAPI(hub.api_url, hub.service_token)
+hub = module_hub(extra_config=HUB_CONFIG, service_config=SERVICE_CONFIG, wait_healthy=True)
 
 
 async def call(
@@ -151,11 +136,6 @@ async def call(
         return resp.code, json.loads(text) if text else None
     except ValueError:
         return resp.code, text
-
-
-async def service_healthy(hub) -> bool:
-    status, _ = await call(hub, "GET", "health")
-    return status == 200
 
 
 async def user_token(api: HubAPI, user: str) -> str:

@@ -14,12 +14,11 @@ from __future__ import annotations
 import contextlib
 
 import pytest
-import pytest_asyncio
+from conftest import module_hub
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from jhub_suspend import images
 from jhub_suspend.checkpoints import pinned_image
-from jhub_suspend.demo.hub import running_hub
 from jhub_suspend.suspension import server_model
 from jhub_suspend.testing.browser import login, publish_screenshots, shot
 from jhub_suspend.testing.hubapi import HubAPI
@@ -34,15 +33,7 @@ HUB_CONFIG = 'c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}'
 SERVICE_CONFIG = "c.SuspendService.cycle_interval = 3"
 
 
-@pytest_asyncio.fixture(scope="module")
-async def hub(cluster, tmp_path_factory):
-    async with running_hub(
-        cluster.describe(),
-        str(tmp_path_factory.mktemp("hub")),
-        extra_config=HUB_CONFIG,
-        service_config=SERVICE_CONFIG,
-    ) as h:
-        yield h
+hub = module_hub(extra_config=HUB_CONFIG, service_config=SERVICE_CONFIG)
 
 
 async def pod_gone(core, name: str) -> bool:
