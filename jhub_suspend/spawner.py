@@ -42,7 +42,7 @@ from .checkpoints import Checkpoint, LastError, Status
 from .deprecation import renamed_setting
 from .errors import OwnError
 from .kubevalues import rfc3339
-from .restore import CheckpointImageDriver, RestoreDriver, RestoreFailed
+from .restore import CheckpointImageDriver, RestoreDriver, RestoreFailed, gpu_restore_placement
 from .state import STATE_KEY, UNREADABLE_KEY
 
 UNREADABLE_MESSAGE = (
@@ -435,6 +435,21 @@ class SuspendingKubeSpawner(AgentClientConfig, KubeSpawner):
             )
         except AgentError as e:
             raise SuspendFailed(str(e)) from e
+        facts = ck.node_facts(
+            node_obj,
+            ck.pod_gpu_count(pod),
+            device_mode=result.gpu_device_mode,
+            devices=result.gpu_devices,
+        )
+        try:
+            # The restore's own rule, before the pod goes: a checkpoint no node may restore
+            # (e.g. CDI without the GPUs' UUIDs) would cost the user the running server.
+            gpu_restore_placement(facts)
+        except RestoreFailed as e:
+            await self._delete_unusable(agent, result.image)
+            raise SuspendFailed(
+                f"the checkpoint could be restored nowhere ({e.detail or e}); it was deleted"
+            ) from e
         return Checkpoint(
             image=result.image,
             digest=result.digest,
@@ -443,16 +458,22 @@ class SuspendingKubeSpawner(AgentClientConfig, KubeSpawner):
             reason=reason,
             container=NOTEBOOK_CONTAINER,
             original_image=ck.original_image(pod, container),
-            node=ck.node_facts(
-                node_obj,
-                ck.pod_gpu_count(pod),
-                device_mode=result.gpu_device_mode,
-                devices=result.gpu_devices,
-            ),
+            node=facts,
             status=Status.VERIFIED,
             archive_bytes=result.archive_bytes,
             seconds=result.timings.get("total", 0.0),
         )
+
+    async def _delete_unusable(self, agent: AgentClient, image: str) -> None:
+        try:
+            await agent.delete_image(image)
+        except AgentError as e:
+            # No record will name it, so no sweep will find it: the log is the admin's clue.
+            self.log.warning(
+                "Could not delete the unusable checkpoint image %s (delete it by hand): %s",
+                image,
+                e,
+            )
 
     async def _annotate_pod(self, annotations: dict[str, str | None]) -> None:
         """Set (or, with None, remove) annotations on the pod, if it still exists."""

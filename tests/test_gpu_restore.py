@@ -11,6 +11,7 @@ import tarfile
 
 import pytest
 from conftest import checkpoint_record
+from kubernetes_asyncio.client import V1Node, V1ObjectMeta
 from test_spawner_restore import FRESH_URL, spawner
 from test_spawner_restore import cluster as cluster
 
@@ -37,6 +38,7 @@ from jhub_suspend.restore import (
     device_map,
     gpu_restore_placement,
 )
+from jhub_suspend.spawner import SuspendFailed
 
 A100 = "NVIDIA-A100-SXM4-40GB"
 PRODUCT = {"key": "nvidia.com/gpu.product", "operator": "In", "values": [A100]}
@@ -226,6 +228,60 @@ async def test_a_restore_without_a_safe_target_starts_fresh_and_keeps_the_checkp
     assert "no node can safely restore its GPU state" in s.last_error.message
     assert "fresh server" in s.last_error.message
     assert "no safe restore target" in s.last_error.detail
+
+
+class CheckpointingAgent:
+    """A node agent whose checkpoint reports ``devices`` in CDI device mode."""
+
+    def __init__(self, devices: tuple[str, ...]):
+        self.devices = devices
+        self.deleted: list[str] = []
+
+    async def checkpoint(self, namespace, pod, container, ref, annotations, gpus=0):
+        repo = ref.rsplit(":", 1)[0]
+        return CheckpointResult(
+            f"{repo}@sha256:{'a' * 64}", f"sha256:{'a' * 64}", 1, 1, {}, "cdi", self.devices
+        )
+
+    async def delete_image(self, image):
+        self.deleted.append(image)
+
+
+@pytest.mark.parametrize(
+    "devices, restorable",
+    [(("GPU-n-0001",), True), (("1",), False)],  # by UUID; by index: nothing to remap by
+    ids=["uuids", "indices"],
+)
+async def test_a_checkpoint_no_node_may_restore_is_a_failed_suspension(
+    cluster, devices, restorable
+):
+    s = spawner(cluster, checkpoint_repository="registry.test/ck")
+    labels = {"nvidia.com/gpu.product": A100, "nvidia.com/gpu.count": "2"}
+
+    async def read_node(name):
+        return V1Node(metadata=V1ObjectMeta(name=name, labels=labels))
+
+    s.api.read_node = read_node
+    agent = CheckpointingAgent(devices)
+    s.agent_for = lambda node, host_ip: agent
+    pod = {
+        "metadata": {"name": s.pod_name, "namespace": "default"},
+        "spec": {
+            "nodeName": "n",
+            "containers": [
+                {"name": "notebook", "image": "nb", "resources": {"limits": {"nvidia.com/gpu": 1}}}
+            ],
+        },
+        "status": {"hostIP": "10.0.0.9"},
+    }
+    if restorable:
+        checkpoint = await s.suspend(pod, "idle")
+        assert checkpoint.node.gpu_devices == devices and agent.deleted == []
+        return
+    with pytest.raises(SuspendFailed, match="could be restored nowhere") as err:
+        await s.suspend(pod, "idle")
+    assert "no safe restore target" in str(err.value)
+    assert agent.deleted == [f"registry.test/ck/default/{s.pod_name}@sha256:{'a' * 64}"]
 
 
 # ---- the local cluster's SIMULATED CUDA restore ------------------------------------------------
