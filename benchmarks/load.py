@@ -147,7 +147,12 @@ async def _service(hub, method: str, path: str) -> tuple[int, Any]:
         ),
         raise_error=False,
     )
-    return resp.code, json.loads(resp.body) if resp.body else None
+    if not resp.body:
+        return resp.code, None
+    try:
+        return resp.code, json.loads(resp.body)
+    except ValueError:  # a proxy's error page
+        return resp.code, resp.body.decode(errors="replace")
 
 
 async def _watch(phase: Phase, users: list[str], settled, timeout: float) -> None:
@@ -228,9 +233,8 @@ async def suspend_all(hub, api: HubAPI, users: list[str], timeout: float) -> Pha
         code, op = await _service(hub, "GET", f"api/operations/{operations[user]}")
         if code == 404:
             return f"its operation is gone ({code}: {op})"
-        if code != 200:  # a proxy or the service under load; read again next round
-            phase.poll_errors[f"{code}"] = phase.poll_errors.get(f"{code}", 0) + 1
-            return None
+        if code != 200:  # a proxy or the service under load: _watch counts it, reads again
+            raise HTTPClientError(code)
         if op["status"] == "running":
             return None
         if op["status"] != "succeeded":

@@ -166,8 +166,7 @@ def _int_label(labels: Mapping[str, str], names: tuple[str, ...]) -> int | None:
 def node_gpu_count(labels: Mapping[str, str] | None) -> int | None:
     """The node's GPU count (GPU feature discovery's ``nvidia.com/gpu.count``); None when
     absent or not a whole number."""
-    raw = str((labels or {}).get(COUNT_LABEL, "")).strip()
-    return int(raw) if raw.isdigit() else None
+    return _int_label(labels or {}, (COUNT_LABEL,))
 
 
 def driver_version(labels: Mapping[str, str]) -> tuple[int, str] | None:

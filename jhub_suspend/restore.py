@@ -136,13 +136,16 @@ def device_map(old_uuids: Sequence[str], new_uuids: Sequence[str]) -> str:
     return ",".join(f"{o}={n}" for o, n in zip(old, new, strict=True))
 
 
-def compatibility_affinity(facts: NodeFacts, extra_terms: list[dict]) -> dict[str, Any]:
+def compatibility_affinity(
+    facts: NodeFacts, extra_terms: list[dict], placement: GpuPlacement | None = None
+) -> dict[str, Any]:
     """Required node affinity for a restore: the same CPU architecture, and for GPU pods
-    :func:`gpu_restore_placement`'s expressions (:class:`RestoreFailed` where none is safe)."""
+    :func:`gpu_restore_placement`'s expressions (:class:`RestoreFailed` where none is safe;
+    ``placement``: already worked out for ``facts``)."""
     expressions = []
     if facts.arch:
         expressions.append({"key": "kubernetes.io/arch", "operator": "In", "values": [facts.arch]})
-    expressions.extend(gpu_restore_placement(facts).expressions)
+    expressions.extend((placement or gpu_restore_placement(facts)).expressions)
     expressions.extend(extra_terms)
     if not expressions:
         return {}
@@ -274,7 +277,9 @@ class CheckpointImageDriver(RestoreDriver):
             ORIGINAL_IMAGE_ANNOTATION: checkpoint.original_image,
             **placement.annotations,
         }
-        required = compatibility_affinity(checkpoint.node, list(self.node_selector_terms))
+        required = compatibility_affinity(
+            checkpoint.node, list(self.node_selector_terms), placement
+        )
         affinity = pod.spec.affinity.to_dict() if pod.spec.affinity else None
         pod.spec.affinity = merge_affinity(_camel(affinity), required) or None
         return pod

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..archive import SIMULATED_CUDA_MARKER
+from ..restore import device_map
 
 log = logging.getLogger("jhub_suspend.localcluster.gpurestore")
 
@@ -74,8 +75,12 @@ def simulated_cuda_restore(
     if not indices:
         return SimulatedRestore(True)
     if device_mode == "cdi":
-        new_uuids = [gpu_uuid(node, i) for i in indices]
-        mapping = ",".join(f"{o}={n}" for o, n in zip(old_uuids, new_uuids, strict=True))
+        try:
+            mapping = device_map(old_uuids, [gpu_uuid(node, i) for i in indices])
+        except ValueError as e:
+            return SimulatedRestore(
+                False, f"SIMULATED CUDA plugin: cuda restore failed: bad device map: {e}"
+            )
         return SimulatedRestore(True, device_map=mapping)
     if old != indices:
         return SimulatedRestore(

@@ -653,7 +653,7 @@ class Kubelet:
             f'Successfully pulled image "{image}" in {pulled:.1f}s. '
             f"Image size: {status.size if status else 0} bytes.",
         )
-        if checkpoint:
+        if checkpoint and (rec.gpus or self.node.gpus):  # a CPU node has no CUDA to restore
             await self._simulate_cuda_restore(pod, rec, image, status)
         extra: dict[str, str] = {}
         if rec.gpus:
