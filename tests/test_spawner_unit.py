@@ -4,6 +4,7 @@ import pytest
 from conftest import checkpoint_record
 from cryptography.fernet import Fernet
 from jupyterhub.crypto import CryptKeeper
+from kubernetes_asyncio.client.rest import ApiException
 from traitlets import TraitError
 from traitlets.config import Config
 
@@ -238,6 +239,13 @@ async def test_polling_a_restore_the_hub_stop_interrupted_says_stopped(monkeypat
     assert s.checkpoint.status == Status.RESTORING  # the next start counts the interruption
     s._restoring = s.checkpoint  # this hub's own restore
     assert await s.poll() is None
+
+    async def failing_stop(self, now=False):
+        raise ApiException(status=500, reason="the API server is down")
+
+    monkeypatch.setattr(KubeSpawner, "stop", failing_stop)
+    s._restoring = None
+    assert await s.poll() == 1  # no traceback into the hub's start-up; the next start adopts
     s._restoring = None
     s.checkpoint = record(Status.SUSPENDED)
     assert await s.poll() is None
