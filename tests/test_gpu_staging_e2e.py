@@ -22,6 +22,7 @@ from test_service_e2e import (
     TOLERATION,
     call,
     metrics,
+    operation_finished,
     start,
     stop,
     user_token,
@@ -147,14 +148,7 @@ async def test_gpu_servers_are_left_running_unless_restore_and_staging_are_safe(
         assert "its 64 MiB of GPU memory fits in host memory to stage" in cap["reason"]
         status, body = await call(hub, "POST", "api/servers/fit/suspend", token)
         assert status == 202, body
-        op_url = body["status_url"].split("/services/suspend/", 1)[1]
-
-        async def finished():
-            status, op = await call(hub, "GET", op_url, token)
-            assert status == 200, op
-            return op if op["status"] != "running" else False
-
-        op = await wait_for(finished, "the suspension never finished", 180)
+        op = await operation_finished(hub, body, token, "suspension", 180)
         assert op["status"] == "succeeded", json.dumps(op)
         model = await server_model(api.request, "fit")
         ck = (model["state"] or {})["jhub_suspend"]["checkpoint"]

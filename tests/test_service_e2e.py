@@ -138,6 +138,20 @@ async def call(
         return resp.code, text
 
 
+async def operation_finished(
+    hub, accepted: Any, token: str, what: str, timeout: float = 150, base: str | None = None
+) -> dict:
+    """Wait until the operation a 202 answer (``accepted``) started is over; return it."""
+    path = accepted["status_url"].split("/services/suspend/", 1)[1]
+
+    async def finished():
+        status, op = await call(hub, "GET", path, token, base=base)
+        assert status == 200, op
+        return op if op["status"] != "running" else False
+
+    return await wait_for(finished, f"the {what} never finished", timeout)
+
+
 async def user_token(api: HubAPI, user: str) -> str:
     await api.ensure_user(user)
     return (await api.request("POST", f"users/{user}/tokens", {"note": "test"}))["token"]
@@ -450,28 +464,17 @@ async def test_users_act_on_their_own_servers_only(hub, api):
     assert status == 200
     assert body["policy"]["exempt_groups"] == 1  # who is exempt is not shown to users
 
-    status, body = await call(hub, "POST", "api/servers/kim/suspend", kim)
-    assert status == 202, body
-    op_url = body["status_url"].split("/services/suspend/", 1)[1]
+    status, accepted = await call(hub, "POST", "api/servers/kim/suspend", kim)
+    assert status == 202, accepted
     status, again = await call(hub, "POST", "api/servers/kim/suspend", kim)
     assert status == 409, again
-
-    async def finished(url=op_url):
-        status, op = await call(hub, "GET", url, kim)
-        assert status == 200, op
-        return op if op["status"] != "running" else False
-
-    op = await wait_for(finished, "the suspension never finished", 120)
+    op = await operation_finished(hub, accepted, kim, "suspension", 120)
     assert op["status"] == "succeeded", json.dumps(op)
     assert op["result"]["checkpoint"]["size"] > 1_000_000
 
     status, body = await call(hub, "POST", "api/servers/kim/resume", kim)
     assert status == 202, body
-    op = await wait_for(
-        lambda: finished(body["status_url"].split("/services/suspend/", 1)[1]),
-        "the resume never finished",
-        120,
-    )
+    op = await operation_finished(hub, body, kim, "resume", 120)
     assert op["status"] == "succeeded", op
     assert await kernel.execute("print(answer)") == "42\n"
     status, body = await call(hub, "POST", "api/servers/kim/resume", kim)
@@ -604,14 +607,7 @@ async def test_retention_deletes_used_images_and_discards_old_suspensions(hub, a
     async def act(action: str) -> dict:
         status, body = await call(hub, "POST", f"api/servers/{user}/{action}", admin)
         assert status == 202, body
-        path = body["status_url"].split("/services/suspend/", 1)[1]
-
-        async def finished():
-            status, op = await call(hub, "GET", path, admin)
-            assert status == 200, op
-            return op if op["status"] != "running" else False
-
-        op = await wait_for(finished, f"the {action} never finished", 150)
+        op = await operation_finished(hub, body, admin, action)
         assert op["status"] == "succeeded", op
         return ours(await server_model(api.request, user))["checkpoint"]
 
@@ -689,19 +685,12 @@ async def test_a_server_started_after_the_last_cycle_is_listed_and_then_listed_s
         assert entry["decision_note"].startswith("not yet assessed"), entry
         assert body["policy_as_of"] == rfc3339(cycle)
 
-        status, body = await call(hub, "POST", f"api/servers/{user}/suspend", token, base=base)
-        assert status == 202, body
-        op_path = body["status_url"].split("/services/suspend/", 1)[1]
+        status, accepted = await call(hub, "POST", f"api/servers/{user}/suspend", token, base=base)
+        assert status == 202, accepted
         status, body = await call(hub, "GET", f"api/servers?user={user}", token, base=base)
         assert [s["state"] for s in body["servers"]] == ["suspending"], body
-        assert body["servers"][0]["operation"]["id"] in op_path
-
-        async def finished():
-            status, op = await call(hub, "GET", op_path, token, base=base)
-            assert status == 200, op
-            return op if op["status"] != "running" else False
-
-        op = await wait_for(finished, "the suspension never finished", 150)
+        assert body["servers"][0]["operation"]["id"] in accepted["status_url"]
+        op = await operation_finished(hub, accepted, token, "suspension", base=base)
         assert op["status"] == "succeeded", op
         status, body = await call(hub, "GET", f"api/servers?user={user}", token, base=base)
         assert status == 200, body
